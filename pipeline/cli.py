@@ -1,0 +1,165 @@
+"""`python -m pipeline <command>`: parses arguments and calls the stage functions, nothing more."""
+import argparse
+import json
+import sys
+import warnings
+
+from pipeline.errors import PipelineError
+
+
+def cmd_data_build(args):
+    from pipeline.data.build import build, format_summary
+
+    summary = build(args.preset, args.out, seed=args.seed, workers=args.workers)
+    print(format_summary(summary))
+    print(f"manifests: {args.out}/{{train,dev,test,test_real}}.jsonl")
+
+
+def cmd_data_import_librispeech(args):
+    from pipeline.atomic import write_jsonl
+    from pipeline.data.librispeech import librispeech_rows
+
+    rows = librispeech_rows(args.root)
+    write_jsonl(args.out, rows)
+    print(f"{args.out}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 3600:.2f} h")
+
+
+def cmd_data_check(args):
+    from pipeline.data.manifest import read_manifest
+
+    rows = read_manifest(args.manifest)
+    print(f"{args.manifest}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 3600:.2f} h, ok")
+
+
+DEFAULT_MODEL = "assets/baseline/model.safetensors"
+
+
+def _model_path(args):
+    from pathlib import Path
+
+    path = Path(args.model)
+    if args.model == DEFAULT_MODEL and not path.exists():
+        path = Path(__file__).resolve().parent.parent / DEFAULT_MODEL
+    return path
+
+
+def cmd_train(args):
+    from pipeline.train import train
+
+    st = train(args.data, args.out, args.config, resume=args.resume, epochs=args.epochs)
+    print(f"best dev WER {st['best_wer']:.3f}; checkpoints in {args.out}/best.safetensors and last.safetensors")
+
+
+def _decode_config(args):
+    from pipeline.model.decode import DecodeConfig
+
+    return DecodeConfig(beam=args.beam, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty)
+
+
+def cmd_eval(args):
+    import torch
+
+    from pipeline.data.manifest import read_manifest
+    from pipeline.evaluate import evaluate
+    from pipeline.model.checkpoint import load_checkpoint
+
+    torch.set_num_threads(args.threads)
+    model, cmvn, _ = load_checkpoint(_model_path(args))
+    rows = read_manifest(args.manifest)
+    m, _ = evaluate(model, cmvn, rows, _decode_config(args), progress=not args.json)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"WER {m['wer']:.4f} (S {m['substitutions']} D {m['deletions']} I {m['insertions']} "
+              f"of {m['words']} words)  CER {m['cer']:.4f}  on {m['utterances']} utterances")
+
+
+def cmd_transcribe(args):
+    import torch
+
+    from pipeline.data.audio import load_audio
+    from pipeline.data.features import fbank
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.model.decode import beam_search, greedy
+
+    torch.set_num_threads(args.threads)
+    model, cmvn, _ = load_checkpoint(_model_path(args))
+    cfg = _decode_config(args)
+    for f in args.files:
+        audio, sr = load_audio(f, allow_multichannel=True)
+        feats = cmvn(fbank(audio, sr)).unsqueeze(0)
+        lengths = torch.tensor([feats.shape[1]])
+        text = (greedy if cfg.beam <= 1 else beam_search)(model, feats, lengths, cfg)[0]
+        print(f"{f}\t{text}", flush=True)
+
+
+def cmd_info(args):
+    from pipeline import _native
+
+    print(json.dumps({"build": _native.build_info(), "cpu_features": _native.cpu_features(),
+                      "best_isa": _native.best_isa()}, indent=2))
+
+
+def make_parser():
+    p = argparse.ArgumentParser(prog="python -m pipeline",
+                                description="Compress end-to-end LSTM ASR models for on-device use.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="build the embedded speech corpus, import and check manifests")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    b = dsub.add_parser("build", help="synthesise and collect the embedded corpus (resumable)")
+    b.add_argument("--preset", default="default", help="tiny | default | full (default: default)")
+    b.add_argument("--out", required=True, help="corpus folder")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    b.set_defaults(func=cmd_data_build)
+    ls = dsub.add_parser("import-librispeech", help="write a manifest for a LibriSpeech folder")
+    ls.add_argument("root")
+    ls.add_argument("--out", required=True, help="manifest to write (.jsonl)")
+    ls.set_defaults(func=cmd_data_import_librispeech)
+    c = dsub.add_parser("check", help="validate a manifest and the audio files it names")
+    c.add_argument("manifest")
+    c.set_defaults(func=cmd_data_check)
+
+    t = sub.add_parser("train", help="train the LSTM encoder-attention-decoder ASR model (resumable)")
+    t.add_argument("--data", required=True, help="corpus folder with train.jsonl, dev.jsonl, cmvn.json")
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--config", help="JSON with optional 'model' and 'train' objects")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--epochs", type=int, help="override the number of epochs")
+    t.set_defaults(func=cmd_train)
+
+    def decode_args(q):
+        q.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+        q.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
+        q.add_argument("--ctc-weight", type=float, default=0.0, help="CTC weight when rescoring the beam")
+        q.add_argument("--length-penalty", type=float, default=1.0)
+        q.add_argument("--threads", type=int, default=2)
+
+    e = sub.add_parser("eval", help="WER and CER of a checkpoint on a manifest")
+    decode_args(e)
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(func=cmd_eval)
+    tr = sub.add_parser("transcribe", help="print one transcript per audio file")
+    decode_args(tr)
+    tr.add_argument("files", nargs="+")
+    tr.set_defaults(func=cmd_transcribe)
+
+    info = sub.add_parser("info", help="native extension build info and detected CPU features")
+    info.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module="rdata")
+    try:
+        args.func(args)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,146 @@
+"""The model family of the papers: conv subsampling, LSTM encoder, location-aware attention,
+LSTM decoder over characters, and a CTC head on the encoder.
+
+Every recurrent weight lives in an `nn.LSTM` (one per encoder layer, so each layer and direction
+can get its own rank) and every projection in an `nn.Linear`: the low-rank stage factorises them.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from pipeline.model.config import ModelConfig
+from pipeline.model.vocab import BLANK, EOS, SOS
+
+
+class ConvSubsampling(nn.Module):
+    """Two 3x3 stride-2 convolutions: (B, T, n_mels) -> (B, T', C * F'), T' ~ T / 4."""
+
+    def __init__(self, n_mels, channels):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, stride=2), nn.ReLU(),
+                                  nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU())
+        self.out_dim = channels * (((n_mels - 1) // 2 - 1) // 2)
+
+    @staticmethod
+    def out_lengths(lengths):
+        return ((lengths - 1) // 2 - 1) // 2
+
+    def forward(self, x, lengths):
+        y = self.conv(x.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = y.shape
+        return y.permute(0, 2, 1, 3).reshape(b, t, c * f), self.out_lengths(lengths)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.subsample = ConvSubsampling(cfg.n_mels, cfg.conv_channels)
+        dirs = 2 if cfg.bidirectional else 1
+        dims = [self.subsample.out_dim] + [cfg.enc_hidden * dirs] * cfg.enc_layers
+        self.lstms = nn.ModuleList(nn.LSTM(dims[i], cfg.enc_hidden, batch_first=True, bidirectional=cfg.bidirectional)
+                                   for i in range(cfg.enc_layers))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.out_dim = cfg.enc_hidden * dirs
+
+    def forward(self, feats, lengths):
+        x, lengths = self.subsample(feats, lengths)
+        lengths = lengths.clamp(min=1, max=x.shape[1])
+        for lstm in self.lstms:
+            packed = pack_padded_sequence(self.dropout(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
+            x, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
+        return x, lengths
+
+
+class LocationAttention(nn.Module):
+    """Chorowski et al. 2015: energies from keys, the decoder state and a conv over the last weights."""
+
+    def __init__(self, enc_dim, dec_dim, att_dim, conv_channels, kernel):
+        super().__init__()
+        self.key = nn.Linear(enc_dim, att_dim)
+        self.query = nn.Linear(dec_dim, att_dim, bias=False)
+        self.loc_conv = nn.Conv1d(1, conv_channels, kernel, padding=kernel // 2, bias=False)
+        self.loc = nn.Linear(conv_channels, att_dim, bias=False)
+        self.energy = nn.Linear(att_dim, 1)
+
+    def forward(self, keys, enc, mask, query, prev_weights):
+        loc = self.loc(self.loc_conv(prev_weights.unsqueeze(1)).transpose(1, 2))
+        e = self.energy(torch.tanh(keys + self.query(query).unsqueeze(1) + loc)).squeeze(2)
+        weights = torch.softmax(e.masked_fill(~mask, float("-inf")), dim=1)
+        return torch.bmm(weights.unsqueeze(1), enc).squeeze(1), weights
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg, enc_dim):
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.lstm = nn.LSTM(cfg.embed_dim + enc_dim, cfg.dec_hidden, num_layers=cfg.dec_layers, batch_first=True)
+        self.attention = LocationAttention(enc_dim, cfg.dec_hidden, cfg.att_dim, cfg.att_conv_channels,
+                                           cfg.att_conv_kernel)
+        self.out = nn.Linear(cfg.dec_hidden + enc_dim, cfg.vocab_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.cfg = cfg
+
+    def init_state(self, enc, mask):
+        b = enc.shape[0]
+        weights = mask.float() / mask.float().sum(1, keepdim=True)
+        context = enc.new_zeros(b, enc.shape[2])
+        h = enc.new_zeros(self.cfg.dec_layers, b, self.cfg.dec_hidden)
+        return (h, h.clone()), context, weights
+
+    def step(self, tokens, state, keys, enc, mask):
+        """One output step: previous tokens (B,) and state -> log-probs (B, V) and the new state."""
+        (h, c), context, weights = state
+        x = torch.cat([self.embed(tokens), context], dim=1).unsqueeze(1)
+        out, (h, c) = self.lstm(x, (h, c))
+        q = out.squeeze(1)
+        context, weights = self.attention(keys, enc, mask, q, weights)
+        logits = self.out(self.dropout(torch.cat([q, context], dim=1)))
+        return torch.log_softmax(logits, dim=-1), ((h, c), context, weights)
+
+    def forward(self, enc, mask, targets_in):
+        """Teacher forcing over (B, U) input tokens; returns (B, U, V) log-probs."""
+        keys = self.attention.key(enc)
+        state = self.init_state(enc, mask)
+        outs = []
+        for u in range(targets_in.shape[1]):
+            logp, state = self.step(targets_in[:, u], state, keys, enc, mask)
+            outs.append(logp)
+        return torch.stack(outs, dim=1)
+
+
+class ASRModel(nn.Module):
+    def __init__(self, cfg=None):
+        super().__init__()
+        self.cfg = cfg or ModelConfig()
+        self.encoder = Encoder(self.cfg)
+        self.ctc = nn.Linear(self.encoder.out_dim, self.cfg.vocab_size)
+        self.decoder = Decoder(self.cfg, self.encoder.out_dim)
+
+    def encode(self, feats, lengths):
+        """Features (B, T, n_mels) -> encoder states (B, T', D), lengths (B,), mask (B, T')."""
+        enc, lengths = self.encoder(feats, lengths)
+        mask = torch.arange(enc.shape[1], device=enc.device)[None, :] < lengths[:, None]
+        return enc, lengths, mask
+
+    def ctc_log_probs(self, enc):
+        return torch.log_softmax(self.ctc(enc), dim=-1)
+
+    def loss(self, feats, lengths, targets, target_lengths, label_smoothing=0.1):
+        """Joint CTC/attention loss; targets (B, U) padded with EOS. Returns (loss, parts dict)."""
+        enc, enc_lengths, mask = self.encode(feats, lengths)
+        ctc_lp = self.ctc_log_probs(enc)
+        ctc = F.ctc_loss(ctc_lp.transpose(0, 1), targets, enc_lengths, target_lengths, blank=BLANK,
+                         reduction="mean", zero_infinity=True)
+        b = targets.shape[0]
+        sos = torch.full((b, 1), SOS, dtype=torch.long, device=targets.device)
+        dec_in = torch.cat([sos, targets], dim=1)
+        dec_out = torch.cat([targets, torch.full_like(sos, EOS)], dim=1)
+        valid = torch.arange(dec_out.shape[1], device=targets.device)[None, :] <= target_lengths[:, None]
+        dec_out = dec_out.masked_fill(~valid, EOS)
+        dec_out = dec_out.scatter(1, target_lengths[:, None], EOS)
+        logp = self.decoder(enc, mask, dec_in)[valid]
+        nll = F.nll_loss(logp, dec_out[valid], reduction="mean")
+        att = (1 - label_smoothing) * nll - label_smoothing * logp.mean()
+        w = self.cfg.ctc_weight
+        return w * ctc + (1 - w) * att, {"ctc": float(ctc.detach()), "att": float(nll.detach())}

@@ -1,0 +1,88 @@
+"""Checkpoints: tensors in safetensors plus a JSON header in its metadata.
+
+Header (format version 1): `format_version`, `model_config`, `vocab`, `cmvn` (mean/std),
+`ranks` (empty for a dense model), `provenance` (parent sha256, run, data manifests) and
+`metrics` (measured WER etc.). A checkpoint loads on its own, without its parent.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pipeline.atomic import atomic_path
+from pipeline.data.features import Cmvn
+from pipeline.errors import PipelineError
+from pipeline.model.asr import ASRModel
+from pipeline.model.config import ModelConfig
+from pipeline.model.vocab import TOKENS
+
+FORMAT_VERSION = 1
+MAGIC = "asr-pipeline-checkpoint"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(path, model, cmvn, provenance=None, metrics=None, ranks=None):
+    header = {"format_version": FORMAT_VERSION, "model_config": model.cfg.to_dict(), "vocab": TOKENS,
+              "cmvn": cmvn.to_json(), "ranks": ranks or {}, "provenance": provenance or {}, "metrics": metrics or {}}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": MAGIC, "header": json.dumps(header)})
+
+
+def read_header(path):
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: checkpoint not found")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > 100_000_000 or path.stat().st_size < 8 + n:
+                raise ValueError("header length past the end of the file")
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise PipelineError(f"{path}: not a checkpoint or truncated ({e})") from None
+    if meta.get("format") != MAGIC:
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline (metadata field 'format' is {meta.get('format')!r})")
+    try:
+        header = json.loads(meta["header"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{path}: metadata field 'header' is missing or not JSON ({e})") from None
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PipelineError(f"{path}: field 'format_version' is {version!r}; this pipeline reads up to "
+                            f"{FORMAT_VERSION}: upgrade the pipeline")
+    if header.get("vocab") != TOKENS:
+        raise PipelineError(f"{path}: field 'vocab' differs from this pipeline's vocabulary")
+    return header
+
+
+def load_checkpoint(path):
+    """(model in eval mode, cmvn, header); every failure is a PipelineError naming the file and field."""
+    header = read_header(path)
+    if header.get("ranks"):
+        raise PipelineError(f"{path}: field 'ranks' is set: a factored checkpoint needs the low-rank stage")
+    cfg = ModelConfig.from_dict(header.get("model_config"), f"{path}: field 'model_config'")
+    cmvn = Cmvn.from_json(header.get("cmvn"), f"{path}: field 'cmvn'")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise PipelineError(f"{path}: tensors unreadable, file truncated? ({e})") from None
+    model = ASRModel(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise PipelineError(f"{path}: tensors do not fit the model config ({str(e).splitlines()[0]})") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise PipelineError(f"{path}: tensor '{bad[0]}' has NaN or Inf values")
+    return model.eval(), cmvn, header

@@ -1,0 +1,107 @@
+"""Greedy (batched) and beam-search decoding, with optional CTC rescoring of the final beam."""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.model.vocab import BLANK, EOS, SOS, decode as ids_to_text
+
+
+@dataclass
+class DecodeConfig:
+    beam: int = 1                 # 1: greedy
+    length_penalty: float = 1.0   # hypotheses ranked by log-prob / length ** length_penalty
+    ctc_weight: float = 0.0       # > 0: final beam rescored by (1 - w) * attention + w * CTC
+    max_len_ratio: float = 1.5    # at most this many characters per encoder frame
+
+
+def max_steps(enc_lengths, cfg):
+    return int(max(8, float(enc_lengths.max()) * cfg.max_len_ratio))
+
+
+@torch.no_grad()
+def greedy(model, feats, lengths, cfg=DecodeConfig()):
+    enc, enc_lengths, mask = model.encode(feats, lengths)
+    dec = model.decoder
+    keys = dec.attention.key(enc)
+    state = dec.init_state(enc, mask)
+    tokens = torch.full((enc.shape[0],), SOS, dtype=torch.long)
+    done = torch.zeros(enc.shape[0], dtype=torch.bool)
+    out = []
+    for _ in range(max_steps(enc_lengths, cfg)):
+        logp, state = dec.step(tokens, state, keys, enc, mask)
+        tokens = logp.argmax(-1).masked_fill(done, EOS)
+        out.append(tokens)
+        done |= tokens == EOS
+        if bool(done.all()):
+            break
+    seqs = torch.stack(out, 1).tolist()
+    return [ids_to_text(s[: s.index(EOS)] if EOS in s else s) for s in seqs]
+
+
+@torch.no_grad()
+def beam_search(model, feats, lengths, cfg=DecodeConfig(beam=5)):
+    """Per-utterance beam search; returns one transcript per utterance."""
+    enc, enc_lengths, mask = model.encode(feats, lengths)
+    return [_beam_one(model, enc[i:i + 1, : enc_lengths[i]], cfg) for i in range(enc.shape[0])]
+
+
+def _beam_one(model, enc, cfg):
+    dec = model.decoder
+    mask = torch.ones(1, enc.shape[1], dtype=torch.bool)
+    keys = dec.attention.key(enc)
+    beams = [([SOS], 0.0, dec.init_state(enc, mask))]
+    finished = []
+    for _ in range(max_steps(torch.tensor([enc.shape[1]]), cfg)):
+        k = len(beams)
+        tokens = torch.tensor([b[0][-1] for b in beams])
+        state = _stack_states([b[2] for b in beams])
+        logp, state = dec.step(tokens, state, keys.expand(k, -1, -1), enc.expand(k, -1, -1), mask.expand(k, -1))
+        scores = torch.tensor([b[1] for b in beams])[:, None] + logp
+        top = scores.flatten().topk(min(cfg.beam * 2, scores.numel()))
+        new = []
+        for s, idx in zip(top.values.tolist(), top.indices.tolist()):
+            i, tok = divmod(idx, logp.shape[1])
+            seq = beams[i][0] + [tok]
+            if tok == EOS:
+                finished.append((seq[1:-1], s))
+            elif len(new) < cfg.beam:
+                new.append((seq, s, _select_state(state, i)))
+        beams = new
+        best_done = max((_norm(s, len(q) + 1, cfg) for q, s in finished), default=float("-inf"))
+        if len(finished) >= cfg.beam and best_done > max(_norm(s, len(q), cfg) for q, s, _ in beams):
+            break
+        if not beams:
+            break
+    if not finished:
+        finished = [(b[0][1:], b[1]) for b in beams]
+    if cfg.ctc_weight > 0:
+        ctc_lp = model.ctc_log_probs(enc)[0]
+        finished = [(q, (1 - cfg.ctc_weight) * s + cfg.ctc_weight * _ctc_score(ctc_lp, q)) for q, s in finished]
+    best = max(finished, key=lambda f: _norm(f[1], len(f[0]) + 1, cfg))
+    return ids_to_text(best[0])
+
+
+def _norm(score, length, cfg):
+    return score / (max(1, length) ** cfg.length_penalty)
+
+
+def _ctc_score(ctc_lp, seq):
+    if not seq:
+        return float(ctc_lp[:, BLANK].sum())
+    t = torch.tensor([seq])
+    return -float(F.ctc_loss(ctc_lp[:, None], t, torch.tensor([ctc_lp.shape[0]]), torch.tensor([len(seq)]),
+                             blank=BLANK, reduction="sum", zero_infinity=True))
+
+
+def _stack_states(states):
+    hs = torch.cat([s[0][0] for s in states], dim=1)
+    cs = torch.cat([s[0][1] for s in states], dim=1)
+    ctx = torch.cat([s[1] for s in states], dim=0)
+    w = torch.cat([s[2] for s in states], dim=0)
+    return (hs, cs), ctx, w
+
+
+def _select_state(state, i):
+    (h, c), ctx, w = state
+    return (h[:, i:i + 1], c[:, i:i + 1]), ctx[i:i + 1], w[i:i + 1]

@@ -1,0 +1,130 @@
+"""The ASR model: it learns, round-trips through its checkpoint, and decodes deterministically."""
+import json
+
+import pytest
+import torch
+
+from pipeline.data.dataset import SpeechDataset, collate
+from pipeline.data.features import Cmvn
+from pipeline.data.manifest import read_manifest
+from pipeline.errors import PipelineError
+from pipeline.model.asr import ASRModel
+from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.config import ModelConfig
+from pipeline.model.decode import DecodeConfig, beam_search, greedy
+
+SMALL = ModelConfig(enc_layers=2, enc_hidden=96, dec_hidden=96, att_dim=64, conv_channels=8, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def overfit(tiny_corpus):
+    """A small model trained on four real utterances until greedy decoding gets them exactly."""
+    corpus, _ = tiny_corpus
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    rows = sorted(read_manifest(corpus / "train.jsonl"), key=lambda r: r["duration"])[:4]
+    cmvn = Cmvn.load(corpus / "cmvn.json")
+    ds = SpeechDataset(rows, cmvn)
+    batch = collate([ds[i] for i in range(len(rows))])
+    model = ASRModel(SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses, hyps = [], []
+    for step in range(400):
+        model.train()
+        loss, _ = model.loss(*batch, label_smoothing=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 24:
+            hyps = greedy(model.eval(), batch[0], batch[1])
+            if hyps == [r["text"] for r in rows]:
+                break
+    return model.eval(), cmvn, rows, batch, losses, hyps
+
+
+def test_loss_falls_and_transcripts_become_exact(overfit):
+    model, _, rows, batch, losses, hyps = overfit
+    assert losses[-1] < 0.3 * losses[0]
+    assert hyps == [r["text"] for r in rows]
+    assert beam_search(model, batch[0], batch[1], DecodeConfig(beam=5)) == hyps
+    assert beam_search(model, batch[0], batch[1], DecodeConfig(beam=5, ctc_weight=0.3)) == hyps
+
+
+def test_decoding_is_deterministic(overfit):
+    model, _, _, batch, _, _ = overfit
+    assert greedy(model, batch[0], batch[1]) == greedy(model, batch[0], batch[1])
+    single = [greedy(model, batch[0][i:i + 1, : batch[1][i]], batch[1][i:i + 1])[0] for i in range(len(batch[1]))]
+    assert single == greedy(model, batch[0], batch[1])  # padding does not change the result
+
+
+def test_checkpoint_round_trip_is_exact(overfit, tmp_path):
+    model, cmvn, _, batch, _, _ = overfit
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, cmvn, provenance={"run": "test"}, metrics={"dev_wer": 0.5})
+    loaded, cmvn2, header = load_checkpoint(path)
+    assert header["metrics"]["dev_wer"] == 0.5 and header["model_config"] == SMALL.to_dict()
+    assert torch.equal(cmvn2.mean, cmvn.mean)
+    with torch.no_grad():
+        a, _, _ = model.encode(batch[0], batch[1])
+        b, _, _ = loaded.encode(batch[0], batch[1])
+    assert torch.equal(a, b)
+    assert greedy(loaded, batch[0], batch[1]) == greedy(model, batch[0], batch[1])
+
+
+def test_bad_checkpoints_give_clear_errors(overfit, tmp_path):
+    model, cmvn, _, _, _, _ = overfit
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, model, cmvn)
+    data = good.read_bytes()
+
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match="truncated.safetensors: .*truncated"):
+        load_checkpoint(truncated)
+
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "something-else"})
+    with pytest.raises(PipelineError, match="foreign.safetensors: not a checkpoint of this pipeline"):
+        load_checkpoint(foreign)
+
+    not_st = tmp_path / "junk.safetensors"
+    not_st.write_bytes(b"\x00" * 5)
+    with pytest.raises(PipelineError, match="junk.safetensors"):
+        load_checkpoint(not_st)
+
+    other_shape = tmp_path / "other.safetensors"
+    save_checkpoint(other_shape, ASRModel(ModelConfig(**{**SMALL.to_dict(), "enc_hidden": 32})), cmvn)
+    patched = other_shape.read_bytes()
+    n = int.from_bytes(patched[:8], "little")
+    header = json.loads(patched[8:8 + n])
+    inner = json.loads(header["__metadata__"]["header"])
+    inner["model_config"]["enc_hidden"] = 96  # header disagrees with the tensors
+    header["__metadata__"]["header"] = json.dumps(inner)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    other_shape.write_bytes(len(blob).to_bytes(8, "little") + blob + patched[8 + n:])
+    with pytest.raises(PipelineError, match="other.safetensors: tensors do not fit the model config"):
+        load_checkpoint(other_shape)
+
+
+def test_cli_eval_and_transcribe(overfit, tmp_path):
+    from conftest import run_cli
+
+    model, cmvn, rows, _, _, _ = overfit
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, model, cmvn)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli("eval", "--model", str(ckpt), "--manifest", str(manifest), "--json")
+    assert res.returncode == 0, res.stderr
+    m = json.loads(res.stdout)
+    assert m["wer"] == 0.0 and m["cer"] == 0.0 and m["utterances"] == 4
+    res = run_cli("eval", "--model", str(ckpt), "--manifest", str(manifest), "--beam", "5")
+    assert res.returncode == 0 and "WER 0.0000" in res.stdout
+    res = run_cli("transcribe", "--model", str(ckpt), rows[0]["audio_filepath"], rows[1]["audio_filepath"])
+    assert res.returncode == 0, res.stderr
+    assert [l.split("\t")[1] for l in res.stdout.splitlines()] == [rows[0]["text"], rows[1]["text"]]
+    res = run_cli("eval", "--model", str(tmp_path / "none.safetensors"), "--manifest", str(manifest))
+    assert res.returncode == 2 and "none.safetensors: checkpoint not found" in res.stderr
