@@ -93,6 +93,46 @@ def cmd_transcribe(args):
         print(f"{f}\t{text}", flush=True)
 
 
+def cmd_factorize(args):
+    from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
+    from pipeline.lowrank.factorize import energies
+    from pipeline.model.checkpoint import load_checkpoint, save_checkpoint, sha256
+
+    path = _model_path(args)
+    model, cmvn, header = load_checkpoint(path)
+    if (args.ranks is None) == (args.uniform is None):
+        raise PipelineError("give exactly one of --ranks R.json and --uniform FRACTION")
+    if args.uniform is not None and not 0 < args.uniform <= 1:
+        raise PipelineError(f"--uniform: fraction {args.uniform} is outside (0, 1]")
+    ranks = (load_rank_spec(args.ranks, model, snap=not args.no_snap) if args.ranks
+             else uniform_ranks(model, args.uniform, snap=not args.no_snap))
+    factorize(model, ranks)
+    energy = {**header.get("energy", {}), **energies(model)}
+    provenance = {"parent_sha256": sha256(path), "parent": str(path), "made_by": "factorize",
+                  "rank_spec": args.ranks or f"uniform {args.uniform}",
+                  "data_manifests": header.get("provenance", {}).get("data_manifests", [])}
+    save_checkpoint(args.out, model, cmvn, provenance, {}, energy)
+    rows, totals = cost_table(model, energy)
+    print(format_table(rows, totals))
+    print(f"wrote {args.out}")
+
+
+def cmd_inspect(args):
+    from pipeline.lowrank import cost_table, format_table
+    from pipeline.model.checkpoint import load_checkpoint
+
+    model, _, header = load_checkpoint(args.checkpoint)
+    rows, totals = cost_table(model, header.get("energy"))
+    if args.json:
+        print(json.dumps({"layers": rows, "totals": totals, "metrics": header.get("metrics", {}),
+                          "provenance": header.get("provenance", {})}, indent=2))
+        return
+    print(format_table(rows, totals))
+    for key in ("metrics", "provenance"):
+        if header.get(key):
+            print(f"{key}: {json.dumps(header[key])}")
+
+
 def cmd_info(args):
     from pipeline import _native
 
@@ -145,6 +185,18 @@ def make_parser():
     decode_args(tr)
     tr.add_argument("files", nargs="+")
     tr.set_defaults(func=cmd_transcribe)
+
+    f = sub.add_parser("factorize", help="SVD low-rank factorisation of a checkpoint at given ranks")
+    f.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    f.add_argument("--ranks", help='JSON {layer: rank | fraction | "dense"}; see `inspect` for layer names')
+    f.add_argument("--uniform", type=float, help="one rank fraction for every layer")
+    f.add_argument("--no-snap", action="store_true", help="do not snap ranks to multiples of 8")
+    f.add_argument("--out", required=True, help="factored checkpoint to write (.safetensors)")
+    f.set_defaults(func=cmd_factorize)
+    ins = sub.add_parser("inspect", help="per-layer ranks, parameters, MACs, bytes and energy of a checkpoint")
+    ins.add_argument("checkpoint")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_inspect)
 
     info = sub.add_parser("info", help="native extension build info and detected CPU features")
     info.set_defaults(func=cmd_info)

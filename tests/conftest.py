@@ -4,6 +4,9 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+
+from pipeline.model.config import ModelConfig
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,40 @@ def speech_wav(tmp_path):
 def write_wav(path, audio, sr=16000):
     sf.write(str(path), np.asarray(audio, dtype=np.float32), sr)
     return path
+
+SMALL = ModelConfig(enc_layers=2, enc_hidden=96, dec_hidden=96, att_dim=64, conv_channels=8, dropout=0.0)
+
+
+@pytest.fixture(scope="session")
+def overfit(tiny_corpus):
+    """A small model trained on four real utterances until greedy decoding gets them exactly."""
+    from pipeline.data.dataset import SpeechDataset, collate
+    from pipeline.data.features import Cmvn
+    from pipeline.data.manifest import read_manifest
+    from pipeline.model.asr import ASRModel
+    from pipeline.model.decode import greedy
+
+    corpus, _ = tiny_corpus
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    rows = sorted(read_manifest(corpus / "train.jsonl"), key=lambda r: r["duration"])[:4]
+    cmvn = Cmvn.load(corpus / "cmvn.json")
+    ds = SpeechDataset(rows, cmvn)
+    batch = collate([ds[i] for i in range(len(rows))])
+    model = ASRModel(SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses, hyps = [], []
+    for step in range(400):
+        model.train()
+        loss, _ = model.loss(*batch, label_smoothing=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 24:
+            hyps = greedy(model.eval(), batch[0], batch[1])
+            if hyps == [r["text"] for r in rows]:
+                break
+    return model.eval(), cmvn, rows, batch, losses, hyps
+
+

@@ -36,5 +36,6 @@ def test_import_librispeech_missing_audio_names_line(tmp_path, speech_wav):
     assert res.returncode == 2
     assert "84-121123.trans.txt:2: audio file not found" in res.stderr
     assert not (tmp_path / "x.jsonl").exists()
-    res = run_cli("data", "import-librispeech", str(tmp_path), "--out", str(tmp_path / "x.jsonl"))
+    (tmp_path / "empty").mkdir()
+    res = run_cli("data", "import-librispeech", str(tmp_path / "empty"), "--out", str(tmp_path / "x.jsonl"))
     assert res.returncode == 2 and "not a LibriSpeech folder" in res.stderr

@@ -4,43 +4,13 @@ import json
 import pytest
 import torch
 
-from pipeline.data.dataset import SpeechDataset, collate
-from pipeline.data.features import Cmvn
-from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.model.asr import ASRModel
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.config import ModelConfig
 from pipeline.model.decode import DecodeConfig, beam_search, greedy
 
-SMALL = ModelConfig(enc_layers=2, enc_hidden=96, dec_hidden=96, att_dim=64, conv_channels=8, dropout=0.0)
-
-
-@pytest.fixture(scope="module")
-def overfit(tiny_corpus):
-    """A small model trained on four real utterances until greedy decoding gets them exactly."""
-    corpus, _ = tiny_corpus
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    rows = sorted(read_manifest(corpus / "train.jsonl"), key=lambda r: r["duration"])[:4]
-    cmvn = Cmvn.load(corpus / "cmvn.json")
-    ds = SpeechDataset(rows, cmvn)
-    batch = collate([ds[i] for i in range(len(rows))])
-    model = ASRModel(SMALL)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses, hyps = [], []
-    for step in range(400):
-        model.train()
-        loss, _ = model.loss(*batch, label_smoothing=0.0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if step % 25 == 24:
-            hyps = greedy(model.eval(), batch[0], batch[1])
-            if hyps == [r["text"] for r in rows]:
-                break
-    return model.eval(), cmvn, rows, batch, losses, hyps
+from conftest import SMALL
 
 
 def test_loss_falls_and_transcripts_become_exact(overfit):

@@ -44,3 +44,24 @@ def test_cli_info_and_help():
     assert json.loads(res.stdout)["best_isa"] in ("avx512", "avx2", "neon", "scalar")
     res = run_cli("--help")
     assert res.returncode == 0 and "data" in res.stdout and "info" in res.stdout
+
+
+def test_aarch64_build_detects_neon_under_qemu(tmp_path):
+    """The kernel library cross-compiles for aarch64 and detects NEON (and dotprod where the core has it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    build = tmp_path / "build-aarch64"
+    subprocess.run(["cmake", "-S", str(root), "-B", str(build), "-DLRK_PYTHON=OFF",
+                    f"-DCMAKE_TOOLCHAIN_FILE={root / 'cmake/aarch64-linux-gnu.cmake'}"], check=True, capture_output=True)
+    subprocess.run(["cmake", "--build", str(build), "--parallel", "2"], check=True, capture_output=True)
+
+    def report(cpu):
+        out = subprocess.run(["qemu-aarch64", "-cpu", cpu, "-L", "/usr/aarch64-linux-gnu", str(build / "lrk_info")],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out)
+
+    a53, a_max = report("cortex-a53"), report("max")
+    assert a53["arch"] == "aarch64" and a53["best_isa"] == "neon"
+    assert a53["features"]["neon"] and not a53["features"]["dotprod"] and not a53["features"]["avx2"]
+    assert a_max["features"]["dotprod"]

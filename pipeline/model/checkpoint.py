@@ -31,9 +31,13 @@ def sha256(path):
     return h.hexdigest()
 
 
-def save_checkpoint(path, model, cmvn, provenance=None, metrics=None, ranks=None):
+def save_checkpoint(path, model, cmvn, provenance=None, metrics=None, energy=None):
+    """Save a dense or factored model; the ranks are read off the model itself."""
+    from pipeline.lowrank import current_ranks
+
     header = {"format_version": FORMAT_VERSION, "model_config": model.cfg.to_dict(), "vocab": TOKENS,
-              "cmvn": cmvn.to_json(), "ranks": ranks or {}, "provenance": provenance or {}, "metrics": metrics or {}}
+              "cmvn": cmvn.to_json(), "ranks": current_ranks(model), "energy": energy or {},
+              "provenance": provenance or {}, "metrics": metrics or {}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": MAGIC, "header": json.dumps(header)})
@@ -68,9 +72,9 @@ def read_header(path):
 
 def load_checkpoint(path):
     """(model in eval mode, cmvn, header); every failure is a PipelineError naming the file and field."""
+    from pipeline.lowrank import factorize, parse_rank_spec
+
     header = read_header(path)
-    if header.get("ranks"):
-        raise PipelineError(f"{path}: field 'ranks' is set: a factored checkpoint needs the low-rank stage")
     cfg = ModelConfig.from_dict(header.get("model_config"), f"{path}: field 'model_config'")
     cmvn = Cmvn.from_json(header.get("cmvn"), f"{path}: field 'cmvn'")
     try:
@@ -78,10 +82,16 @@ def load_checkpoint(path):
     except (SafetensorError, OSError) as e:
         raise PipelineError(f"{path}: tensors unreadable, file truncated? ({e})") from None
     model = ASRModel(cfg)
+    ranks = header.get("ranks") or {}
+    if not isinstance(ranks, dict) or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks.values()):
+        raise PipelineError(f"{path}: field 'ranks' must map layer names to integer ranks")
+    factorize(model, parse_rank_spec(ranks, model, snap=False, where=f"{path}: field 'ranks'",
+                                           keep_unprofitable=True), init=False)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise PipelineError(f"{path}: tensors do not fit the model config ({str(e).splitlines()[0]})") from None
+        raise PipelineError(f"{path}: tensors do not fit the model config and ranks "
+                            f"({str(e).splitlines()[0]} {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ''})") from None
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise PipelineError(f"{path}: tensor '{bad[0]}' has NaN or Inf values")

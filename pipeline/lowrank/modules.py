@@ -1,0 +1,168 @@
+"""Low-rank drop-ins for `nn.Linear` and `nn.LSTM`: W (m x n) ~= U (m x r) V (r x n), from a truncated SVD.
+
+Singular values are split as sqrt(S) into both factors, so U and V have the same scale and
+fine-tune evenly. A factor pair can be factorised again to a lower rank (SVD of U V).
+"""
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+
+def svd_factors(w, rank):
+    """(U, V) with U V the best rank-`rank` approximation of `w` and the energy kept (0..1)."""
+    p, s, qt = torch.linalg.svd(w.detach().double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    energy = float((s[:rank] ** 2).sum() / (s ** 2).sum().clamp_min(1e-30))
+    return (p[:, :rank] * root).to(w.dtype), (root[:, None] * qt[:rank]).to(w.dtype), energy
+
+
+class LowRankLinear(nn.Module):
+    """y = U (V x) + b, drop-in for nn.Linear(in_features, out_features)."""
+
+    def __init__(self, in_features, out_features, rank, bias=True):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.V = nn.Parameter(torch.empty(rank, in_features))
+        self.U = nn.Parameter(torch.empty(out_features, rank))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        nn.init.normal_(self.V, std=in_features ** -0.5)
+        nn.init.normal_(self.U, std=rank ** -0.5)
+
+    def dense_weight(self):
+        return self.U @ self.V
+
+    def forward(self, x):
+        y = (x @ self.V.t()) @ self.U.t()
+        return y if self.bias is None else y + self.bias
+
+    @classmethod
+    def from_weight(cls, weight, bias, rank):
+        m = cls(weight.shape[1], weight.shape[0], rank, bias is not None)
+        u, v, m.energy = svd_factors(weight, rank)
+        with torch.no_grad():
+            m.U.copy_(u)
+            m.V.copy_(v)
+            if bias is not None:
+                m.bias.copy_(bias)
+        return m
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}"
+
+
+def dense_weight(module):
+    """The (out x in) weight of a Linear or LowRankLinear."""
+    return module.weight if isinstance(module, nn.Linear) else module.dense_weight()
+
+
+class _Matrix(nn.Module):
+    """One LSTM weight matrix (4H x n), dense (`weight`) or factored (`U` 4H x r, `V` r x n)."""
+
+    def __init__(self, out_f, in_f, rank=None):
+        super().__init__()
+        self.shape, self.rank = (out_f, in_f), rank
+        if rank is None:
+            self.weight = nn.Parameter(torch.empty(out_f, in_f))
+        else:
+            self.U = nn.Parameter(torch.empty(out_f, rank))
+            self.V = nn.Parameter(torch.empty(rank, in_f))
+
+    def dense(self):
+        return self.weight if self.rank is None else self.U @ self.V
+
+    def apply(self, x):
+        """x (..., n) -> x W^T (..., 4H): one GEMM dense, two GEMMs through the rank factored."""
+        if self.rank is None:
+            return x @ self.weight.t()
+        return (x @ self.V.t()) @ self.U.t()
+
+    def set_from(self, w):
+        with torch.no_grad():
+            if self.rank is None:
+                self.weight.copy_(w)
+                self.energy = 1.0
+            else:
+                u, v, self.energy = svd_factors(w, self.rank)
+                self.U.copy_(u)
+                self.V.copy_(v)
+
+
+class LowRankLSTM(nn.Module):
+    """Drop-in for nn.LSTM (same inputs, outputs and states; bidirectional; padded or packed batches)
+    whose input matrix W_ih and recurrent matrix W_hh of each layer and direction are each dense or
+    factored with their own rank. `ranks[(layer, direction)] = (rank_ih, rank_hh)`, None = dense."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False, ranks=None):
+        super().__init__()
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bidirectional, self.batch_first = bidirectional, batch_first
+        ranks = ranks or {}
+        dirs = 2 if bidirectional else 1
+        self.cells = nn.ModuleDict()
+        for layer in range(num_layers):
+            n_in = input_size if layer == 0 else hidden_size * dirs
+            for d in range(dirs):
+                r_ih, r_hh = ranks.get((layer, d), (None, None))
+                cell = nn.Module()
+                cell.ih = _Matrix(4 * hidden_size, n_in, r_ih)
+                cell.hh = _Matrix(4 * hidden_size, hidden_size, r_hh)
+                cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))  # b_ih + b_hh
+                self.cells[cell_name(layer, d)] = cell
+
+    def forward(self, x, hx=None):
+        packed = isinstance(x, PackedSequence)
+        if packed:
+            sorted_idx = x.sorted_indices
+            x, lengths = pad_packed_sequence(x, batch_first=True)
+        else:
+            if not self.batch_first:
+                x = x.transpose(0, 1)
+            lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+        dirs = 2 if self.bidirectional else 1
+        b = x.shape[0]
+        if hx is None:
+            z = x.new_zeros(self.num_layers * dirs, b, self.hidden_size)
+            hx = (z, z)
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(dirs):
+                k = layer * dirs + d
+                y, h, c = self._run(self.cells[cell_name(layer, d)], x, lengths, hx[0][k], hx[1][k], reverse=d == 1)
+                outs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]
+        state = (torch.stack(h_n), torch.stack(c_n))
+        if packed:
+            out = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return PackedSequence(out.data, out.batch_sizes, sorted_idx, out.unsorted_indices), state
+        return (x if self.batch_first else x.transpose(0, 1)), state
+
+    @staticmethod
+    def _run(cell, x, lengths, h, c, reverse):
+        t_max = x.shape[1]
+        if reverse:  # reverse each sequence within its own length
+            idx = (lengths[:, None] - 1 - torch.arange(t_max)[None, :]).clamp(min=0)
+            idx = torch.where(torch.arange(t_max)[None, :] < lengths[:, None], idx, torch.arange(t_max)[None, :])
+            x = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+        xp = cell.ih.apply(x) + cell.bias  # the input projection of all frames at once
+        valid = (torch.arange(t_max)[None, :] < lengths[:, None]).to(x.dtype)[:, :, None]
+        outs = []
+        for t in range(t_max):
+            gates = xp[:, t] + cell.hh.apply(h)
+            i, f, g, o = gates.chunk(4, dim=1)
+            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            m = valid[:, t]
+            c = m * c_new + (1 - m) * c
+            h = m * h_new + (1 - m) * h
+            outs.append(h_new * m)
+        y = torch.stack(outs, dim=1) if outs else x.new_zeros(x.shape[0], 0, h.shape[1])
+        if reverse:
+            y = y.gather(1, idx[:, :, None].expand(-1, -1, y.shape[2]))
+        return y, h, c
+
+
+def cell_name(layer, direction):
+    return f"l{layer}" + ("_reverse" if direction == 1 else "")
