@@ -8,7 +8,6 @@ Writes a JSON results file and prints a markdown table (machine, threads and com
 """
 import argparse
 import copy
-import json
 import platform
 import sys
 import time

@@ -1,6 +1,5 @@
 """The tiny corpus built end to end with the real engines and recordings."""
 import json
-import os
 import time
 from pathlib import Path
 

@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from conftest import run_cli
 from pipeline.errors import PipelineError
-from pipeline.lowrank import (LowRankLinear, LowRankLSTM, cost_table, current_ranks, factorize, layers,
+from pipeline.lowrank import (LowRankLSTM, cost_table, current_ranks, factorize, layers,
                               parse_rank_spec, uniform_ranks)
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.decode import greedy
