@@ -50,7 +50,6 @@ def overfit(tiny_corpus):
 
     corpus, _ = tiny_corpus
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     rows = sorted(read_manifest(corpus / "train.jsonl"), key=lambda r: r["duration"])[:4]
     cmvn = Cmvn.load(corpus / "cmvn.json")
     ds = SpeechDataset(rows, cmvn)

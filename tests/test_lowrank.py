@@ -73,10 +73,10 @@ def test_parameter_counts_are_r_times_m_plus_n(overfit):
 def test_refactorising_shrinks_ranks_from_the_factors(overfit):
     model = copy.deepcopy(overfit[0])
     factorize(model, uniform_ranks(model, 0.5))
-    name = "encoder.lstms.0.l0.hh"
-    before = model.get_submodule("encoder.lstms.0").cells["l0"].hh.dense().detach().clone()
+    name = "encoder.lstms.0.fwd.l0.hh"
+    before = model.get_submodule("encoder.lstms.0.fwd").cells["l0"].hh.dense().detach().clone()
     factorize(model, parse_rank_spec({name: 16}, model))
-    cell = model.get_submodule("encoder.lstms.0").cells["l0"]
+    cell = model.get_submodule("encoder.lstms.0.fwd").cells["l0"]
     assert cell.hh.rank == 16
     after = cell.hh.dense().detach()
     u, s, v = torch.linalg.svd(before.double())
@@ -133,7 +133,7 @@ def test_gradients_flow_through_factors(overfit):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"encoder.lstms.9.l0.ih": 8}, "unknown layer 'encoder.lstms.9.l0.ih'"),
+    ({"encoder.lstms.9.fwd.l0.ih": 8}, "unknown layer 'encoder.lstms.9.fwd.l0.ih'"),
     ({"decoder.out": 0}, "rank 0 must be at least 1"),
     ({"decoder.out": 999}, "rank 999 is above its limit"),
     ({"decoder.out": 1.5}, "fraction 1.5 is outside"),
@@ -147,9 +147,9 @@ def test_bad_rank_specs_are_clear_errors(overfit, spec, message):
 
 def test_snapping_and_unprofitable_layers(overfit):
     model = overfit[0]
-    ranks = parse_rank_spec({"encoder.lstms.0.l0.hh": 13, "decoder.attention.energy": 1}, model)
-    assert ranks == {"encoder.lstms.0.l0.hh": 16, "decoder.attention.energy": None}
-    assert parse_rank_spec({"encoder.lstms.0.l0.hh": 13}, model, snap=False) == {"encoder.lstms.0.l0.hh": 13}
+    ranks = parse_rank_spec({"encoder.lstms.0.fwd.l0.hh": 13, "decoder.attention.energy": 1}, model)
+    assert ranks == {"encoder.lstms.0.fwd.l0.hh": 16, "decoder.attention.energy": None}
+    assert parse_rank_spec({"encoder.lstms.0.fwd.l0.hh": 13}, model, snap=False) == {"encoder.lstms.0.fwd.l0.hh": 13}
 
 
 def test_cli_factorize_and_inspect(overfit, tmp_path):
@@ -157,14 +157,14 @@ def test_cli_factorize_and_inspect(overfit, tmp_path):
     ckpt = tmp_path / "dense.safetensors"
     save_checkpoint(ckpt, model, cmvn)
     spec = tmp_path / "ranks.json"
-    spec.write_text(json.dumps({"encoder.lstms.0.l0.ih": 16, "decoder.out": "dense"}))
+    spec.write_text(json.dumps({"encoder.lstms.0.fwd.l0.ih": 16, "decoder.out": "dense"}))
     out = tmp_path / "f.safetensors"
     res = run_cli("factorize", "--model", str(ckpt), "--ranks", str(spec), "--out", str(out))
     assert res.returncode == 0, res.stderr
     res = run_cli("inspect", str(out), "--json")
     info = json.loads(res.stdout)
     by = {r["name"]: r for r in info["layers"]}
-    assert by["encoder.lstms.0.l0.ih"]["rank"] == 16 and 0 < by["encoder.lstms.0.l0.ih"]["energy"] < 1
+    assert by["encoder.lstms.0.fwd.l0.ih"]["rank"] == 16 and 0 < by["encoder.lstms.0.fwd.l0.ih"]["energy"] < 1
     assert by["decoder.out"]["rank"] is None
     assert len(info["provenance"]["parent_sha256"]) == 64
     spec.write_text("{not json")

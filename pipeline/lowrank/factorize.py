@@ -2,7 +2,7 @@
 apart) and every Linear can be factorised, or factorised again to a lower rank.
 
 Layer names: `<module path>.l<k>[_reverse].ih|hh` for LSTM matrices, `<module path>` for Linears,
-e.g. `encoder.lstms.0.l0_reverse.hh`, `decoder.lstm.l0.ih`, `decoder.out`, `ctc`.
+e.g. `encoder.lstms.0.bwd.l0.hh`, `decoder.lstm.l0.ih`, `decoder.out`, `ctc`.
 """
 import json
 from dataclasses import dataclass

@@ -7,7 +7,6 @@ can get its own rank) and every projection in an `nn.Linear`: the low-rank stage
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from pipeline.model.config import ModelConfig
 from pipeline.model.vocab import BLANK, EOS, SOS
@@ -32,24 +31,60 @@ class ConvSubsampling(nn.Module):
         return y.permute(0, 2, 1, 3).reshape(b, t, c * f), self.out_lengths(lengths)
 
 
+def reverse_padded(x, lengths):
+    """Reverse each sequence of a padded (B, T, D) batch within its own length; padding stays put."""
+    t = torch.arange(x.shape[1], device=x.device)[None, :]
+    idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)
+    return x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+
+
 class Encoder(nn.Module):
+    """Each layer is one `nn.LSTM` per direction, run on the padded batch: padding at the end cannot
+    reach the valid frames of a forward pass, and the backward direction reads each sequence reversed
+    within its length. (Packed sequences would force PyTorch's slow generic LSTM path on the CPU.)"""
+
     def __init__(self, cfg):
         super().__init__()
         self.subsample = ConvSubsampling(cfg.n_mels, cfg.conv_channels)
-        dirs = 2 if cfg.bidirectional else 1
-        dims = [self.subsample.out_dim] + [cfg.enc_hidden * dirs] * cfg.enc_layers
-        self.lstms = nn.ModuleList(nn.LSTM(dims[i], cfg.enc_hidden, batch_first=True, bidirectional=cfg.bidirectional)
-                                   for i in range(cfg.enc_layers))
+        dirs = ["fwd", "bwd"] if cfg.bidirectional else ["fwd"]
+        dims = [self.subsample.out_dim] + [cfg.enc_hidden * len(dirs)] * cfg.enc_layers
+        self.lstms = nn.ModuleList(
+            nn.ModuleDict({d: nn.LSTM(dims[i], cfg.enc_hidden, batch_first=True) for d in dirs})
+            for i in range(cfg.enc_layers))
         self.dropout = nn.Dropout(cfg.dropout)
-        self.out_dim = cfg.enc_hidden * dirs
+        self.out_dim = cfg.enc_hidden * len(dirs)
 
     def forward(self, feats, lengths):
         x, lengths = self.subsample(feats, lengths)
         lengths = lengths.clamp(min=1, max=x.shape[1])
-        for lstm in self.lstms:
-            packed = pack_padded_sequence(self.dropout(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
-            x, _ = pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=x.shape[1])
+        valid = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).unsqueeze(2)
+        for layer in self.lstms:
+            x = self.dropout(x)
+            outs = [layer["fwd"](x)[0]]
+            if "bwd" in layer:
+                outs.append(reverse_padded(layer["bwd"](reverse_padded(x, lengths))[0], lengths))
+            x = torch.cat(outs, dim=2) * valid
         return x, lengths
+
+
+def lstm_step(lstm, x, state):
+    """One time step of a (multi-layer, unidirectional) LSTM: x (B, in) -> top h (B, H), new state.
+    For nn.LSTM the gates are computed from its own weights: calling the module for a single frame
+    costs more in oneDNN's per-call weight packing than the arithmetic itself."""
+    if not isinstance(lstm, nn.LSTM):
+        out, state = lstm(x.unsqueeze(1), state)
+        return out.squeeze(1), state
+    h0, c0 = state
+    hs, cs = [], []
+    for k in range(lstm.num_layers):
+        gates = (F.linear(x, getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"bias_ih_l{k}"))
+                 + F.linear(h0[k], getattr(lstm, f"weight_hh_l{k}"), getattr(lstm, f"bias_hh_l{k}")))
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c0[k] + torch.sigmoid(i) * torch.tanh(g)
+        x = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(x)
+        cs.append(c)
+    return x, (torch.stack(hs), torch.stack(cs))
 
 
 class LocationAttention(nn.Module):
@@ -91,9 +126,8 @@ class Decoder(nn.Module):
     def step(self, tokens, state, keys, enc, mask):
         """One output step: previous tokens (B,) and state -> log-probs (B, V) and the new state."""
         (h, c), context, weights = state
-        x = torch.cat([self.embed(tokens), context], dim=1).unsqueeze(1)
-        out, (h, c) = self.lstm(x, (h, c))
-        q = out.squeeze(1)
+        x = torch.cat([self.embed(tokens), context], dim=1)
+        q, (h, c) = lstm_step(self.lstm, x, (h, c))
         context, weights = self.attention(keys, enc, mask, q, weights)
         logits = self.out(self.dropout(torch.cat([q, context], dim=1)))
         return torch.log_softmax(logits, dim=-1), ((h, c), context, weights)

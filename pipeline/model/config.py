@@ -12,11 +12,11 @@ class ModelConfig:
     enc_layers: int = 3
     enc_hidden: int = 256          # per direction
     bidirectional: bool = True     # False: a streaming (unidirectional) encoder
-    att_dim: int = 256
+    att_dim: int = 128
     att_conv_channels: int = 10    # location-aware attention: conv over the previous weights
     att_conv_kernel: int = 31
     dec_layers: int = 1
-    dec_hidden: int = 320
+    dec_hidden: int = 256
     embed_dim: int = 64
     vocab_size: int = len(TOKENS)
     dropout: float = 0.15
