@@ -25,9 +25,11 @@ def cmd_data_import_librispeech(args):
 
 
 def cmd_data_check(args):
-    from pipeline.data.manifest import read_manifest
+    from pipeline.data.manifest import check_audio, read_manifest
 
     rows = read_manifest(args.manifest)
+    if args.decode:
+        check_audio(args.manifest, rows)
     print(f"{args.manifest}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 3600:.2f} h, ok")
 
 
@@ -46,7 +48,8 @@ def _model_path(args):
 def cmd_train(args):
     from pipeline.train import train
 
-    st = train(args.data, args.out, args.config, resume=args.resume, epochs=args.epochs)
+    st = train(args.data, args.out, args.config, resume=args.resume, epochs=args.epochs,
+               train_manifest=args.train_manifest, dev_manifest=args.dev_manifest)
     print(f"best dev WER {st['best_wer']:.3f}; checkpoints in {args.out}/best.safetensors and last.safetensors")
 
 
@@ -159,10 +162,13 @@ def make_parser():
     ls.set_defaults(func=cmd_data_import_librispeech)
     c = dsub.add_parser("check", help="validate a manifest and the audio files it names")
     c.add_argument("manifest")
+    c.add_argument("--decode", action="store_true", help="also decode every audio file (mono, not empty)")
     c.set_defaults(func=cmd_data_check)
 
     t = sub.add_parser("train", help="train the LSTM encoder-attention-decoder ASR model (resumable)")
-    t.add_argument("--data", required=True, help="corpus folder with train.jsonl, dev.jsonl, cmvn.json")
+    t.add_argument("--data", help="corpus folder with train.jsonl, dev.jsonl (and cmvn.json)")
+    t.add_argument("--train-manifest", help="any training manifest (instead of DATA/train.jsonl)")
+    t.add_argument("--dev-manifest", help="any dev manifest (instead of DATA/dev.jsonl)")
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--config", help="JSON with optional 'model' and 'train' objects")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")

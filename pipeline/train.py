@@ -1,7 +1,8 @@
 """`python -m pipeline train`: joint CTC/attention training with resume after interruption.
 
-A run folder holds `config.json` (model and training config), `state.pt` (everything needed to
-resume: model, optimiser, scheduler, position in the epoch, history), `last.safetensors`,
+A run folder holds `config.json` (model and training config), `state.pt` and the
+`optimizer-<step>.pt` it names (everything needed to resume: model, optimiser, position in the
+epoch, history), `last.safetensors`,
 `best.safetensors` (lowest dev WER) and `history.jsonl` (one line per epoch). Every file is
 written atomically; `--resume` continues from `state.pt` exactly where it stopped.
 """
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_text
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
-from pipeline.data.features import Cmvn
+from pipeline.data.features import Cmvn, compute_cmvn
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate
@@ -78,52 +79,95 @@ def _subset(rows, n):
     return rows[::step]
 
 
-def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progress=True):
-    data_dir, out = Path(data_dir), Path(out_dir)
-    state_path = out / "state.pt"
+def resolve_data(data_dir, train_manifest, dev_manifest, out):
+    """Manifests and CMVN of a run: a corpus folder, any manifests, or a folder with manifests
+    overriding its own. CMVN comes from the folder's cmvn.json for its own train manifest, else it
+    is computed from the train manifest and kept in the run folder."""
+    if data_dir is None and (train_manifest is None or dev_manifest is None):
+        raise PipelineError("give --data DIR, or both --train-manifest and --dev-manifest")
+    data_dir = Path(data_dir) if data_dir else None
+    train_m = Path(train_manifest) if train_manifest else data_dir / "train.jsonl"
+    dev_m = Path(dev_manifest) if dev_manifest else data_dir / "dev.jsonl"
+    if data_dir is not None and train_manifest is None and (data_dir / "cmvn.json").exists():
+        return train_m, dev_m, Cmvn.load(data_dir / "cmvn.json")
+    if (out / "cmvn.json").exists():
+        return train_m, dev_m, Cmvn.load(out / "cmvn.json")
+    return train_m, dev_m, compute_cmvn(train_m, out / "cmvn.json")
+
+
+def _configs(out, config_path, resume):
     if resume:
-        if not state_path.exists():
-            raise PipelineError(f"{state_path}: nothing to resume (no state file)")
+        if not (out / "state.pt").exists():
+            raise PipelineError(f"{out / 'state.pt'}: nothing to resume (no state file)")
         saved = json.loads((out / "config.json").read_text())
-        mcfg = ModelConfig.from_dict(saved["model"], f"{out}/config.json")
-        tcfg = TrainConfig.from_dict(saved["train"], f"{out}/config.json")
-    else:
-        if state_path.exists():
-            raise PipelineError(f"{out}: holds a training run already; pass --resume or choose another --out")
-        mcfg, tcfg = load_config_file(config_path)
+        where = f"{out}/config.json"
+        return ModelConfig.from_dict(saved["model"], where), TrainConfig.from_dict(saved["train"], where)
+    if (out / "state.pt").exists():
+        raise PipelineError(f"{out}: holds a training run already; pass --resume or choose another --out")
+    return load_config_file(config_path)
+
+
+def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progress=True,
+          train_manifest=None, dev_manifest=None):
+    out = Path(out_dir)
+    mcfg, tcfg = _configs(out, config_path, resume)
     if epochs is not None:
         tcfg.epochs = epochs
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
-
-    cmvn = Cmvn.load(data_dir / "cmvn.json")
-    train_rows = [r for r in read_manifest(data_dir / "train.jsonl") if r["duration"] <= tcfg.max_duration]
-    dev_rows = _subset(read_manifest(data_dir / "dev.jsonl"), tcfg.dev_max_utterances)
+    train_m, dev_m, cmvn = resolve_data(data_dir, train_manifest, dev_manifest, out)
+    train_rows = [r for r in read_manifest(train_m) if r["duration"] <= tcfg.max_duration]
+    dev_rows = _subset(read_manifest(dev_m), tcfg.dev_max_utterances)
     model = ASRModel(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     st = {"epoch": 0, "batch": 0, "step": 0, "best_wer": None, "history": []}
     if resume:
-        saved_state = torch.load(state_path, weights_only=False)
+        saved_state = torch.load(out / "state.pt", weights_only=False)
         model.load_state_dict(saved_state["model"])
-        opt.load_state_dict(saved_state["optimizer"])
+        opt_path = out / saved_state["optimizer_file"]
+        if not opt_path.exists():
+            raise PipelineError(f"{opt_path}: optimiser state named by {out / 'state.pt'} is missing")
+        opt.load_state_dict(torch.load(opt_path, weights_only=False))
         st = saved_state["progress"]
-    write_json(out / "config.json", {"model": mcfg.to_dict(), "train": asdict(tcfg), "data": str(data_dir)})
-
+    write_json(out / "config.json", {"model": mcfg.to_dict(), "train": asdict(tcfg),
+                                     "train_manifest": str(train_m), "dev_manifest": str(dev_m)})
+    run = Run(out, model, opt, cmvn, tcfg, st, progress,
+              {"run": str(out), "data_manifests": [str(train_m), str(dev_m)]})
     ds = SpeechDataset(train_rows, cmvn, speeds=tcfg.speeds, specaugment=tcfg.specaugment, seed=tcfg.seed)
-    steps_per_epoch = len(duration_batches(train_rows, tcfg.batch_seconds))
-    total_steps = steps_per_epoch * tcfg.epochs
-    provenance = {"run": str(out), "data_manifests": [str(data_dir / "train.jsonl"), str(data_dir / "dev.jsonl")]}
-
-    def save_state():
-        with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "progress": st}, tmp)
-
+    total_steps = len(duration_batches(train_rows, tcfg.batch_seconds)) * tcfg.epochs
     for epoch in range(st["epoch"], tcfg.epochs):
         ds.epoch = epoch
-        batches = duration_batches(train_rows, tcfg.batch_seconds, seed=tcfg.seed, epoch=epoch)
+        run.train_epoch(ds, duration_batches(train_rows, tcfg.batch_seconds, seed=tcfg.seed, epoch=epoch),
+                        epoch, total_steps)
+        run.end_epoch(epoch, dev_rows)
+    return st
+
+
+class Run:
+    """The state of one training run and the steps that move it forward."""
+
+    def __init__(self, out, model, opt, cmvn, tcfg, st, progress, provenance):
+        self.out, self.model, self.opt, self.cmvn, self.tcfg = out, model, opt, cmvn, tcfg
+        self.st, self.progress, self.provenance = st, progress, provenance
+
+    def save_state(self):
+        """The optimiser goes to its own file named by the step (each file stays well under 50 MB,
+        so a run can be committed); state.pt names it and is written last, so a kill between the two
+        writes leaves the previous pair whole."""
+        opt_name = f"optimizer-{self.st['step']:07d}.pt"
+        with atomic_path(self.out / opt_name) as tmp:
+            torch.save(self.opt.state_dict(), tmp)
+        with atomic_path(self.out / "state.pt") as tmp:
+            torch.save({"model": self.model.state_dict(), "optimizer_file": opt_name, "progress": self.st}, tmp)
+        for old in self.out.glob("optimizer-*.pt"):
+            if old.name != opt_name:
+                old.unlink()
+
+    def train_epoch(self, ds, batches, epoch, total_steps):
+        st, tcfg, model, opt = self.st, self.tcfg, self.model, self.opt
         model.train()
         bar = tqdm(total=len(batches), initial=st["batch"], desc=f"epoch {epoch + 1}/{tcfg.epochs}",
-                   unit="batch", disable=not progress)
+                   unit="batch", disable=not self.progress)
         t0, utts = time.time(), 0
         for bi in range(st["batch"], len(batches)):
             feats, lengths, targets, tlens = collate([ds[i] for i in batches[bi]])
@@ -133,8 +177,7 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
             loss, parts = model.loss(feats, lengths, targets, tlens, tcfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-            if torch.isfinite(gnorm):
+            if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)):
                 opt.step()
             st["step"] += 1
             st["batch"] = bi + 1
@@ -143,21 +186,23 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
                             utt_s=f"{utts / (time.time() - t0):.1f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
             bar.update(1)
             if st["step"] % tcfg.save_every_steps == 0:
-                save_state()
+                self.save_state()
         bar.close()
-        metrics, _ = evaluate(model, cmvn, dev_rows, progress=progress)
-        entry = {"epoch": epoch + 1, "step": st["step"], "dev_wer": metrics["wer"], "dev_cer": metrics["cer"],
-                 "time": time.time()}
-        st["history"].append(entry)
+        st["seconds"] = st.get("seconds", 0.0) + time.time() - t0
+
+    def end_epoch(self, epoch, dev_rows):
+        st = self.st
+        metrics, _ = evaluate(self.model, self.cmvn, dev_rows, progress=self.progress)
+        st["history"].append({"epoch": epoch + 1, "step": st["step"], "dev_wer": metrics["wer"],
+                              "dev_cer": metrics["cer"], "train_seconds": round(st.get("seconds", 0.0)),
+                              "time": time.time()})
         st["epoch"], st["batch"] = epoch + 1, 0
         print(f"epoch {epoch + 1}: dev WER {metrics['wer']:.3f} CER {metrics['cer']:.3f} "
               f"({metrics['utterances']} utterances)", flush=True)
-        save_checkpoint(out / "last.safetensors", model, cmvn, provenance,
-                        {"dev_wer": metrics["wer"], "epoch": epoch + 1})
+        scores = {"dev_wer": metrics["wer"], "epoch": epoch + 1}
+        save_checkpoint(self.out / "last.safetensors", self.model, self.cmvn, self.provenance, scores)
         if st["best_wer"] is None or metrics["wer"] < st["best_wer"]:
             st["best_wer"] = metrics["wer"]
-            save_checkpoint(out / "best.safetensors", model, cmvn, provenance,
-                            {"dev_wer": metrics["wer"], "epoch": epoch + 1})
-        write_text(out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st["history"]))
-        save_state()
-    return st
+            save_checkpoint(self.out / "best.safetensors", self.model, self.cmvn, self.provenance, scores)
+        write_text(self.out / "history.jsonl", "".join(json.dumps(h) + "\n" for h in st["history"]))
+        self.save_state()

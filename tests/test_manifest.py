@@ -74,3 +74,24 @@ def test_cli_check_unreadable_audio_names_file(tmp_path, good_row):
         load_audio(bad)
     res = run_cli("data", "check", str(write(tmp_path, [good_row])))
     assert res.returncode == 0 and "1 utterances" in res.stdout
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: p.write_bytes(b"RIFF....WAVEjunk"), "unreadable audio"),
+    (lambda p: write_wav(p, np.zeros((0,))), "zero length"),
+    (lambda p: write_wav(p, np.zeros((1600, 2))), "2 channels; expected mono"),
+])
+def test_decode_check_names_line_and_file(tmp_path, good_row, make, expected):
+    bad = tmp_path / "bad.wav"
+    make(bad)
+    path = write(tmp_path, [good_row, {**good_row, "id": "b", "audio_filepath": str(bad)}])
+    res = run_cli("data", "check", "--decode", str(path))
+    assert res.returncode == 2
+    assert f"m.jsonl: utterance 2 (b): {bad}: {expected}" in res.stderr
+    assert run_cli("data", "check", str(path)).returncode == 0  # without --decode only paths are checked
+
+
+def test_any_sample_rate_is_accepted(tmp_path, good_row):
+    wav = write_wav(tmp_path / "r.wav", 0.1 * np.sin(np.arange(44100) / 5.0), sr=44100)
+    path = write(tmp_path, [{**good_row, "audio_filepath": str(wav)}])
+    assert run_cli("data", "check", "--decode", str(path)).returncode == 0

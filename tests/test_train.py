@@ -45,3 +45,16 @@ def test_train_writes_checkpoints_and_resumes_exactly_after_kill(tiny_corpus, tm
     again, _, _ = load_checkpoint(run / "last.safetensors")
     for (k, va), (_, vb) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.allclose(va, vb, atol=1e-5), k
+
+
+def test_train_takes_any_manifests_and_computes_cmvn(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**TINY_RUN, "train": {**TINY_RUN["train"], "epochs": 1}}))
+    st = train(None, tmp_path / "run", cfg, progress=False,
+               train_manifest=corpus / "dev.jsonl", dev_manifest=corpus / "test.jsonl")
+    assert st["epoch"] == 1 and (tmp_path / "run" / "cmvn.json").exists()
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train_manifest"].endswith("dev.jsonl") and saved["dev_manifest"].endswith("test.jsonl")
+    with pytest.raises(PipelineError, match="give --data DIR, or both"):
+        train(None, tmp_path / "other", cfg, progress=False, train_manifest=corpus / "dev.jsonl")

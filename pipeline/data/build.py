@@ -221,6 +221,8 @@ def build(preset_name, out_dir, seed=0, workers=None):
                                 f"seed {old.get('seed')}; choose another --out")
     check_engines()
     write_json(meta_path, meta)
+    for stale in out_dir.rglob(".*.tmp*"):  # half-written files of a killed build
+        stale.unlink()
     jobs = plan_jobs(preset, seed)
     workers = workers or os.cpu_count() or 1
     rows = []

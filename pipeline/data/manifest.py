@@ -35,6 +35,8 @@ def read_manifest(path, check_audio=True):
             raise PipelineError(f"{where}: expected a JSON object, got {type(row).__name__}")
         rows.append(_check_row(row, where, path.parent, check_audio))
         uid = row.get("id")
+        if uid is not None and not isinstance(uid, (str, int)):
+            raise PipelineError(f"{where}: field 'id' must be a string or an integer")
         if uid is not None:
             if uid in seen_ids:
                 raise PipelineError(f"{where}: field 'id': duplicate id {uid!r} (first on line {seen_ids[uid]})")
@@ -54,7 +56,7 @@ def _check_row(row, where, base, check_audio):
     if not text.isascii():
         raise PipelineError(f"{where}: field 'text' has non-ASCII characters; normalise transcripts to a-z, ' and space")
     dur = row["duration"]
-    if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not dur > 0:
+    if isinstance(dur, bool) or not isinstance(dur, (int, float)) or not 0 < dur < float("inf"):
         raise PipelineError(f"{where}: field 'duration' must be a positive number of seconds, got {dur!r}")
     audio = row["audio_filepath"]
     if not isinstance(audio, str) or not audio:
@@ -73,3 +75,15 @@ def relative_rows(rows, base):
         p = Path(r["audio_filepath"]).resolve()
         out.append({**r, "audio_filepath": str(p.relative_to(base)) if p.is_relative_to(base) else str(p)})
     return out
+
+
+def check_audio(manifest, rows):
+    """Decode every audio file of a manifest: it must be readable, mono and not empty (any rate is
+    resampled to 16 kHz later). The error names the manifest line and the file."""
+    from pipeline.data.audio import load_audio
+
+    for lineno, r in enumerate(rows, 1):
+        try:
+            load_audio(r["audio_filepath"])
+        except PipelineError as e:
+            raise PipelineError(f"{manifest}: utterance {lineno} ({r.get('id', '?')}): {e}") from None

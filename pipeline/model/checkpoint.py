@@ -55,12 +55,15 @@ def read_header(path):
             meta = json.loads(f.read(n)).get("__metadata__") or {}
     except (ValueError, UnicodeDecodeError, AttributeError) as e:
         raise PipelineError(f"{path}: not a checkpoint or truncated ({e})") from None
-    if meta.get("format") != MAGIC:
-        raise PipelineError(f"{path}: not a checkpoint of this pipeline (metadata field 'format' is {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != MAGIC:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline (metadata field 'format' is {got!r})")
     try:
         header = json.loads(meta["header"])
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise PipelineError(f"{path}: metadata field 'header' is missing or not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise PipelineError(f"{path}: metadata field 'header' must be a JSON object")
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise PipelineError(f"{path}: field 'format_version' is {version!r}; this pipeline reads up to "

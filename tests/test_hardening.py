@@ -1,0 +1,134 @@
+"""Bad input and faults: each gives a one-line error naming the file and field, a non-zero exit,
+and loses nothing (see the table in README.md)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import run_cli, write_wav
+from pipeline.errors import PipelineError
+from pipeline.model.checkpoint import load_checkpoint, read_header, save_checkpoint
+
+
+def rewrite_header(path, change):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8:8 + n])
+    inner = json.loads(meta["__metadata__"]["header"])
+    change(inner)
+    meta["__metadata__"]["header"] = json.dumps(inner)
+    blob = json.dumps(meta).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+
+
+@pytest.fixture
+def checkpoint(overfit, tmp_path):
+    model, cmvn = overfit[0], overfit[1]
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, model, cmvn)
+    return path
+
+
+def test_newer_format_version_is_refused(checkpoint):
+    rewrite_header(checkpoint, lambda h: h.update(format_version=99))
+    with pytest.raises(PipelineError, match="m.safetensors: field 'format_version' is 99; .* upgrade"):
+        load_checkpoint(checkpoint)
+
+
+def test_nan_weights_are_refused(overfit, tmp_path):
+    model, cmvn = overfit[0], overfit[1]
+    broken = type(model)(model.cfg)
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.decoder.out.weight[0, 0] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_checkpoint(path, broken, cmvn)
+    with pytest.raises(PipelineError, match="nan.safetensors: tensor 'decoder.out.weight' has NaN or Inf"):
+        load_checkpoint(path)
+
+
+def test_empty_audio_file_is_unreadable(tmp_path):
+    from pipeline.data.audio import load_audio
+
+    empty = tmp_path / "empty.flac"
+    empty.write_bytes(b"")
+    with pytest.raises(PipelineError, match="empty.flac: unreadable audio"):
+        load_audio(empty)
+
+
+def test_transcribe_bad_file_is_one_line(overfit, checkpoint, tmp_path):
+    res = run_cli("transcribe", "--model", str(checkpoint), str(tmp_path / "missing.wav"))
+    assert res.returncode == 2 and res.stderr.strip() == f"error: {tmp_path / 'missing.wav'}: audio file not found"
+    silent = write_wav(tmp_path / "short.wav", np.zeros(100))
+    res = run_cli("transcribe", "--model", str(checkpoint), str(silent))
+    assert res.returncode == 2 and "too short" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_kill_during_data_build_resumes_to_the_same_corpus(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "data", "build", "--preset", "tiny", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while len(list((out / "audio").rglob("*.flac"))) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+    proc.wait()
+    assert not (out / "train.jsonl").exists()
+    res = run_cli("data", "build", "--preset", "tiny", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert not list(out.rglob("*.tmp*"))
+    for split in ("train", "dev", "test", "test_real"):
+        assert (out / f"{split}.jsonl").read_text() == (corpus / f"{split}.jsonl").read_text(), split
+    for f in (corpus / "audio").rglob("*.flac"):
+        assert (out / f.relative_to(corpus)).read_bytes() == f.read_bytes()
+
+
+# ---- fuzzing the parsers: any input ends in a result or a PipelineError, never anything else ----
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner,
+                                                                                         max_size=4), max_leaves=8)
+manifest_line = st.one_of(
+    st.text(max_size=60),
+    st.fixed_dictionaries({}, optional={"audio_filepath": json_values | st.just("a.wav"),
+                                        "duration": json_values, "text": json_values, "id": json_values}
+                          ).map(json.dumps))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(manifest_line, max_size=5))
+def test_fuzz_manifest_parser(tmp_path, lines):
+    from pipeline.data.manifest import read_manifest
+
+    write_wav(tmp_path / "a.wav", np.zeros(1600)) if not (tmp_path / "a.wav").exists() else None
+    path = tmp_path / "fuzz.jsonl"
+    path.write_bytes("\n".join(lines).encode("utf-8", "surrogatepass"))  # lone surrogates: invalid UTF-8
+    try:
+        rows = read_manifest(path)
+    except PipelineError as e:
+        assert str(path) in str(e)
+    else:
+        assert all(r["text"].strip() and r["duration"] > 0 for r in rows)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=json_values, cut=st.integers(min_value=0, max_value=400), raw=st.binary(max_size=64))
+def test_fuzz_checkpoint_header_parser(tmp_path, header, cut, raw):
+    path = tmp_path / "fuzz.safetensors"
+    meta = json.dumps({"__metadata__": {"format": "asr-pipeline-checkpoint", "header": json.dumps(header)}}).encode()
+    for blob in (len(meta).to_bytes(8, "little") + meta, (len(meta).to_bytes(8, "little") + meta)[:cut], raw):
+        path.write_bytes(blob)
+        try:
+            read_header(path)
+        except PipelineError as e:
+            assert str(path) in str(e)
