@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -30,6 +31,19 @@ def speech_wav(tmp_path):
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), "hello world this is a test"], check=True)
     audio, sr = sf.read(path, dtype="float32")
     return path, audio, sr
+
+
+def rewrite_header(path, change):
+    """Edit the JSON header inside a checkpoint's safetensors metadata in place."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    meta = json.loads(raw[8:8 + n])
+    inner = json.loads(meta["__metadata__"]["header"])
+    change(inner)
+    meta["__metadata__"]["header"] = json.dumps(inner)
+    blob = json.dumps(meta).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
 
 
 def write_wav(path, audio, sr=16000):

@@ -13,21 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli, write_wav
+from conftest import rewrite_header, run_cli, write_wav
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint, read_header, save_checkpoint
-
-
-def rewrite_header(path, change):
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    meta = json.loads(raw[8:8 + n])
-    inner = json.loads(meta["__metadata__"]["header"])
-    change(inner)
-    meta["__metadata__"]["header"] = json.dumps(inner)
-    blob = json.dumps(meta).encode()
-    blob += b" " * (-len(blob) % 8)
-    path.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
 
 
 @pytest.fixture

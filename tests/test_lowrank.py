@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import run_cli
+from conftest import rewrite_header, run_cli
 from pipeline.errors import PipelineError
 from pipeline.lowrank import (LowRankLSTM, cost_table, current_ranks, factorize, layers,
                               parse_rank_spec, uniform_ranks)
@@ -104,15 +104,7 @@ def test_ranks_that_disagree_with_shapes_are_an_error(overfit, tmp_path):
     fact = factorize(copy.deepcopy(model), uniform_ranks(model, 0.5))
     path = tmp_path / "f.safetensors"
     save_checkpoint(path, fact, cmvn)
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    meta = json.loads(raw[8:8 + n])
-    inner = json.loads(meta["__metadata__"]["header"])
-    inner["ranks"]["decoder.lstm.l0.hh"] -= 8
-    meta["__metadata__"]["header"] = json.dumps(inner)
-    blob = json.dumps(meta).encode()
-    blob += b" " * (-len(blob) % 8)
-    path.write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
+    rewrite_header(path, lambda h: h["ranks"].update({"decoder.lstm.l0.hh": h["ranks"]["decoder.lstm.l0.hh"] - 8}))
     with pytest.raises(PipelineError, match="f.safetensors: tensors do not fit the model config and ranks"):
         load_checkpoint(path)
 

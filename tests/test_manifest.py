@@ -78,8 +78,8 @@ def test_cli_check_unreadable_audio_names_file(tmp_path, good_row):
 
 @pytest.mark.parametrize("make, expected", [
     (lambda p: p.write_bytes(b"RIFF....WAVEjunk"), "unreadable audio"),
-    (lambda p: write_wav(p, np.zeros((0,))), "zero length"),
-    (lambda p: write_wav(p, np.zeros((1600, 2))), "2 channels; expected mono"),
+    (lambda p: write_wav(p, np.zeros((0,))), "audio has zero length"),
+    (lambda p: write_wav(p, np.zeros((1600, 2))), "audio has 2 channels; expected mono"),
 ])
 def test_decode_check_names_line_and_file(tmp_path, good_row, make, expected):
     bad = tmp_path / "bad.wav"

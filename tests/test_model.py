@@ -10,7 +10,7 @@ from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.config import ModelConfig
 from pipeline.model.decode import DecodeConfig, beam_search, greedy
 
-from conftest import SMALL
+from conftest import SMALL, rewrite_header
 
 
 def test_loss_falls_and_transcripts_become_exact(overfit):
@@ -66,15 +66,7 @@ def test_bad_checkpoints_give_clear_errors(overfit, tmp_path):
 
     other_shape = tmp_path / "other.safetensors"
     save_checkpoint(other_shape, ASRModel(ModelConfig(**{**SMALL.to_dict(), "enc_hidden": 32})), cmvn)
-    patched = other_shape.read_bytes()
-    n = int.from_bytes(patched[:8], "little")
-    header = json.loads(patched[8:8 + n])
-    inner = json.loads(header["__metadata__"]["header"])
-    inner["model_config"]["enc_hidden"] = 96  # header disagrees with the tensors
-    header["__metadata__"]["header"] = json.dumps(inner)
-    blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 8)
-    other_shape.write_bytes(len(blob).to_bytes(8, "little") + blob + patched[8 + n:])
+    rewrite_header(other_shape, lambda h: h["model_config"].update(enc_hidden=96))  # disagrees with the tensors
     with pytest.raises(PipelineError, match="other.safetensors: tensors do not fit the model config"):
         load_checkpoint(other_shape)
 
