@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from pipeline.model.asr import reverse_padded
+
 
 def svd_factors(w, rank):
     """(U, V) with U V the best rank-`rank` approximation of `w` and the energy kept (0..1)."""
@@ -142,10 +144,8 @@ class LowRankLSTM(nn.Module):
     @staticmethod
     def _run(cell, x, lengths, h, c, reverse):
         t_max = x.shape[1]
-        if reverse:  # reverse each sequence within its own length
-            idx = (lengths[:, None] - 1 - torch.arange(t_max)[None, :]).clamp(min=0)
-            idx = torch.where(torch.arange(t_max)[None, :] < lengths[:, None], idx, torch.arange(t_max)[None, :])
-            x = x.gather(1, idx[:, :, None].expand(-1, -1, x.shape[2]))
+        if reverse:
+            x = reverse_padded(x, lengths)
         xp = cell.ih.apply(x) + cell.bias  # the input projection of all frames at once
         valid = (torch.arange(t_max)[None, :] < lengths[:, None]).to(x.dtype)[:, :, None]
         outs = []
@@ -160,7 +160,7 @@ class LowRankLSTM(nn.Module):
             outs.append(h_new * m)
         y = torch.stack(outs, dim=1) if outs else x.new_zeros(x.shape[0], 0, h.shape[1])
         if reverse:
-            y = y.gather(1, idx[:, :, None].expand(-1, -1, y.shape[2]))
+            y = reverse_padded(y, lengths)
         return y, h, c
 
 
