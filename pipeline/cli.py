@@ -25,11 +25,11 @@ def cmd_data_import_librispeech(args):
 
 
 def cmd_data_check(args):
-    from pipeline.data.manifest import check_audio, read_manifest
+    from pipeline.data.manifest import check_decodes, read_manifest
 
     rows = read_manifest(args.manifest)
     if args.decode:
-        check_audio(args.manifest, rows)
+        check_decodes(args.manifest, rows)
     print(f"{args.manifest}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 3600:.2f} h, ok")
 
 

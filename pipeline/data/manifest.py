@@ -77,7 +77,7 @@ def relative_rows(rows, base):
     return out
 
 
-def check_audio(manifest, rows):
+def check_decodes(manifest, rows):
     """Decode every audio file of a manifest: it must be readable, mono and not empty (any rate is
     resampled to 16 kHz later). The error names the manifest line and the file."""
     from pipeline.data.audio import load_audio

@@ -67,26 +67,6 @@ class Encoder(nn.Module):
         return x, lengths
 
 
-def lstm_step(lstm, x, state):
-    """One time step of a (multi-layer, unidirectional) LSTM: x (B, in) -> top h (B, H), new state.
-    For nn.LSTM the gates are computed from its own weights: calling the module for a single frame
-    costs more in oneDNN's per-call weight packing than the arithmetic itself."""
-    if not isinstance(lstm, nn.LSTM):
-        out, state = lstm(x.unsqueeze(1), state)
-        return out.squeeze(1), state
-    h0, c0 = state
-    hs, cs = [], []
-    for k in range(lstm.num_layers):
-        gates = (F.linear(x, getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"bias_ih_l{k}"))
-                 + F.linear(h0[k], getattr(lstm, f"weight_hh_l{k}"), getattr(lstm, f"bias_hh_l{k}")))
-        i, f, g, o = gates.chunk(4, dim=1)
-        c = torch.sigmoid(f) * c0[k] + torch.sigmoid(i) * torch.tanh(g)
-        x = torch.sigmoid(o) * torch.tanh(c)
-        hs.append(x)
-        cs.append(c)
-    return x, (torch.stack(hs), torch.stack(cs))
-
-
 class LocationAttention(nn.Module):
     """Chorowski et al. 2015: energies from keys, the decoder state and a conv over the last weights."""
 
@@ -126,8 +106,9 @@ class Decoder(nn.Module):
     def step(self, tokens, state, keys, enc, mask):
         """One output step: previous tokens (B,) and state -> log-probs (B, V) and the new state."""
         (h, c), context, weights = state
-        x = torch.cat([self.embed(tokens), context], dim=1)
-        q, (h, c) = lstm_step(self.lstm, x, (h, c))
+        x = torch.cat([self.embed(tokens), context], dim=1).unsqueeze(1)
+        out, (h, c) = self.lstm(x, (h, c))
+        q = out.squeeze(1)
         context, weights = self.attention(keys, enc, mask, q, weights)
         logits = self.out(self.dropout(torch.cat([q, context], dim=1)))
         return torch.log_softmax(logits, dim=-1), ((h, c), context, weights)

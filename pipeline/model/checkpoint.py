@@ -93,8 +93,8 @@ def load_checkpoint(path):
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise PipelineError(f"{path}: tensors do not fit the model config and ranks "
-                            f"({str(e).splitlines()[0]} {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else ''})") from None
+        first_lines = " ".join(line.strip() for line in str(e).splitlines()[:2])
+        raise PipelineError(f"{path}: tensors do not fit the model config and ranks ({first_lines})") from None
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise PipelineError(f"{path}: tensor '{bad[0]}' has NaN or Inf values")
