@@ -1,10 +1,129 @@
 // pybind11 bindings of the kernel library, kept apart from the kernels themselves.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "build_info.h"
 #include "cpu_features.h"
+#include "lstm.h"
 
 namespace py = pybind11;
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+// One cast per argument (numpy arrays, or anything with __array__ such as CPU torch tensors),
+// checked against the expected number of dimensions.
+FloatArray as_floats(py::handle obj, int ndim, const std::string& where) {
+  FloatArray a;
+  try {
+    a = FloatArray::ensure(obj);
+  } catch (const py::error_already_set&) {
+  }
+  if (!a) throw py::type_error(where + ": expected a float array");
+  if (a.ndim() != ndim) throw py::value_error(where + ": expected " + std::to_string(ndim) + " dimensions, got " +
+                                              std::to_string(a.ndim()));
+  return a;
+}
+
+std::vector<float> values(const FloatArray& a) { return std::vector<float>(a.data(), a.data() + a.size()); }
+
+// A dense (rows x cols) array, or a (U, V) pair of factors.
+lrk::MatrixWeights matrix(py::handle obj, const std::string& where) {
+  lrk::MatrixWeights m;
+  if (py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) {
+    py::sequence uv = py::reinterpret_borrow<py::sequence>(obj);
+    if (uv.size() != 2) throw py::value_error(where + ": a factored matrix is a (U, V) pair");
+    FloatArray u = as_floats(uv[0], 2, where + " U"), v = as_floats(uv[1], 2, where + " V");
+    if (u.shape(1) != v.shape(0)) throw py::value_error(where + ": U and V ranks differ");
+    m.rows = int(u.shape(0));
+    m.cols = int(v.shape(1));
+    m.rank = int(u.shape(1));
+    m.u = values(u);
+    m.v = values(v);
+  } else {
+    FloatArray w = as_floats(obj, 2, where);
+    m.rows = int(w.shape(0));
+    m.cols = int(w.shape(1));
+    m.w = values(w);
+  }
+  return m;
+}
+
+// cells: a layer-major list of {"ih": W or (U, V), "hh": W or (U, V), "bias": b_ih + b_hh}.
+lrk::StackWeights stack_weights(const py::list& cells, int directions) {
+  lrk::StackWeights s;
+  s.directions = directions;
+  s.layers = directions > 0 ? int(cells.size()) / directions : 0;
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const std::string where = "cells[" + std::to_string(i) + "]";
+    py::dict d = cells[i].cast<py::dict>();
+    for (const char* key : {"ih", "hh", "bias"})
+      if (!d.contains(key)) throw py::key_error(where + ": missing '" + key + "'");
+    lrk::CellWeights c;
+    c.ih = matrix(d["ih"], where + "['ih']");
+    c.hh = matrix(d["hh"], where + "['hh']");
+    c.bias = values(as_floats(d["bias"], 1, where + "['bias']"));
+    c.input = c.ih.cols;
+    c.hidden = c.hh.cols;
+    s.cells.push_back(std::move(c));
+  }
+  s.validate();  // std::invalid_argument reaches Python as ValueError
+  return s;
+}
+
+FloatArray forward(lrk::LstmStack& self, py::handle x_obj) {
+  FloatArray x = FloatArray::ensure(x_obj);
+  if (!x || (x.ndim() != 2 && x.ndim() != 3)) throw py::value_error("forward: x must be (frames, input) or (batch, frames, input)");
+  const bool batched = x.ndim() == 3;
+  const int batch = batched ? int(x.shape(0)) : 1, frames = int(x.shape(batched ? 1 : 0));
+  if (x.shape(x.ndim() - 1) != self.input_size())
+    throw py::value_error("forward: input size " + std::to_string(x.shape(x.ndim() - 1)) + ", the stack takes " +
+                          std::to_string(self.input_size()));
+  std::vector<py::ssize_t> shape = {frames, self.output_size()};
+  if (batched) shape.insert(shape.begin(), batch);
+  FloatArray y(shape);
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    self.forward(x.data(), batch, frames, yp);
+  }
+  return y;
+}
+
+FloatArray step(lrk::LstmStack& self, py::handle x_obj, py::object out) {
+  FloatArray x = FloatArray::ensure(x_obj);
+  if (!x || (x.ndim() != 1 && x.ndim() != 2) || x.shape(x.ndim() - 1) != self.input_size())
+    throw py::value_error("step: x must be (input,) or (batch, input) with input " + std::to_string(self.input_size()));
+  const int batch = x.ndim() == 2 ? int(x.shape(0)) : 1;
+  FloatArray y;
+  if (out.is_none()) {
+    y = x.ndim() == 2 ? FloatArray({batch, self.hidden_size()}) : FloatArray({self.hidden_size()});
+  } else {  // a caller's buffer, reused across calls: no allocation per frame
+    y = out.cast<py::array>();
+    if (!py::isinstance<FloatArray>(out) || !(y.flags() & py::array::c_style) || !y.writeable() ||
+        y.size() != py::ssize_t(batch) * self.hidden_size())
+      throw py::value_error("step: out must be a writable C-contiguous float32 array of batch x hidden values");
+  }
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    self.step(x.data(), batch, yp);
+  }
+  return y;
+}
+
+template <void (*lrk::Kernels::*F)(const float*, float*, size_t)>
+FloatArray elementwise(py::handle x_obj, const std::string& isa) {
+  FloatArray x = FloatArray::ensure(x_obj);
+  if (!x) throw py::type_error("expected a float array");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  FloatArray y(shape);
+  (lrk::kernels(isa).*F)(x.data(), y.mutable_data(), size_t(x.size()));
+  return y;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "Native low-rank LSTM kernels of the ASR compression pipeline";
@@ -33,4 +152,43 @@ PYBIND11_MODULE(_native, m) {
   }, "SIMD features detected on this CPU at run time.");
   m.def("best_isa", &lrk::best_isa, "The SIMD path kernels will take on this CPU.");
   m.def("report_json", &lrk::report_json, "Build info and CPU features as one JSON string.");
+  m.def("available_isas", &lrk::available_isas, "Kernel paths this build holds and this CPU runs, best first.");
+  m.def("sigmoid", &elementwise<&lrk::Kernels::sigmoid>, py::arg("x"), py::arg("isa") = "auto",
+        "The kernels' vectorised sigmoid (for checking its error).");
+  m.def("tanh", &elementwise<&lrk::Kernels::tanh>, py::arg("x"), py::arg("isa") = "auto",
+        "The kernels' vectorised tanh (for checking its error).");
+  m.def("read_gbps", [](size_t bytes, double seconds, const std::string& isa) {
+    const lrk::Kernels& k = lrk::kernels(isa);
+    py::gil_scoped_release nogil;
+    return k.read_gbps(bytes, seconds);
+  }, py::arg("bytes"), py::arg("seconds") = 0.2, py::arg("isa") = "auto",
+        "Read bandwidth (GB/s) over a buffer of `bytes`, best pass.");
+  m.def("peak_gflops", [](double seconds, const std::string& isa) {
+    const lrk::Kernels& k = lrk::kernels(isa);
+    py::gil_scoped_release nogil;
+    return k.peak_gflops(seconds);
+  }, py::arg("seconds") = 0.2, py::arg("isa") = "auto", "Peak FMA throughput (GFLOP/s) of one thread.");
+  m.def("write_weights", [](const std::string& path, const py::list& cells, int directions) {
+    lrk::write_weights(path, stack_weights(cells, directions));
+  }, py::arg("path"), py::arg("cells"), py::arg("directions"),
+        "Writes an LSTM stack's weights in the file format lowrank_bench reads (csrc/lstm_weights.h).");
+
+  py::class_<lrk::LstmStack>(m, "LstmStack", "An LSTM stack on packed weights (see csrc/lstm.h).")
+      .def(py::init([](const py::list& cells, int directions, const std::string& isa) {
+             return new lrk::LstmStack(stack_weights(cells, directions), isa);
+           }),
+           py::arg("cells"), py::arg("directions") = 1, py::arg("isa") = "auto")
+      .def("forward", &forward, py::arg("x"), "A whole utterance: (frames, input) or (batch, frames, input).")
+      .def("step", &step, py::arg("x"), py::arg("out") = py::none(),
+           "One frame, (input,) or (batch, input); the state carries to the next call until reset().")
+      .def("reset", &lrk::LstmStack::reset)
+      .def_property_readonly("isa", &lrk::LstmStack::isa)
+      .def_property_readonly("layers", &lrk::LstmStack::layers)
+      .def_property_readonly("directions", &lrk::LstmStack::directions)
+      .def_property_readonly("input_size", &lrk::LstmStack::input_size)
+      .def_property_readonly("hidden_size", &lrk::LstmStack::hidden_size)
+      .def_property_readonly("output_size", &lrk::LstmStack::output_size)
+      .def_property_readonly("input_weight_bytes", &lrk::LstmStack::input_weight_bytes)
+      .def_property_readonly("recurrent_weight_bytes", &lrk::LstmStack::recurrent_weight_bytes)
+      .def_property_readonly("input_macs", &lrk::LstmStack::input_macs);
 }

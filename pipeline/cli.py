@@ -140,7 +140,7 @@ def cmd_info(args):
     from pipeline import _native
 
     print(json.dumps({"build": _native.build_info(), "cpu_features": _native.cpu_features(),
-                      "best_isa": _native.best_isa()}, indent=2))
+                      "best_isa": _native.best_isa(), "kernel_paths": _native.available_isas()}, indent=2))
 
 
 def make_parser():

@@ -85,3 +85,18 @@ def overfit(tiny_corpus):
     return model.eval(), cmvn, rows, batch, losses, hyps
 
 
+@pytest.fixture(scope="session")
+def host_build(tmp_path_factory):
+    from pipeline.native import build_programs
+
+    return build_programs(tmp_path_factory.mktemp("build-host"))
+
+
+@pytest.fixture(scope="session")
+def aarch64_build(tmp_path_factory):
+    from pipeline.native import ROOT, build_programs
+
+    return build_programs(tmp_path_factory.mktemp("build-aarch64"), ROOT / "cmake/aarch64-linux-gnu.cmake")
+
+
+QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]

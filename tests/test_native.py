@@ -3,7 +3,7 @@ import json
 import platform
 from pathlib import Path
 
-from conftest import run_cli
+from conftest import QEMU, run_cli
 
 
 def cpuinfo_flags():
@@ -46,18 +46,12 @@ def test_cli_info_and_help():
     assert res.returncode == 0 and "data" in res.stdout and "info" in res.stdout
 
 
-def test_aarch64_build_detects_neon_under_qemu(tmp_path):
+def test_aarch64_build_detects_neon_under_qemu(aarch64_build):
     """The kernel library cross-compiles for aarch64 and detects NEON (and dotprod where the core has it)."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
-    build = tmp_path / "build-aarch64"
-    subprocess.run(["cmake", "-S", str(root), "-B", str(build), "-DLRK_PYTHON=OFF",
-                    f"-DCMAKE_TOOLCHAIN_FILE={root / 'cmake/aarch64-linux-gnu.cmake'}"], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--parallel", "2"], check=True, capture_output=True)
-
     def report(cpu):
-        out = subprocess.run(["qemu-aarch64", "-cpu", cpu, "-L", "/usr/aarch64-linux-gnu", str(build / "lrk_info")],
+        out = subprocess.run([QEMU[0], "-cpu", cpu, *QEMU[1:], str(aarch64_build / "lrk_info")],
                              check=True, capture_output=True, text=True).stdout
         return json.loads(out)
 

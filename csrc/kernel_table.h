@@ -1,0 +1,34 @@
+// The kernels one ISA provides, as a table of plain functions. Every kernel works on raw float
+// pointers: the ISA files (kernels_<isa>.cc) include this header and no standard-library
+// templates, so no code built with one ISA's flags can leak into another path through the linker.
+#pragma once
+#include <cstddef>
+
+namespace lrk {
+
+struct Kernels {
+  const char* isa;
+  int width;  // floats per SIMD vector
+  int panel;  // rows per packed panel (see Packed)
+
+  // y[r][0..mp) = (accumulate ? y : 0) + x[r][0..k) . A^T for r < rows; `a` is a Packed's data.
+  void (*matmul)(const float* x, int rows, int ldx, const float* a, int mp, int k, float* y, int ldy,
+                 bool accumulate);
+  // The fused LSTM cell for `rows` sequences: gates (rows x ldg) hold the blocks i, f, g, o of
+  // `hp` values each (hp a multiple of `width`); c and h (rows x ldh) are updated in place.
+  void (*cell)(const float* gates, int ldg, int rows, int hp, float* c, float* h, int ldh);
+  // Element-wise, any n; exposed so that tests can check the approximations.
+  void (*sigmoid)(const float* x, float* y, size_t n);
+  void (*tanh)(const float* x, float* y, size_t n);
+  // Roofline probes: read bandwidth over a buffer of `bytes` (GB/s) and peak FMA throughput (GFLOP/s).
+  double (*read_gbps)(size_t bytes, double min_seconds);
+  double (*peak_gflops)(double min_seconds);
+};
+
+// One table per ISA this build holds; each returns nullptr where the build lacks that ISA.
+const Kernels* kernels_avx512();
+const Kernels* kernels_avx2();
+const Kernels* kernels_neon();
+const Kernels* kernels_scalar();
+
+}  // namespace lrk

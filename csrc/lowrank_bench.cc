@@ -1,0 +1,174 @@
+// lowrank_bench: latency of an LSTM stack on this device, without Python (what a phone or board runs).
+//
+//   lowrank_bench (--weights FILE | --synthetic L,DIRS,IN,H,RANK_IH,RANK_HH) [--mode utterance|stream]
+//                 [--frames N] [--batch B] [--reps N] [--warmup N] [--isa NAME] [--input FILE] [--dump FILE]
+//                 [--roofline BYTES]
+//
+// Prints one JSON object: per-frame latency statistics (us), the weight bytes streamed per frame,
+// and the build and CPU report. --input reads batch x frames x input float32 values (else a fixed
+// pseudo-random input); --dump writes the outputs of the last run as float32. Rank 0 means dense.
+// --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include <time.h>
+
+#include "build_info.h"
+#include "lstm.h"
+
+namespace {
+
+double now() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+std::vector<float> uniform(size_t n, float scale, std::mt19937& rng) {
+  std::uniform_real_distribution<float> d(-scale, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+lrk::StackWeights synthetic(const std::string& spec) {
+  int l = 0, dirs = 0, in = 0, h = 0, r_ih = 0, r_hh = 0;
+  if (std::sscanf(spec.c_str(), "%d,%d,%d,%d,%d,%d", &l, &dirs, &in, &h, &r_ih, &r_hh) != 6)
+    throw std::invalid_argument("--synthetic wants L,DIRS,IN,H,RANK_IH,RANK_HH, got '" + spec + "'");
+  std::mt19937 rng(0);
+  lrk::StackWeights s;
+  s.layers = l;
+  s.directions = dirs;
+  const float scale = 1.0f / std::sqrt(float(h > 0 ? h : 1));
+  auto matrix = [&](int rows, int cols, int rank) {
+    lrk::MatrixWeights m;
+    m.rows = rows;
+    m.cols = cols;
+    m.rank = rank;
+    if (rank == 0) m.w = uniform(size_t(rows) * cols, scale, rng);
+    else {
+      m.u = uniform(size_t(rows) * rank, std::sqrt(scale), rng);
+      m.v = uniform(size_t(rank) * cols, std::sqrt(scale), rng);
+    }
+    return m;
+  };
+  for (int i = 0; i < l; ++i)
+    for (int d = 0; d < dirs; ++d) {
+      lrk::CellWeights c;
+      c.input = i == 0 ? in : dirs * h;
+      c.hidden = h;
+      c.ih = matrix(4 * h, c.input, r_ih);
+      c.hh = matrix(4 * h, h, r_hh);
+      c.bias = uniform(size_t(4) * h, scale, rng);
+      s.cells.push_back(std::move(c));
+    }
+  return s;
+}
+
+struct Args {
+  std::string weights, synthetic, mode = "utterance", isa = "auto", input, dump;
+  int frames = 200, batch = 1, reps = 30, warmup = 3;
+  long roofline = 0;
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    if (i + 1 >= argc) throw std::invalid_argument("missing value after " + k);
+    const std::string v = argv[++i];
+    if (k == "--weights") a.weights = v;
+    else if (k == "--synthetic") a.synthetic = v;
+    else if (k == "--mode") a.mode = v;
+    else if (k == "--isa") a.isa = v;
+    else if (k == "--input") a.input = v;
+    else if (k == "--dump") a.dump = v;
+    else if (k == "--frames") a.frames = std::atoi(v.c_str());
+    else if (k == "--batch") a.batch = std::atoi(v.c_str());
+    else if (k == "--reps") a.reps = std::atoi(v.c_str());
+    else if (k == "--warmup") a.warmup = std::atoi(v.c_str());
+    else if (k == "--roofline") a.roofline = std::atol(v.c_str());
+    else throw std::invalid_argument("unknown option " + k);
+  }
+  if (a.weights.empty() == a.synthetic.empty()) throw std::invalid_argument("give exactly one of --weights, --synthetic");
+  if (a.mode != "utterance" && a.mode != "stream") throw std::invalid_argument("--mode is utterance or stream");
+  if (a.frames < 1 || a.batch < 1 || a.reps < 1 || a.warmup < 0)
+    throw std::invalid_argument("--frames, --batch and --reps must be >= 1, --warmup >= 0");
+  return a;
+}
+
+double percentile(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5))];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : lrk::read_weights(a.weights), a.isa);
+    const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
+    std::vector<float> x(n_in);
+    if (!a.input.empty()) {
+      std::ifstream f(a.input, std::ios::binary);
+      if (!f.read(reinterpret_cast<char*>(x.data()), std::streamsize(n_in * 4)))
+        throw std::runtime_error(a.input + ": needs " + std::to_string(n_in) + " float32 values");
+    } else {
+      std::mt19937 rng(1);
+      x = uniform(n_in, 1.0f, rng);
+    }
+    const bool stream = a.mode == "stream";
+    const int out = stream ? stack.hidden_size() : stack.output_size();
+    std::vector<float> y(size_t(a.batch) * a.frames * out);
+    std::vector<float> frame_in(size_t(a.batch) * stack.input_size());
+    auto run = [&] {
+      if (!stream) return stack.forward(x.data(), a.batch, a.frames, y.data());
+      stack.reset();
+      for (int t = 0; t < a.frames; ++t) {  // frame t of every sequence, one call per frame
+        for (int b = 0; b < a.batch; ++b)
+          std::copy_n(x.data() + (size_t(b) * a.frames + t) * stack.input_size(), stack.input_size(),
+                      frame_in.data() + size_t(b) * stack.input_size());
+        stack.step(frame_in.data(), a.batch, y.data() + size_t(t) * a.batch * out);
+      }
+    };
+    for (int i = 0; i < a.warmup; ++i) run();
+    std::vector<double> us;
+    for (int i = 0; i < a.reps; ++i) {
+      const double t0 = now();
+      run();
+      us.push_back((now() - t0) * 1e6 / a.frames);
+    }
+    if (!a.dump.empty()) {
+      std::ofstream f(a.dump, std::ios::binary);
+      f.write(reinterpret_cast<const char*>(y.data()), std::streamsize(y.size() * 4));
+      if (!f) throw std::runtime_error(a.dump + ": cannot write");
+    }
+    double mean = 0;
+    for (double v : us) mean += v / us.size();
+    std::printf("{\"mode\": \"%s\", \"isa\": \"%s\", \"frames\": %d, \"batch\": %d, \"reps\": %d, "
+                "\"layers\": %d, \"directions\": %d, \"input\": %d, \"hidden\": %d, "
+                "\"input_weight_bytes\": %zu, \"recurrent_weight_bytes\": %zu, \"input_macs\": %zu, "
+                "\"us_per_frame\": {\"median\": %.3f, \"p90\": %.3f, \"min\": %.3f, \"mean\": %.3f}",
+                a.mode.c_str(), stack.isa(), a.frames, a.batch, a.reps, stack.layers(), stack.directions(),
+                stack.input_size(), stack.hidden_size(), stack.input_weight_bytes(), stack.recurrent_weight_bytes(),
+                stack.input_macs(), percentile(us, 0.5), percentile(us, 0.9), percentile(us, 0.0), mean);
+    if (a.roofline > 0) {
+      const lrk::Kernels& k = lrk::kernels(a.isa);
+      std::printf(", \"roofline\": {\"bytes\": %ld, \"read_gbps\": %.2f, \"peak_gflops\": %.2f}", a.roofline,
+                  k.read_gbps(size_t(a.roofline), 0.2), k.peak_gflops(0.2));
+    }
+    std::printf(", \"build\": %s}\n", lrk::report_json().c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "lowrank_bench: %s\n", e.what());
+    return 2;
+  }
+}

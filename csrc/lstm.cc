@@ -1,0 +1,144 @@
+#include "lstm.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace lrk {
+namespace {
+
+// Gate blocks i, f, g, o of H rows each become blocks of hp rows (hp a multiple of the vector
+// width); the padding rows are zero, so padded gate values stay 0 and padded c, h stay 0.
+std::vector<int> gate_rows(int hidden, int hp) {
+  std::vector<int> rows(size_t(4) * hp, -1);
+  for (int g = 0; g < 4; ++g)
+    for (int j = 0; j < hidden; ++j) rows[size_t(g) * hp + j] = g * hidden + j;
+  return rows;
+}
+
+void fill_rows(float* y, int rows, int ld, const FloatBuffer& row) {
+  for (int r = 0; r < rows; ++r) std::copy(row.begin(), row.end(), y + size_t(r) * ld);
+}
+
+}  // namespace
+
+void LstmStack::Matrix::apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy,
+                              bool accumulate, FloatBuffer& tmp) const {
+  if (rank == 0) return kern.matmul(x, rows, ldx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
+  tmp.resize(size_t(rows) * v.mp);
+  kern.matmul(x, rows, ldx, v.data.data(), v.mp, v.k, tmp.data(), v.mp, false);
+  kern.matmul(tmp.data(), rows, v.mp, a.data.data(), a.mp, a.k, y, ldy, accumulate);
+}
+
+LstmStack::LstmStack(const StackWeights& w, const std::string& isa) : kern_(kernels(isa)) {
+  w.validate();
+  layers_ = w.layers;
+  dirs_ = w.directions;
+  input_ = w.cells[0].input;
+  hidden_ = w.cells[0].hidden;
+  hp_ = round_up(hidden_, kern_.width);
+  const std::vector<int> rows = gate_rows(hidden_, hp_);
+  auto matrix = [&](const MatrixWeights& m) {
+    Matrix out;
+    out.rank = m.rank;
+    out.floats = m.floats();
+    if (m.rank == 0) {
+      out.a = pack(kern_, m.w.data(), m.rows, m.cols, m.cols, rows);
+    } else {
+      out.v = pack(kern_, m.v.data(), m.rank, m.cols, m.cols);
+      out.a = pack(kern_, m.u.data(), m.rows, m.rank, m.rank, rows);
+    }
+    return out;
+  };
+  for (const CellWeights& c : w.cells) {
+    Cell cell{matrix(c.ih), matrix(c.hh), FloatBuffer(rows.size(), 0.0f)};
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (rows[i] >= 0) cell.bias[i] = c.bias[rows[i]];
+    cells_.push_back(std::move(cell));
+  }
+}
+
+void LstmStack::run_direction(const Cell& cell, const float* x, int ldx, int batch, int frames, bool reverse,
+                              float* y, int ldy) {
+  const int G = 4 * hp_;
+  const int n = batch * frames;
+  xp_.resize(size_t(n) * G);
+  fill_rows(xp_.data(), n, G, cell.bias);
+  cell.ih.apply(kern_, x, n, ldx, xp_.data(), G, true, tmp_);  // all frames' input projections at once
+  FloatBuffer h(size_t(batch) * hp_, 0.0f), c(size_t(batch) * hp_, 0.0f);
+  for (int t = 0; t < frames; ++t) {
+    const int tt = reverse ? frames - 1 - t : t;
+    float* g = xp_.data() + size_t(tt) * G;  // row of sequence 0; sequence b is frames * G further
+    if (t > 0) cell.hh.apply(kern_, h.data(), batch, hp_, g, frames * G, true, tmp_);
+    kern_.cell(g, frames * G, batch, hp_, c.data(), h.data(), hp_);
+    for (int b = 0; b < batch; ++b)
+      std::copy_n(h.data() + size_t(b) * hp_, hidden_, y + (size_t(b) * frames + tt) * ldy);
+  }
+}
+
+void LstmStack::forward(const float* x, int batch, int frames, float* y) {
+  if (batch < 1 || frames < 0) throw std::invalid_argument("forward: batch must be >= 1 and frames >= 0");
+  if (frames == 0) return;
+  const int out = output_size();
+  const float* cur = x;
+  int ldx = input_;
+  for (int l = 0; l < layers_; ++l) {
+    float* dst = y;
+    if (l + 1 < layers_) {
+      buf_[l % 2].resize(size_t(batch) * frames * out);
+      dst = buf_[l % 2].data();
+    }
+    for (int d = 0; d < dirs_; ++d)
+      run_direction(cells_[size_t(l) * dirs_ + d], cur, ldx, batch, frames, d == 1, dst + d * hidden_, out);
+    cur = dst;
+    ldx = out;
+  }
+}
+
+void LstmStack::step(const float* x, int batch, float* y) {
+  if (dirs_ != 1) throw std::invalid_argument("step: streaming needs a unidirectional stack (this one has 2 directions)");
+  if (batch < 1) throw std::invalid_argument("step: batch must be >= 1");
+  const size_t state = size_t(layers_) * batch * hp_;
+  if (h_.empty()) {
+    h_.assign(state, 0.0f);
+    c_.assign(state, 0.0f);
+  } else if (h_.size() != state) {
+    throw std::invalid_argument("step: batch size changed from the previous call; call reset() first");
+  }
+  const int G = 4 * hp_;
+  gates_.resize(size_t(batch) * G);
+  const float* cur = x;
+  int ldx = input_;
+  for (int l = 0; l < layers_; ++l) {
+    const Cell& cell = cells_[l];
+    float* h = h_.data() + size_t(l) * batch * hp_;
+    float* c = c_.data() + size_t(l) * batch * hp_;
+    fill_rows(gates_.data(), batch, G, cell.bias);
+    cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, true, tmp_);
+    cell.hh.apply(kern_, h, batch, hp_, gates_.data(), G, true, tmp_);
+    kern_.cell(gates_.data(), G, batch, hp_, c, h, hp_);
+    cur = h;
+    ldx = hp_;
+  }
+  for (int b = 0; b < batch; ++b) std::copy_n(cur + size_t(b) * hp_, hidden_, y + size_t(b) * hidden_);
+}
+
+void LstmStack::reset() {
+  h_.clear();
+  c_.clear();
+}
+
+size_t LstmStack::input_weight_bytes() const { return input_macs() * sizeof(float); }
+
+size_t LstmStack::recurrent_weight_bytes() const {
+  size_t n = 0;
+  for (const Cell& c : cells_) n += c.hh.floats;
+  return n * sizeof(float);
+}
+
+size_t LstmStack::input_macs() const {
+  size_t n = 0;
+  for (const Cell& c : cells_) n += c.ih.floats;
+  return n;
+}
+
+}  // namespace lrk

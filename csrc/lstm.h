@@ -1,0 +1,59 @@
+// An LSTM stack (one or two directions, dense or low-rank matrices) on packed weights.
+// Whole-utterance mode projects the inputs of all frames in one GEMM, then runs the recurrence;
+// streaming mode (one direction) takes one frame per call and keeps the state until reset().
+// Not thread-safe: one stack per thread (it owns its scratch buffers).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "lstm_kernels.h"
+#include "lstm_weights.h"
+
+namespace lrk {
+
+class LstmStack {
+ public:
+  explicit LstmStack(const StackWeights& weights, const std::string& isa = "auto");
+
+  // x (batch x frames x input) -> y (batch x frames x output_size()); sequences of equal length.
+  void forward(const float* x, int batch, int frames, float* y);
+  // One frame: x (batch x input) -> y (batch x hidden); the state carries over to the next call.
+  void step(const float* x, int batch, float* y);
+  void reset();
+
+  int layers() const { return layers_; }
+  int directions() const { return dirs_; }
+  int input_size() const { return input_; }
+  int hidden_size() const { return hidden_; }
+  int output_size() const { return dirs_ * hidden_; }
+  const char* isa() const { return kern_.isa; }
+  // Weight bytes streamed per frame: of the input matrices and of the recurrent ones, all cells.
+  size_t input_weight_bytes() const;
+  size_t recurrent_weight_bytes() const;
+  // Multiply-adds per frame of the input projections (what a whole-utterance GEMM computes).
+  size_t input_macs() const;
+
+ private:
+  // One matrix, dense (a) or factored (a = U, v = V), and the product it applies.
+  struct Matrix {
+    int rank = 0;
+    size_t floats = 0;  // of the unpadded weights: bytes streamed and multiply-adds per frame
+    Packed a, v;
+    void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy, bool accumulate,
+               FloatBuffer& tmp) const;
+  };
+  struct Cell {
+    Matrix ih, hh;
+    FloatBuffer bias;  // 4 * hp, padded like the gates
+  };
+
+  void run_direction(const Cell& cell, const float* x, int ldx, int batch, int frames, bool reverse, float* y,
+                     int ldy);
+
+  const Kernels& kern_;
+  int layers_, dirs_, input_, hidden_, hp_;
+  std::vector<Cell> cells_;
+  FloatBuffer xp_, buf_[2], tmp_, h_, c_, gates_;  // scratch; h_ and c_ hold the streaming state
+};
+
+}  // namespace lrk

@@ -1,0 +1,61 @@
+#include "lstm_kernels.h"
+
+#include <stdexcept>
+
+#include "cpu_features.h"
+
+namespace lrk {
+namespace {
+
+// The tables this build holds, best first, each with whether this CPU can run it.
+struct Candidate {
+  const Kernels* table;
+  bool runs;
+};
+
+std::vector<Candidate> candidates() {
+  const CpuFeatures& f = cpu_features();
+  return {{kernels_avx512(), f.avx512f && f.avx512bw && f.avx512vl && f.fma},
+          {kernels_avx2(), f.avx2 && f.fma},
+          {kernels_neon(), f.neon},
+          {kernels_scalar(), true}};
+}
+
+}  // namespace
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (const Candidate& c : candidates())
+    if (c.table && c.runs) out.push_back(c.table->isa);
+  return out;
+}
+
+const Kernels& kernels(const std::string& isa) {
+  std::string known;
+  for (const Candidate& c : candidates()) {
+    if (!c.table || !c.runs) continue;
+    if (isa.empty() || isa == "auto" || isa == c.table->isa) return *c.table;
+    known += (known.empty() ? "" : ", ") + std::string(c.table->isa);
+  }
+  throw std::invalid_argument("kernel path '" + isa + "' is not available here (available: " + known + ")");
+}
+
+Packed pack(const Kernels& kern, const float* w, int m, int k, int ldw, const std::vector<int>& row_of) {
+  const int rows = row_of.empty() ? m : int(row_of.size());
+  const int P = kern.panel;
+  Packed out;
+  out.m = rows;
+  out.k = k;
+  out.mp = round_up(rows, P);
+  out.data.assign(size_t(out.mp) * k, 0.0f);
+  for (int i = 0; i < rows; ++i) {
+    const int src = row_of.empty() ? i : row_of[i];
+    if (src < 0) continue;
+    if (src >= m) throw std::out_of_range("pack: row index past the matrix");
+    float* panel = out.data.data() + size_t(i / P) * k * P + i % P;
+    for (int j = 0; j < k; ++j) panel[size_t(j) * P] = w[size_t(src) * ldw + j];
+  }
+  return out;
+}
+
+}  // namespace lrk

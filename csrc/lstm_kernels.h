@@ -1,0 +1,43 @@
+// Choosing a kernel table at run time, and packing weights for it.
+#pragma once
+#include <new>
+#include <string>
+#include <vector>
+
+#include "kernel_table.h"
+
+namespace lrk {
+
+// "auto" (or "") picks the best path this CPU runs; an unknown or unsupported name throws.
+const Kernels& kernels(const std::string& isa = "auto");
+// The paths this build holds and this CPU can execute, best first.
+std::vector<std::string> available_isas();
+
+// Buffers on 64-byte boundaries, so that no vector load of a packed panel or gate row splits a cache line.
+template <class T>
+struct AlignedAllocator {
+  using value_type = T;
+  AlignedAllocator() = default;
+  template <class U>
+  AlignedAllocator(const AlignedAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  bool operator==(const AlignedAllocator&) const { return true; }
+  bool operator!=(const AlignedAllocator&) const { return false; }
+};
+using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+
+// A weight matrix (m x k) packed for `matmul`: panels of `panel` rows; within a panel the values of
+// one column are contiguous. Rows from m to mp (m rounded up to the panel) are zero.
+struct Packed {
+  int m = 0, k = 0, mp = 0;
+  FloatBuffer data;
+};
+
+// Packs w (m x k, row stride ldw); row i of the result is row row_of(i) of w, or zero where
+// row_of(i) < 0 (how gate blocks are padded to a multiple of the vector width).
+Packed pack(const Kernels& kern, const float* w, int m, int k, int ldw, const std::vector<int>& row_of = {});
+
+inline int round_up(int n, int to) { return (n + to - 1) / to * to; }
+
+}  // namespace lrk

@@ -1,0 +1,264 @@
+// The LSTM kernels, written once against the Simd interface (simd.h) and compiled once per ISA:
+// each kernels_<isa>.cc defines its LRK_ISA_* macro, includes this file and exports the table.
+#pragma once
+#include <time.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "kernel_table.h"
+#include "simd.h"
+
+namespace lrk {
+namespace LRK_ISA_NS {
+
+using V = Simd::V;
+constexpr int W = Simd::W;
+constexpr int P = 2 * W;                  // rows per packed panel: two vectors
+constexpr int kBlockRows = W >= 16 ? 6 : 4;  // rows of x per GEMM block (accumulators fit the registers)
+
+// ---- matrix products on packed panels --------------------------------------------------------
+
+inline void finish(float* y, V v, bool accumulate) {
+  Simd::store(y, accumulate ? Simd::add(Simd::load(y), v) : v);
+}
+
+// Two panels per pass (four vectors per broadcast of x), columns unrolled by two with separate
+// accumulators so that eight FMA chains hide the FMA latency: batch 1 streams weights at the
+// bandwidth of the cache level they sit in.
+void matvec(const float* x, const float* a, int mp, int k, float* y, bool accumulate) {
+  const int panels = mp / P;
+  int p = 0;
+  for (; p + 1 < panels; p += 2) {
+    const float* a0 = a + size_t(p) * k * P;
+    const float* a1 = a0 + size_t(k) * P;
+    V s[8];
+    for (V& v : s) v = Simd::zero();
+    int j = 0;
+    for (; j + 1 < k; j += 2) {
+      const V x0 = Simd::set1(x[j]), x1 = Simd::set1(x[j + 1]);
+      const float* b0 = a0 + size_t(j) * P;
+      const float* b1 = a1 + size_t(j) * P;
+      s[0] = Simd::fma(Simd::load(b0), x0, s[0]);
+      s[1] = Simd::fma(Simd::load(b0 + W), x0, s[1]);
+      s[2] = Simd::fma(Simd::load(b1), x0, s[2]);
+      s[3] = Simd::fma(Simd::load(b1 + W), x0, s[3]);
+      s[4] = Simd::fma(Simd::load(b0 + P), x1, s[4]);
+      s[5] = Simd::fma(Simd::load(b0 + P + W), x1, s[5]);
+      s[6] = Simd::fma(Simd::load(b1 + P), x1, s[6]);
+      s[7] = Simd::fma(Simd::load(b1 + P + W), x1, s[7]);
+    }
+    if (j < k) {
+      const V x0 = Simd::set1(x[j]);
+      s[0] = Simd::fma(Simd::load(a0 + size_t(j) * P), x0, s[0]);
+      s[1] = Simd::fma(Simd::load(a0 + size_t(j) * P + W), x0, s[1]);
+      s[2] = Simd::fma(Simd::load(a1 + size_t(j) * P), x0, s[2]);
+      s[3] = Simd::fma(Simd::load(a1 + size_t(j) * P + W), x0, s[3]);
+    }
+    float* yp = y + size_t(p) * P;
+    finish(yp, Simd::add(s[0], s[4]), accumulate);
+    finish(yp + W, Simd::add(s[1], s[5]), accumulate);
+    finish(yp + P, Simd::add(s[2], s[6]), accumulate);
+    finish(yp + P + W, Simd::add(s[3], s[7]), accumulate);
+  }
+  if (p < panels) {
+    const float* a0 = a + size_t(p) * k * P;
+    V s0 = Simd::zero(), s1 = Simd::zero(), s2 = Simd::zero(), s3 = Simd::zero();
+    int j = 0;
+    for (; j + 1 < k; j += 2) {
+      const V x0 = Simd::set1(x[j]), x1 = Simd::set1(x[j + 1]);
+      const float* b0 = a0 + size_t(j) * P;
+      s0 = Simd::fma(Simd::load(b0), x0, s0);
+      s1 = Simd::fma(Simd::load(b0 + W), x0, s1);
+      s2 = Simd::fma(Simd::load(b0 + P), x1, s2);
+      s3 = Simd::fma(Simd::load(b0 + P + W), x1, s3);
+    }
+    if (j < k) {
+      const V x0 = Simd::set1(x[j]);
+      s0 = Simd::fma(Simd::load(a0 + size_t(j) * P), x0, s0);
+      s1 = Simd::fma(Simd::load(a0 + size_t(j) * P + W), x0, s1);
+    }
+    float* yp = y + size_t(p) * P;
+    finish(yp, Simd::add(s0, s2), accumulate);
+    finish(yp + W, Simd::add(s1, s3), accumulate);
+  }
+}
+
+// R rows of x against one panel: R x 2 accumulators, each panel vector loaded once per column.
+template <int R>
+void gemm_block(const float* x, int ldx, const float* ap, int k, float* y, int ldy, bool accumulate) {
+  V s[R][2];
+  for (int i = 0; i < R; ++i) s[i][0] = s[i][1] = Simd::zero();
+  for (int j = 0; j < k; ++j) {
+    const V a0 = Simd::load(ap + size_t(j) * P), a1 = Simd::load(ap + size_t(j) * P + W);
+    for (int i = 0; i < R; ++i) {
+      const V xi = Simd::set1(x[size_t(i) * ldx + j]);
+      s[i][0] = Simd::fma(a0, xi, s[i][0]);
+      s[i][1] = Simd::fma(a1, xi, s[i][1]);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    finish(y + size_t(i) * ldy, s[i][0], accumulate);
+    finish(y + size_t(i) * ldy + W, s[i][1], accumulate);
+  }
+}
+
+template <int R>
+void gemm_rows(const float* x, int ldx, const float* a, int mp, int k, float* y, int ldy, bool accumulate) {
+  for (int p = 0; p < mp / P; ++p)
+    gemm_block<R>(x, ldx, a + size_t(p) * k * P, k, y + size_t(p) * P, ldy, accumulate);
+}
+
+void matmul(const float* x, int rows, int ldx, const float* a, int mp, int k, float* y, int ldy, bool accumulate) {
+  if (rows == 1) return matvec(x, a, mp, k, y, accumulate);
+  // Panels outer, row blocks inner: one panel (k x P floats) stays in L1/L2 while all rows pass.
+  for (int p = 0; p < mp / P; ++p) {
+    const float* ap = a + size_t(p) * k * P;
+    int r = 0;
+    for (; r + kBlockRows <= rows; r += kBlockRows)
+      gemm_block<kBlockRows>(x + size_t(r) * ldx, ldx, ap, k, y + size_t(r) * ldy + p * P, ldy, accumulate);
+    const float* xr = x + size_t(r) * ldx;
+    float* yr = y + size_t(r) * ldy + p * P;
+    switch (rows - r) {
+      case 5: gemm_block<5>(xr, ldx, ap, k, yr, ldy, accumulate); break;
+      case 4: gemm_block<4>(xr, ldx, ap, k, yr, ldy, accumulate); break;
+      case 3: gemm_block<3>(xr, ldx, ap, k, yr, ldy, accumulate); break;
+      case 2: gemm_block<2>(xr, ldx, ap, k, yr, ldy, accumulate); break;
+      case 1: gemm_block<1>(xr, ldx, ap, k, yr, ldy, accumulate); break;
+      default: break;
+    }
+  }
+}
+
+// ---- gate non-linearities ----------------------------------------------------------------------
+
+// exp after Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial for e^r, 2^n via the
+// exponent bits. Relative error about 2e-7 on [-87, 88]; inputs outside are clamped.
+inline V exp_v(V x) {
+  x = Simd::min(Simd::max(x, Simd::set1(-87.0f)), Simd::set1(88.0f));
+  const V n = Simd::floor(Simd::fma(x, Simd::set1(1.44269504088896341f), Simd::set1(0.5f)));
+  x = Simd::fma(n, Simd::set1(-0.693359375f), x);
+  x = Simd::fma(n, Simd::set1(2.12194440e-4f), x);
+  V p = Simd::set1(1.9875691500e-4f);
+  p = Simd::fma(p, x, Simd::set1(1.3981999507e-3f));
+  p = Simd::fma(p, x, Simd::set1(8.3334519073e-3f));
+  p = Simd::fma(p, x, Simd::set1(4.1665795894e-2f));
+  p = Simd::fma(p, x, Simd::set1(1.6666665459e-1f));
+  p = Simd::fma(p, x, Simd::set1(5.0000001201e-1f));
+  p = Simd::fma(p, Simd::mul(x, x), Simd::add(x, Simd::set1(1.0f)));
+  return Simd::mul(p, Simd::pow2i(n));
+}
+
+inline V sigmoid_v(V x) {
+  const V one = Simd::set1(1.0f);
+  return Simd::recip(Simd::add(one, exp_v(Simd::sub(Simd::zero(), x))));
+}
+
+// tanh after Cephes tanhf: an odd polynomial below |x| = 0.625 (where 1 - 2 / (e^2x + 1) would lose
+// relative accuracy to cancellation), the exponential form above it.
+inline V tanh_v(V x) {
+  const V a = Simd::abs(x);
+  const V z = Simd::mul(x, x);
+  V p = Simd::set1(-5.70498872745e-3f);
+  p = Simd::fma(p, z, Simd::set1(2.06390887954e-2f));
+  p = Simd::fma(p, z, Simd::set1(-5.37397155531e-2f));
+  p = Simd::fma(p, z, Simd::set1(1.33314422036e-1f));
+  p = Simd::fma(p, z, Simd::set1(-3.33332819422e-1f));
+  const V small = Simd::fma(Simd::mul(p, z), x, x);
+  const V two = Simd::set1(2.0f);
+  const V big = Simd::fnma(two, Simd::recip(Simd::add(exp_v(Simd::mul(two, a)), Simd::set1(1.0f))), Simd::set1(1.0f));
+  return Simd::select(Simd::lt(a, Simd::set1(0.625f)), small, Simd::copysign(big, x));
+}
+
+template <V (*F)(V)>
+void apply(const float* x, float* y, size_t n) {
+  size_t i = 0;
+  for (; i + W <= n; i += W) Simd::store(y + i, F(Simd::load(x + i)));
+  if (i < n) {  // the tail through a zero-padded vector
+    float buf[W] = {};
+    for (size_t j = i; j < n; ++j) buf[j - i] = x[j];
+    Simd::store(buf, F(Simd::load(buf)));
+    for (size_t j = i; j < n; ++j) y[j] = buf[j - i];
+  }
+}
+
+void sigmoid(const float* x, float* y, size_t n) { apply<sigmoid_v>(x, y, n); }
+void tanh(const float* x, float* y, size_t n) { apply<tanh_v>(x, y, n); }
+
+// One pass over the gates: c = sigma(f) c + sigma(i) tanh(g), h = sigma(o) tanh(c).
+void cell(const float* gates, int ldg, int rows, int hp, float* c, float* h, int ldh) {
+  for (int r = 0; r < rows; ++r) {
+    const float* g = gates + size_t(r) * ldg;
+    float* cr = c + size_t(r) * ldh;
+    float* hr = h + size_t(r) * ldh;
+    for (int j = 0; j < hp; j += W) {
+      const V i = sigmoid_v(Simd::load(g + j));
+      const V f = sigmoid_v(Simd::load(g + hp + j));
+      const V u = tanh_v(Simd::load(g + 2 * hp + j));
+      const V o = sigmoid_v(Simd::load(g + 3 * hp + j));
+      const V cn = Simd::fma(f, Simd::load(cr + j), Simd::mul(i, u));
+      Simd::store(cr + j, cn);
+      Simd::store(hr + j, Simd::mul(o, tanh_v(cn)));
+    }
+  }
+}
+
+// ---- roofline probes ---------------------------------------------------------------------------
+
+inline double now() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+}
+
+volatile float g_sink;
+
+// Best pass time over repeated sums of one buffer: its read bandwidth from the cache level it fits.
+double read_gbps(size_t bytes, double min_seconds) {
+  const size_t n = (bytes / sizeof(float) + 8 * W - 1) / (8 * W) * (8 * W);
+  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  if (!buf) return 0.0;
+  for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
+  const int passes = int(1 + (1u << 22) / (n * sizeof(float)));  // >= 4 MB read per timing
+  double best = 1e30, start = now();
+  V s[8];
+  for (V& v : s) v = Simd::zero();
+  do {
+    const double t0 = now();
+    for (int r = 0; r < passes; ++r)
+      for (size_t i = 0; i < n; i += 8 * W)
+        for (int u = 0; u < 8; ++u) s[u] = Simd::add(s[u], Simd::load(buf + i + u * W));
+    const double dt = now() - t0;
+    if (dt < best) best = dt;
+  } while (now() - start < min_seconds);
+  float total = 0.f;
+  for (V& v : s) total += Simd::sum(v);
+  g_sink = total;
+  std::free(buf);
+  return double(n) * sizeof(float) * passes / best / 1e9;
+}
+
+// Twelve independent FMA chains: enough to fill two FMA pipes of latency four or more.
+double peak_gflops(double min_seconds) {
+  V s[12];
+  for (int u = 0; u < 12; ++u) s[u] = Simd::set1(float(u));
+  const V a = Simd::set1(0.999999f), b = Simd::set1(1e-7f);
+  const long iters = 1 << 16;
+  double best = 1e30, start = now();
+  do {
+    const double t0 = now();
+    for (long it = 0; it < iters; ++it)
+      for (int u = 0; u < 12; ++u) s[u] = Simd::fma(s[u], a, b);
+    const double dt = now() - t0;
+    if (dt < best) best = dt;
+  } while (now() - start < min_seconds);
+  float total = 0.f;
+  for (V& v : s) total += Simd::sum(v);
+  g_sink = total;
+  return double(iters) * 12 * W * 2 / best / 1e9;
+}
+
+const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &read_gbps, &peak_gflops};
+
+}  // namespace LRK_ISA_NS
+}  // namespace lrk

@@ -1,0 +1,98 @@
+"""The C++ LSTM kernels (`pipeline._native`) on PyTorch modules: the encoder's LSTM stack of a dense or
+factored checkpoint runs natively, and its weights go to a file that `lowrank_bench` reads on a device."""
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline import _native
+from pipeline.errors import PipelineError
+from pipeline.lowrank.modules import LowRankLSTM, cell_name
+
+
+def _array(t):
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def _matrix(m):
+    """A dense weight as one array; a factored one as its (U, V) pair."""
+    if isinstance(m, torch.Tensor):
+        return _array(m)
+    return _array(m.weight) if m.rank is None else (_array(m.U), _array(m.V))
+
+
+def lstm_cells(mod):
+    """The cells of an nn.LSTM or LowRankLSTM, layer-major, as the kernels take them; and its directions."""
+    dirs = 2 if mod.bidirectional else 1
+    if getattr(mod, "proj_size", 0) or not getattr(mod, "bias", True):
+        raise PipelineError("native LSTM: proj_size and bias=False are not supported")
+    cells = []
+    for layer in range(mod.num_layers):
+        for d in range(dirs):
+            if isinstance(mod, LowRankLSTM):
+                c = mod.cells[cell_name(layer, d)]
+                cells.append({"ih": _matrix(c.ih), "hh": _matrix(c.hh), "bias": _array(c.bias)})
+            else:
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                bias = getattr(mod, "bias_ih" + sfx) + getattr(mod, "bias_hh" + sfx)
+                cells.append({"ih": _matrix(getattr(mod, "weight_ih" + sfx)),
+                              "hh": _matrix(getattr(mod, "weight_hh" + sfx)), "bias": _array(bias)})
+    return cells, dirs
+
+
+def encoder_cells(encoder):
+    """The encoder's layers (one single-layer LSTM per direction each) as one stack."""
+    cells, dirs = [], len(encoder.lstms[0])
+    for layer in encoder.lstms:
+        for d in ("fwd", "bwd")[:dirs]:
+            cells += lstm_cells(layer[d])[0]
+    return cells, dirs
+
+
+def _cells_of(obj):
+    if isinstance(obj, (nn.LSTM, LowRankLSTM)):
+        return lstm_cells(obj)
+    if hasattr(obj, "lstms"):
+        return encoder_cells(obj)
+    raise PipelineError(f"native LSTM: cannot take the weights of a {type(obj).__name__}")
+
+
+def stack(obj, isa="auto"):
+    """A native `LstmStack` of an nn.LSTM, a LowRankLSTM or a model's encoder (weights packed once)."""
+    cells, dirs = _cells_of(obj)
+    return _native.LstmStack(cells, dirs, isa)
+
+
+def write_weights(path, obj):
+    """The weights file `lowrank_bench --weights` reads (format in csrc/lstm_weights.h)."""
+    cells, dirs = _cells_of(obj)
+    _native.write_weights(str(path), cells, dirs)
+
+
+@torch.no_grad()
+def encode_native(model, feats, native_stack=None):
+    """Encoder states (T', D) of one utterance's features (T, n_mels): the convolutional subsampling
+    in PyTorch, the LSTM stack in C++."""
+    enc = model.encoder
+    x, _ = enc.subsample(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
+    native_stack = native_stack or stack(enc)
+    return torch.from_numpy(native_stack.forward(np.ascontiguousarray(x[0].numpy())))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_programs(out_dir, toolchain=None):
+    """Builds the standalone programs (`lowrank_bench`, `lrk_info`) with CMake into `out_dir`, for this
+    machine or, with a CMake toolchain file, for another (e.g. cmake/aarch64-linux-gnu.cmake)."""
+    out = Path(out_dir)
+    cmd = ["cmake", "-S", str(ROOT), "-B", str(out), "-DLRK_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+    if toolchain:
+        cmd.append(f"-DCMAKE_TOOLCHAIN_FILE={Path(toolchain).resolve()}")
+    for step in (cmd, ["cmake", "--build", str(out), "--parallel", "2"]):
+        res = subprocess.run(step, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise PipelineError(f"building the native programs in {out} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return out
