@@ -213,6 +213,28 @@ inline double now() {
 
 volatile float g_sink;
 
+// The fastest of repeated timings of `pass`, repeated for at least `min_seconds`.
+template <class F>
+double best_seconds(F pass, double min_seconds) {
+  double best = 1e30;
+  const double start = now();
+  do {
+    const double t0 = now();
+    pass();
+    const double dt = now() - t0;
+    if (dt < best) best = dt;
+  } while (now() - start < min_seconds);
+  return best;
+}
+
+// Makes the accumulators observable, so the compiler cannot drop the work that fed them.
+template <int N>
+void keep(const V (&s)[N]) {
+  float total = 0.f;
+  for (const V& v : s) total += Simd::sum(v);
+  g_sink = total;
+}
+
 // Best pass time over repeated sums of one buffer: its read bandwidth from the cache level it fits.
 double read_gbps(size_t bytes, double min_seconds) {
   const size_t n = (bytes / sizeof(float) + 8 * W - 1) / (8 * W) * (8 * W);
@@ -220,20 +242,14 @@ double read_gbps(size_t bytes, double min_seconds) {
   if (!buf) return 0.0;
   for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
   const int passes = int(1 + (1u << 22) / (n * sizeof(float)));  // >= 4 MB read per timing
-  double best = 1e30, start = now();
   V s[8];
   for (V& v : s) v = Simd::zero();
-  do {
-    const double t0 = now();
+  const double best = best_seconds([&] {
     for (int r = 0; r < passes; ++r)
       for (size_t i = 0; i < n; i += 8 * W)
         for (int u = 0; u < 8; ++u) s[u] = Simd::add(s[u], Simd::load(buf + i + u * W));
-    const double dt = now() - t0;
-    if (dt < best) best = dt;
-  } while (now() - start < min_seconds);
-  float total = 0.f;
-  for (V& v : s) total += Simd::sum(v);
-  g_sink = total;
+  }, min_seconds);
+  keep(s);
   std::free(buf);
   return double(n) * sizeof(float) * passes / best / 1e9;
 }
@@ -244,17 +260,11 @@ double peak_gflops(double min_seconds) {
   for (int u = 0; u < 12; ++u) s[u] = Simd::set1(float(u));
   const V a = Simd::set1(0.999999f), b = Simd::set1(1e-7f);
   const long iters = 1 << 16;
-  double best = 1e30, start = now();
-  do {
-    const double t0 = now();
+  const double best = best_seconds([&] {
     for (long it = 0; it < iters; ++it)
       for (int u = 0; u < 12; ++u) s[u] = Simd::fma(s[u], a, b);
-    const double dt = now() - t0;
-    if (dt < best) best = dt;
-  } while (now() - start < min_seconds);
-  float total = 0.f;
-  for (V& v : s) total += Simd::sum(v);
-  g_sink = total;
+  }, min_seconds);
+  keep(s);
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
