@@ -25,6 +25,12 @@ struct Kernels {
   double (*peak_gflops)(double min_seconds);
 };
 
+// Memory for weights, scratch and probes: 64-byte aligned; from 1 MB up, 2 MB aligned and backed by
+// transparent huge pages where Linux offers them (no TLB misses, and no L2 set conflicts between 4 KB
+// pages that land differently in every process, which made timings vary by 20%). Free with free_buffer.
+void* alloc_buffer(size_t bytes);
+void free_buffer(void* p);
+
 // One table per ISA this build holds; each returns nullptr where the build lacks that ISA.
 const Kernels* kernels_avx512();
 const Kernels* kernels_avx2();

@@ -1,6 +1,11 @@
 #include "lstm_kernels.h"
 
+#include <cstdlib>
 #include <stdexcept>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cpu_features.h"
 
@@ -22,6 +27,19 @@ std::vector<Candidate> candidates() {
 }
 
 }  // namespace
+
+void* alloc_buffer(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const size_t align = bytes >= kHuge / 2 ? kHuge : 64;
+  const size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded ? rounded : align);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p && align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+#endif
+  return p;
+}
+
+void free_buffer(void* p) { std::free(p); }
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;

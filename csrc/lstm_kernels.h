@@ -13,15 +13,19 @@ const Kernels& kernels(const std::string& isa = "auto");
 // The paths this build holds and this CPU can execute, best first.
 std::vector<std::string> available_isas();
 
-// Buffers on 64-byte boundaries, so that no vector load of a packed panel or gate row splits a cache line.
+// Buffers from alloc_buffer: no vector load of a packed panel or gate row splits a cache line.
 template <class T>
 struct AlignedAllocator {
   using value_type = T;
   AlignedAllocator() = default;
   template <class U>
   AlignedAllocator(const AlignedAllocator<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
-  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  T* allocate(size_t n) {
+    void* p = alloc_buffer(n * sizeof(T));
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { free_buffer(p); }
   bool operator==(const AlignedAllocator&) const { return true; }
   bool operator!=(const AlignedAllocator&) const { return false; }
 };

@@ -4,7 +4,6 @@
 #include <time.h>
 
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernel_table.h"
 #include "simd.h"
@@ -238,7 +237,7 @@ void keep(const V (&s)[N]) {
 // Best pass time over repeated sums of one buffer: its read bandwidth from the cache level it fits.
 double read_gbps(size_t bytes, double min_seconds) {
   const size_t n = (bytes / sizeof(float) + 8 * W - 1) / (8 * W) * (8 * W);
-  float* buf = static_cast<float*>(std::aligned_alloc(64, n * sizeof(float)));
+  float* buf = static_cast<float*>(alloc_buffer(n * sizeof(float)));
   if (!buf) return 0.0;
   for (size_t i = 0; i < n; ++i) buf[i] = 1.0f;
   const int passes = int(1 + (1u << 22) / (n * sizeof(float)));  // >= 4 MB read per timing
@@ -250,7 +249,7 @@ double read_gbps(size_t bytes, double min_seconds) {
         for (int u = 0; u < 8; ++u) s[u] = Simd::add(s[u], Simd::load(buf + i + u * W));
   }, min_seconds);
   keep(s);
-  std::free(buf);
+  free_buffer(buf);
   return double(n) * sizeof(float) * passes / best / 1e9;
 }
 
