@@ -77,7 +77,22 @@ def cmd_eval(args):
               f"of {m['words']} words)  CER {m['cer']:.4f}  on {m['utterances']} utterances")
 
 
+def cmd_export(args):
+    from export.onnx_export import export, parity
+
+    meta = export(_model_path(args), args.out, int8=args.int8, ort_format=args.ort, lowering=args.lowering)
+    print(f"wrote {args.out}: " + ", ".join(sorted(meta["files"].values())) + ", model.json")
+    print(f"encoder max abs difference to PyTorch on a test input: {parity(_model_path(args), args.out):.2e}")
+
+
 def cmd_transcribe(args):
+    if args.onnx:
+        from export.runner import OnnxAsr
+
+        asr = OnnxAsr(args.onnx, variant=args.variant, threads=args.threads)
+        for f in args.files:
+            print(f"{f}\t{asr.transcribe_file(f, beam=args.beam)}", flush=True)
+        return
     import torch
 
     from pipeline.data.audio import load_audio
@@ -189,6 +204,9 @@ def make_parser():
     e.set_defaults(func=cmd_eval)
     tr = sub.add_parser("transcribe", help="print one transcript per audio file")
     decode_args(tr)
+    tr.add_argument("--onnx", metavar="DIR", help="decode with onnxruntime from an export directory instead")
+    tr.add_argument("--variant", default="fp32", choices=["fp32", "int8", "ort", "int8_ort"],
+                    help="which exported files --onnx uses")
     tr.add_argument("files", nargs="+")
     tr.set_defaults(func=cmd_transcribe)
 
@@ -204,6 +222,14 @@ def make_parser():
     ins.add_argument("--json", action="store_true")
     ins.set_defaults(func=cmd_inspect)
 
+    ex = sub.add_parser("export", help="ONNX graphs (encoder, decoder step) of a checkpoint, int8 and ORT format")
+    ex.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    ex.add_argument("--out", required=True, help="export directory")
+    ex.add_argument("--int8", action="store_true", help="also dynamically quantised int8 models")
+    ex.add_argument("--ort", action="store_true", help="also the ORT format for mobile")
+    ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
+                    help="low-rank LSTM lowering; auto measures both per layer")
+    ex.set_defaults(func=cmd_export)
     info = sub.add_parser("info", help="native extension build info and detected CPU features")
     info.set_defaults(func=cmd_info)
     return p
