@@ -151,6 +151,27 @@ def cmd_inspect(args):
             print(f"{key}: {json.dumps(header[key])}")
 
 
+def cmd_bench(args):
+    from pipeline.atomic import write_json
+    from pipeline.bench.latency_table import LatencyTable, validate
+    from pipeline.model.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(_model_path(args))
+    table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps)
+    n = table.measure(model, progress=not args.json)
+    if args.action == "table":
+        print(f"{table.path}: {len(table.entries)} points ({n} measured now); this model's encoder: "
+              f"{table.predict(model):.1f} us per encoder frame predicted")
+        return
+    pairs = validate(model, table, args.policies, args.seed, args.target, log=(lambda *_: None) if args.json else print)
+    worst = max(abs(p["error"]) for p in pairs)
+    result = {"target": args.target, "runtime": args.runtime, "table": str(table.path), "pairs": pairs,
+              "worst_abs_error": worst}
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
+
+
 def cmd_info(args):
     from pipeline import _native
 
@@ -230,6 +251,20 @@ def make_parser():
     ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
                     help="low-rank LSTM lowering; auto measures both per layer")
     ex.set_defaults(func=cmd_export)
+    bn = sub.add_parser("bench", help="latency on a target: the per-layer latency table and its validation")
+    bn.add_argument("action", choices=["table", "validate-table"],
+                    help="table: measure (or reuse) the latency table of the model's layer shapes; "
+                         "validate-table: predicted against measured latency of random rank policies")
+    bn.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    bn.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
+    bn.add_argument("--runtime", default="native", choices=["native"])
+    bn.add_argument("--policies", type=int, default=10)
+    bn.add_argument("--seed", type=int, default=0)
+    bn.add_argument("--frames", type=int, default=200)
+    bn.add_argument("--reps", type=int, default=10)
+    bn.add_argument("--out", help="also write the validation as JSON here")
+    bn.add_argument("--json", action="store_true")
+    bn.set_defaults(func=cmd_bench)
     info = sub.add_parser("info", help="native extension build info and detected CPU features")
     info.set_defaults(func=cmd_info)
     return p

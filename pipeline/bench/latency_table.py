@@ -1,0 +1,184 @@
+"""The latency table: microseconds per encoder frame of each encoder LSTM cell shape at each pair of
+ranks of the search grid (input matrix, recurrent matrix; dense included), measured on a target with
+the native kernel (`lowrank_bench`, whole-utterance mode, one thread). It predicts a whole encoder's
+latency as the sum of its cells, interpolating linearly between grid ranks.
+
+The sum of single cells over-predicts a whole stack by ~10-15% (measured here), so the table also
+holds a calibration: the ratio of measured to summed latency of three synthetic stacks of the
+model's shape (all cells dense, at half and at a quarter of their ranks), which scales predictions.
+
+Each point is the lowest of RUNS run medians taken in separate passes over the whole grid: on this
+VM a process runs for seconds at a time in a slow mode (up to 1.5x), so repeats taken back to back
+share it while repeats spread over the grid do not.
+
+Cached on disk as JSON, keyed by target, runtime and kernel version; a run killed while measuring
+resumes where it stopped.
+"""
+import copy
+import json
+import random
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.atomic import write_json
+from pipeline.bench.targets import CACHE, Runner, kernel_version, parse_target, temp_weights_path
+from pipeline.errors import PipelineError
+from pipeline.lowrank import factorize, layers
+from pipeline.lowrank.factorize import SNAP
+
+FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+DENSE = 0
+RUNS = 3
+
+
+def grid(limit):
+    """Ranks of the grid for a matrix whose rank is at most `limit` (multiples of 8), and 0 for dense."""
+    return [DENSE] + sorted({min(limit, max(SNAP, SNAP * round(f * limit / SNAP))) for f in FRACTIONS})
+
+
+def encoder_cells(model):
+    """[(name, input size, hidden, rank_ih, rank_hh)] of the encoder's LSTM cells in stack order; rank 0 = dense."""
+    ranks = {l.name: l.rank for l in layers(model)}
+    out = []
+    for i, layer in enumerate(model.encoder.lstms):
+        for d, mod in layer.items():
+            name = f"encoder.lstms.{i}.{d}"
+            out.append((name, mod.input_size, mod.hidden_size, ranks[f"{name}.l0.ih"] or DENSE,
+                        ranks[f"{name}.l0.hh"] or DENSE))
+    return out
+
+
+class LatencyTable:
+    def __init__(self, target="local", runtime="native", frames=200, reps=10, cache_dir=None):
+        if runtime != "native":
+            raise PipelineError(f"latency table: runtime {runtime!r} is not measured per layer yet (native only)")
+        self.target = parse_target(target) if isinstance(target, str) else target
+        self.frames, self.reps = frames, reps
+        self.path = Path(cache_dir or CACHE / "latency") / f"{self.target.key()}-{runtime}-{kernel_version()}.json"
+        self.entries, self.calibration = {}, {}
+        if self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+                self.entries, self.calibration = saved["us_per_frame"], saved.get("calibration", {})
+            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise PipelineError(f"{self.path}: unreadable latency table ({e}); delete it to measure again") from None
+        self._runner = None
+
+    @staticmethod
+    def _key(inp, hidden, r_ih, r_hh):
+        return f"{inp},{hidden},{r_ih},{r_hh}"
+
+    def measure(self, model, progress=True):
+        """Measures every grid point of every cell shape of `model` not in the cache yet; returns how many."""
+        cells = encoder_cells(model)
+        shapes = sorted({(inp, h) for _, inp, h, _, _ in cells})
+        points = [(inp, h, a, b) for inp, h in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
+        stacks = self._stacks(model)
+        todo = [(p, r) for r in range(RUNS) for p in points if len(self.entries.get(self._key(*p), [])) <= r]
+        todo += [(s, r) for r in range(RUNS) for s in stacks if len(self.calibration.get(s, [])) <= r]
+        for item, _ in tqdm(todo, desc=f"latency table ({self.target.spec})", unit="run", disable=not progress):
+            self._runner = self._runner or Runner(self.target)
+            spec = item if isinstance(item, str) else "1,1,{},{},{},{}".format(*item)
+            us = self._runner.bench(["--synthetic", spec, "--mode", "utterance", "--frames", self.frames,
+                                     "--reps", self.reps])["us_per_frame"]["median"]
+            store = self.calibration if isinstance(item, str) else self.entries
+            store.setdefault(spec if isinstance(item, str) else self._key(*item), []).append(us)
+            write_json(self.path, {"target": self.target.spec, "kernel_version": kernel_version(),
+                                   "emulated": self.target.emulated, "frames": self.frames, "reps": self.reps,
+                                   "us_per_frame": self.entries, "calibration": self.calibration})
+        return len(todo)
+
+    @staticmethod
+    def _stacks(model):
+        """lowrank_bench --synthetic specs of the model's stack shape with every cell dense, at half and at
+        a quarter of its ranks (uniform encoders only: each layer's cells alike)."""
+        cells = encoder_cells(model)
+        enc = model.encoder
+        dirs, layers_n = len(enc.lstms[0]), len(enc.lstms)
+        inp, h = cells[0][1], cells[0][2]
+        specs = []
+        for f in (None, 0.5, 0.25):
+            r_ih = 0 if f is None else SNAP * round(f * min(4 * h, dirs * h) / SNAP)
+            r_hh = 0 if f is None else SNAP * round(f * h / SNAP)
+            specs.append(f"{layers_n},{dirs},{inp},{h},{r_ih},{r_hh}")
+        return specs
+
+    def _summed(self, spec):
+        layers_n, dirs, inp, h, r_ih, r_hh = map(int, spec.split(","))
+        return sum(self.cell(inp if l == 0 else dirs * h, h, r_ih, r_hh) * dirs for l in range(layers_n))
+
+    def scale(self):
+        """Measured over summed latency of the calibration stacks (1.0 without any)."""
+        ratios = [min(v) / self._summed(s) for s, v in self.calibration.items() if v]
+        return sum(ratios) / len(ratios) if ratios else 1.0
+
+    def cell(self, inp, hidden, r_ih, r_hh):
+        """Predicted us per frame of one cell: exact at grid ranks, linear in each rank between them."""
+        def around(r, limit):
+            if r == DENSE:
+                return [(DENSE, 1.0)]
+            pts = grid(limit)[1:]
+            if r <= pts[0]:
+                return [(pts[0], 1.0)]
+            hi = next(p for p in pts if p >= r)
+            lo = max(p for p in pts if p <= r)
+            if hi == lo:
+                return [(lo, 1.0)]
+            w = (r - lo) / (hi - lo)
+            return [(lo, 1 - w), (hi, w)]
+        total = 0.0
+        for a, wa in around(r_ih, min(4 * hidden, inp)):
+            for b, wb in around(r_hh, hidden):
+                key = self._key(inp, hidden, a, b)
+                if not self.entries.get(key):
+                    raise PipelineError(f"{self.path}: no entry {key}; run `python -m pipeline bench table` first")
+                total += wa * wb * min(self.entries[key])
+        return total
+
+    def predict(self, model):
+        """Predicted us per encoder frame of the model's whole encoder LSTM stack."""
+        return self.scale() * sum(self.cell(inp, h, a, b) for _, inp, h, a, b in encoder_cells(model))
+
+
+def measured_us(models, target="local", frames=200, reps=10):
+    """Measured us per encoder frame of each model's encoder LSTM stack (its real weights) on the target:
+    the lowest of RUNS run medians, taken in separate passes over all the models."""
+    from pipeline.native import write_weights
+
+    runner, paths = Runner(target), [temp_weights_path() for _ in models]
+    try:
+        for m, path in zip(models, paths):
+            write_weights(path, m.encoder)
+        runs = [[runner.bench(["--mode", "utterance", "--frames", frames, "--reps", reps], weights=p)
+                 ["us_per_frame"]["median"] for p in paths] for _ in range(RUNS)]
+        return [min(r[i] for r in runs) for i in range(len(models))]
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)
+
+
+def random_policy(model, rng):
+    """Random ranks for every encoder LSTM matrix: dense, or any multiple of 8 up to its limit."""
+    policy = {}
+    for name, inp, h, _, _ in encoder_cells(model):
+        for which, limit in (("ih", min(4 * h, inp)), ("hh", h)):
+            if rng.random() < 0.15:
+                continue  # stays dense
+            policy[f"{name}.l0.{which}"] = rng.randrange(SNAP, limit + 1, SNAP)
+    return policy
+
+
+def validate(model, table, n_policies=10, seed=0, target="local", log=print):
+    """Predicted against measured latency of `n_policies` random rank policies; returns the pairs."""
+    rng = random.Random(seed)
+    policies = [random_policy(model, rng) for _ in range(n_policies)]
+    models = [factorize(copy.deepcopy(model), p) for p in policies]
+    measured = measured_us(models, target, table.frames, table.reps)
+    pairs = []
+    for k, (m, meas) in enumerate(zip(models, measured)):
+        pred = table.predict(m)
+        pairs.append({"policy": k, "ranks": policies[k], "predicted_us": pred, "measured_us": meas,
+                      "error": pred / meas - 1})
+        log(f"policy {k}: predicted {pred:8.1f} us/frame, measured {meas:8.1f}, error {100 * (pred / meas - 1):+5.1f}%")
+    return pairs

@@ -1,0 +1,127 @@
+"""Benchmark stage: targets (local, a real sshd on 127.0.0.1, qemu), their errors, and the latency table's
+cache (reused; invalidated when the kernel changes) and predictions."""
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import SMALL
+from pipeline.bench import latency_table, targets
+from pipeline.bench.latency_table import LatencyTable, encoder_cells
+from pipeline.bench.targets import Runner, parse_target
+from pipeline.errors import PipelineError
+from pipeline.model.asr import ASRModel
+
+SYNTH = ["--synthetic", "1,1,32,16,8,8", "--frames", "20", "--reps", "2", "--warmup", "0"]
+
+
+def test_local_target_reports_latency():
+    rep = Runner("local").bench(SYNTH)
+    assert rep["us_per_frame"]["median"] > 0 and rep["hidden"] == 16 and rep["emulated"] is False
+
+
+def test_qemu_target_runs_the_aarch64_build_and_flags_it_emulated():
+    rep = Runner("qemu-aarch64").bench(SYNTH)
+    assert rep["build"]["arch"] == "aarch64" and rep["isa"] == "neon" and rep["emulated"] is True
+
+
+def test_bad_target_specs():
+    for spec in ("ftp://x", "ssh://", "local2"):
+        with pytest.raises(PipelineError, match="expected local"):
+            parse_target(spec)
+    assert parse_target("ssh://pi@board:2222").port == 2222 and parse_target("adb:emulator-5554").serial == "emulator-5554"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sshd(tmp_path, monkeypatch):
+    """A real sshd on 127.0.0.1 for this test only, with its own host key and a client key."""
+    if not shutil.which("/usr/sbin/sshd"):
+        pytest.fail("openssh-server is not installed (scripts/install-system-deps.sh installs it)")
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "client.pub").read_text())
+    port = _free_port()
+    (tmp_path / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\nPidFile {tmp_path / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nStrictModes no\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nUsePAM no\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    os.chmod(tmp_path / "client", stat.S_IRUSR | stat.S_IWUSR)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(tmp_path / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    monkeypatch.setenv("PIPELINE_SSH_OPTS", f"-i {tmp_path / 'client'} -o UserKnownHostsFile={tmp_path / 'known_hosts'}")
+    yield f"ssh://root@127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_ssh_target_against_a_real_sshd(sshd, tmp_path):
+    from pipeline.native import write_weights
+
+    runner = Runner(sshd)
+    assert runner.arch == os.uname().machine and runner.remote_bin.startswith(".cache/lrk-bench/")
+    assert runner.bench(SYNTH)["us_per_frame"]["median"] > 0
+    model = ASRModel(SMALL)
+    write_weights(tmp_path / "w.bin", model.encoder)
+    rep = runner.bench(["--frames", "10", "--reps", "2"], weights=tmp_path / "w.bin")
+    assert rep["layers"] == SMALL.enc_layers and rep["directions"] == 2
+    assert Runner(sshd).remote_bin == runner.remote_bin  # installed once, found again
+
+
+def test_unreachable_ssh_target(monkeypatch):
+    monkeypatch.setenv("PIPELINE_SSH_OPTS", "-o ConnectTimeout=3")
+    with pytest.raises(PipelineError, match=r"ssh://root@127.0.0.1:\d+: unreachable"):
+        Runner(f"ssh://root@127.0.0.1:{_free_port()}")
+
+
+def test_binary_of_another_architecture_and_garbage_output(monkeypatch, tmp_path):
+    arm = targets.binary_for("aarch64")
+    monkeypatch.setattr(targets, "binary_for", lambda arch: arm)
+    with pytest.raises(PipelineError, match="built for x86_64 does not run there|does not run there"):
+        Runner("local").bench(SYNTH)
+    junk = tmp_path / "junk"
+    junk.write_text("#!/bin/sh\necho 'hello, not json'\n")
+    junk.chmod(0o755)
+    monkeypatch.setattr(targets, "binary_for", lambda arch: junk)
+    with pytest.raises(PipelineError, match="returned no latency report"):
+        Runner("local").bench(SYNTH)
+
+
+def test_latency_table_is_cached_and_invalidated_by_the_kernel_version(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = ASRModel(SMALL)
+    table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+    first = table.measure(model, progress=False)
+    assert first > 0 and table.path.exists()
+    again = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+    assert again.measure(model, progress=False) == 0 and again.predict(model) == pytest.approx(table.predict(model))
+    assert again.predict(model) > 0 and len(encoder_cells(model)) == 2 * SMALL.enc_layers
+    monkeypatch.setattr(latency_table, "kernel_version", lambda: "another-kernel")
+    changed = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+    assert changed.path != table.path and changed.measure(model, progress=False) == first
+
+
+def test_table_predicts_between_grid_points():
+    table = LatencyTable.__new__(LatencyTable)
+    table.path, table.calibration = "t.json", {}
+    table.entries = {f"64,16,{a},{b}": [float(a + b)] for a in (0, 8, 16, 24, 32, 40, 48, 56, 64)
+                     for b in (0, 8, 16)}
+    assert table.cell(64, 16, 8, 8) == 16.0 and table.cell(64, 16, 12, 8) == 20.0  # linear between 8 and 16
+    with pytest.raises(PipelineError, match="no entry"):
+        table.cell(64, 32, 8, 8)
