@@ -90,3 +90,15 @@ def test_cli_eval_and_transcribe(overfit, tmp_path):
     assert [l.split("\t")[1] for l in res.stdout.splitlines()] == [rows[0]["text"], rows[1]["text"]]
     res = run_cli("eval", "--model", str(tmp_path / "none.safetensors"), "--manifest", str(manifest))
     assert res.returncode == 2 and "none.safetensors: checkpoint not found" in res.stderr
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_subsampling_lengths_match_outputs(factor):
+    from pipeline.model.asr import ConvSubsampling
+
+    conv = ConvSubsampling(80, 4, factor)
+    for n in (7, 8, 9, 10, 33, 100):
+        y, lengths = conv(torch.zeros(1, n, 80), torch.tensor([n]))
+        assert y.shape[1] == int(lengths[0]) and abs(n / factor - y.shape[1]) <= 4
+    with pytest.raises(ValueError, match="2 or 4"):
+        ConvSubsampling(80, 4, 3)

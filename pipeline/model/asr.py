@@ -13,17 +13,20 @@ from pipeline.model.vocab import BLANK, EOS, SOS
 
 
 class ConvSubsampling(nn.Module):
-    """Two 3x3 stride-2 convolutions: (B, T, n_mels) -> (B, T', C * F'), T' ~ T / 4."""
+    """Two 3x3 convolutions: (B, T, n_mels) -> (B, T', C * F'). Both stride 2 in time (T' ~ T / 4), or
+    the second stride 1 in time (T' ~ T / 2, `factor` 2); both always stride 2 in frequency."""
 
-    def __init__(self, n_mels, channels):
+    def __init__(self, n_mels, channels, factor=4):
         super().__init__()
+        if factor not in (2, 4):
+            raise ValueError(f"subsampling factor {factor}: 2 or 4")
+        self.t2 = 2 if factor == 4 else 1
         self.conv = nn.Sequential(nn.Conv2d(1, channels, 3, stride=2), nn.ReLU(),
-                                  nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU())
+                                  nn.Conv2d(channels, channels, 3, stride=(self.t2, 2)), nn.ReLU())
         self.out_dim = channels * (((n_mels - 1) // 2 - 1) // 2)
 
-    @staticmethod
-    def out_lengths(lengths):
-        return ((lengths - 1) // 2 - 1) // 2
+    def out_lengths(self, lengths):
+        return ((lengths - 1) // 2 - 3) // self.t2 + 1  # each unpadded 3-wide convolution
 
     def forward(self, x, lengths):
         y = self.conv(x.unsqueeze(1))  # (B, C, T', F')
@@ -45,7 +48,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.subsample = ConvSubsampling(cfg.n_mels, cfg.conv_channels)
+        self.subsample = ConvSubsampling(cfg.n_mels, cfg.conv_channels, cfg.subsampling)
         dirs = ["fwd", "bwd"] if cfg.bidirectional else ["fwd"]
         dims = [self.subsample.out_dim] + [cfg.enc_hidden * len(dirs)] * cfg.enc_layers
         self.lstms = nn.ModuleList(

@@ -8,7 +8,8 @@ from pipeline.model.vocab import TOKENS
 @dataclass
 class ModelConfig:
     n_mels: int = 80
-    conv_channels: int = 32        # two stride-2 3x3 convolutions: 4x fewer frames
+    conv_channels: int = 32        # two 3x3 convolutions, stride 2 in frequency
+    subsampling: int = 4           # frames per encoder frame: 4 (both convolutions stride 2 in time) or 2
     enc_layers: int = 3
     enc_hidden: int = 256          # per direction
     bidirectional: bool = True     # False: a streaming (unidirectional) encoder
