@@ -156,6 +156,19 @@ def cmd_bench(args):
     from pipeline.bench.latency_table import LatencyTable, validate
     from pipeline.model.checkpoint import load_checkpoint
 
+    if args.action == "run":
+        from pipeline.bench.end_to_end import bench
+
+        r = bench(_model_path(args), args.manifest, args.runtime, args.target, args.threads, args.utterances,
+                  args.reps)
+        if args.json:
+            print(json.dumps({k: v for k, v in r.items() if k != "transcripts"}))
+        else:
+            print(f"{r['runtime']} on {r['target']}{' (emulated: not for decisions)' if r['emulated'] else ''}, "
+                  f"{r['threads']} thread(s): {r['utterances']} utterances ({r['audio_seconds']:.1f} s of audio) in "
+                  f"median {r['median_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms; real-time factor {r['rtf']:.4f}"
+                  + (f"; peak memory {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""))
+        return
     model, _, _ = load_checkpoint(_model_path(args))
     table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps)
     n = table.measure(model, progress=not args.json)
@@ -251,13 +264,18 @@ def make_parser():
     ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
                     help="low-rank LSTM lowering; auto measures both per layer")
     ex.set_defaults(func=cmd_export)
-    bn = sub.add_parser("bench", help="latency on a target: the per-layer latency table and its validation")
-    bn.add_argument("action", choices=["table", "validate-table"],
-                    help="table: measure (or reuse) the latency table of the model's layer shapes; "
-                         "validate-table: predicted against measured latency of random rank policies")
+    bn = sub.add_parser("bench", help="latency on a target: end to end, the per-layer latency table, its validation")
+    bn.add_argument("action", nargs="?", default="run", choices=["run", "table", "validate-table"],
+                    help="run (default): end-to-end latency of a fixed set of utterances; table: measure (or reuse) "
+                         "the latency table of the model's layer shapes; validate-table: predicted against "
+                         "measured latency of random rank policies")
+    bn.add_argument("--manifest", default="corpus/default/dev.jsonl", help="utterances for `run`")
+    bn.add_argument("--utterances", type=int, default=10)
+    bn.add_argument("--threads", type=int, default=1)
     bn.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     bn.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
-    bn.add_argument("--runtime", default="native", choices=["native"])
+    bn.add_argument("--runtime", default="native", choices=["native", "onnx", "torch"],
+                    help="run: any; table and validate-table: native")
     bn.add_argument("--policies", type=int, default=10)
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--frames", type=int, default=200)

@@ -125,3 +125,30 @@ def test_table_predicts_between_grid_points():
     assert table.cell(64, 16, 8, 8) == 16.0 and table.cell(64, 16, 12, 8) == 20.0  # linear between 8 and 16
     with pytest.raises(PipelineError, match="no entry"):
         table.cell(64, 32, 8, 8)
+
+
+def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
+    """`bench` times the same utterances in every runtime, and they transcribe them alike."""
+    import json
+
+    from conftest import run_cli
+    from pipeline.bench.end_to_end import bench
+    from pipeline.atomic import write_jsonl
+    from pipeline.model.checkpoint import save_checkpoint
+
+    model, cmvn, rows, _, _, _ = overfit
+    save_checkpoint(tmp_path / "m.safetensors", model, cmvn)
+    write_jsonl(tmp_path / "m.jsonl", rows)
+    results = {rt: bench(tmp_path / "m.safetensors", tmp_path / "m.jsonl", rt, utterances=4, reps=2)
+               for rt in ("torch", "native", "onnx")}
+    for r in results.values():
+        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and 0 < r["rtf"] < 1 and r["threads"] == 1
+        assert r["transcripts"] == [row["text"] for row in rows]  # the overfit model gets them exactly
+    res = run_cli("bench", "--model", str(tmp_path / "m.safetensors"), "--manifest", str(tmp_path / "m.jsonl"),
+                  "--utterances", "2", "--reps", "2", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert {"median_ms", "p90_ms", "rtf", "runtime", "target", "threads"} <= set(out) and out["target"] == "local"
+    res = run_cli("bench", "--model", str(tmp_path / "m.safetensors"), "--manifest", str(tmp_path / "m.jsonl"),
+                  "--target", "qemu-aarch64", "--runtime", "torch")
+    assert res.returncode == 2 and "only --runtime native runs on a remote target" in res.stderr

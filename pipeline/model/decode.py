@@ -22,6 +22,12 @@ def max_steps(enc_lengths, cfg):
 @torch.no_grad()
 def greedy(model, feats, lengths, cfg=DecodeConfig()):
     enc, enc_lengths, mask = model.encode(feats, lengths)
+    return greedy_from_encoder(model, enc, enc_lengths, mask, cfg)
+
+
+@torch.no_grad()
+def greedy_from_encoder(model, enc, enc_lengths, mask, cfg=DecodeConfig()):
+    """Batched greedy decoding of encoder states (from PyTorch or from another runtime)."""
     dec = model.decoder
     keys = dec.attention.key(enc)
     state = dec.init_state(enc, mask)

@@ -1,0 +1,118 @@
+"""End-to-end latency of a checkpoint on a fixed set of utterances: features, encoder and greedy
+decoding, in PyTorch, in onnxruntime (the exported graphs) or with the encoder's LSTM stack in the
+native kernel (the rest in PyTorch). Warm-up, repetitions, median and p90 per utterance set, real-time
+factor and the process's peak memory, with the thread count pinned.
+
+On a remote target (ssh, adb, qemu) only the native encoder stack runs there, through `lowrank_bench`
+on the model's weights, for the same numbers of frames.
+"""
+import math
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from pipeline.bench.targets import Runner, parse_target, temp_weights_path
+from pipeline.data.features import fbank
+from pipeline.data.manifest import read_manifest
+from pipeline.errors import PipelineError
+from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.decode import greedy, greedy_from_encoder
+
+
+def fixed_utterances(manifest, n):
+    """`n` evenly spaced utterances of a manifest: the fixed set every runtime is timed on."""
+    rows = read_manifest(manifest)
+    step = max(1, math.ceil(len(rows) / n))
+    return rows[::step][:n]
+
+
+def _audio(rows):
+    out = []
+    for r in rows:
+        a, sr = sf.read(r["audio_filepath"], dtype="float32", always_2d=True)
+        out.append((a.mean(axis=1), sr))
+    return out
+
+
+def _runtime_fn(runtime, checkpoint, model, cmvn):
+    """A function (audio, sr) -> transcript for the runtime."""
+    if runtime == "torch":
+        def run(audio, sr):
+            f = cmvn(fbank(audio, sr))[None]
+            return greedy(model, f, torch.tensor([f.shape[1]]))[0]
+        return run
+    if runtime == "native":
+        from pipeline import native
+
+        st = native.stack(model.encoder)
+
+        def run(audio, sr):
+            enc = native.encode_native(model, cmvn(fbank(audio, sr)), st)[None]
+            return greedy_from_encoder(model, enc, torch.tensor([enc.shape[1]]), torch.ones(enc.shape[:2], dtype=torch.bool))[0]
+        return run
+    if runtime == "onnx":
+        from export.onnx_export import export
+        from export.runner import OnnxAsr
+
+        out = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+        export(checkpoint, out, log=lambda *_: None)
+        asr = OnnxAsr(out, threads=torch.get_num_threads())
+        return lambda audio, sr: asr.transcribe(audio, sr)
+    raise PipelineError(f"--runtime {runtime!r}: choose native, onnx or torch")
+
+
+def bench(checkpoint, manifest, runtime="native", target="local", threads=1, utterances=10, reps=5, warmup=1):
+    """{median_ms, p90_ms, rtf, runtime, target, threads, ...} for one pass over the fixed utterance set."""
+    torch.set_num_threads(threads)
+    model, cmvn, _ = load_checkpoint(checkpoint)
+    rows = fixed_utterances(manifest, utterances)
+    audio = _audio(rows)
+    seconds = sum(len(a) / sr for a, sr in audio)
+    t = parse_target(target)
+    if t.kind != "local":
+        return _remote(model, cmvn, audio, seconds, t, runtime, reps)
+    run = _runtime_fn(runtime, checkpoint, model, cmvn)
+    for _ in range(warmup):
+        for a, sr in audio:
+            run(a, sr)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        hyps = [run(a, sr) for a, sr in audio]
+        times.append(time.perf_counter() - t0)
+    ms = [1e3 * x for x in times]
+    return _summary(statistics.median(ms), float(np.percentile(ms, 90)), seconds, runtime, target, threads, rows,
+                    reps, False, {"transcripts": hyps,
+                                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _remote(model, cmvn, audio, seconds, t, runtime, reps):
+    """The native encoder LSTM stack on the target for the utterances' encoder frame counts."""
+    from pipeline.native import write_weights
+
+    if runtime != "native":
+        raise PipelineError(f"--target {t.spec}: only --runtime native runs on a remote target (lowrank_bench)")
+    frames = [int(model.encoder.subsample.out_lengths(torch.tensor([fbank(a, sr).shape[0]]))) for a, sr in audio]
+    path = temp_weights_path()
+    try:
+        write_weights(path, model.encoder)
+        runner = Runner(t)
+        med = p90 = 0.0
+        for n in frames:  # lowrank_bench reports per-frame statistics of each utterance; summed over the set
+            us = runner.bench(["--mode", "utterance", "--frames", n, "--reps", reps], weights=path)["us_per_frame"]
+            med, p90 = med + us["median"] * n / 1e3, p90 + us["p90"] * n / 1e3
+    finally:
+        path.unlink(missing_ok=True)
+    return _summary(med, p90, seconds, "native (encoder LSTM stack only)", t.spec, 1, audio, reps, t.emulated, {})
+
+
+def _summary(median_ms, p90_ms, seconds, runtime, target, threads, rows, reps, emulated, extra):
+    return {"median_ms": median_ms, "p90_ms": p90_ms, "rtf": median_ms / 1e3 / seconds, "runtime": runtime,
+            "target": target, "threads": threads, "utterances": len(rows), "audio_seconds": seconds, "reps": reps,
+            "emulated": emulated, **extra}
