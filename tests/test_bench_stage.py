@@ -120,11 +120,11 @@ def test_latency_table_is_cached_and_invalidated_by_the_kernel_version(tmp_path,
 def test_table_predicts_between_grid_points():
     table = LatencyTable.__new__(LatencyTable)
     table.path, table.calibration = "t.json", {}
-    table.entries = {f"64,16,{a},{b}": [float(a + b)] for a in (0, 8, 16, 24, 32, 40, 48, 56, 64)
-                     for b in (0, 8, 16)}
-    assert table.cell(64, 16, 8, 8) == 16.0 and table.cell(64, 16, 12, 8) == 20.0  # linear between 8 and 16
+    table.entries = {f"128,64,{a},{b}": [float(a + b)] for a in (0, 32, 64, 96, 128) for b in (0, 32, 64)}
+    assert table.cell(128, 64, 32, 32) == 64.0 and table.cell(128, 64, 40, 32) == 72.0  # linear between 32 and 64
+    assert table.cell(128, 64, 8, 0) == 32.0  # below the first grid rank: the first grid rank
     with pytest.raises(PipelineError, match="no entry"):
-        table.cell(64, 32, 8, 8)
+        table.cell(128, 16, 8, 8)
 
 
 def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):

@@ -1,5 +1,5 @@
 """The latency table: microseconds per encoder frame of each encoder LSTM cell shape at each pair of
-ranks of the search grid (input matrix, recurrent matrix; dense included), measured on a target with
+ranks of a grid (input matrix, recurrent matrix: multiples of 32 and the full rank; dense included), measured on a target with
 the native kernel (`lowrank_bench`, whole-utterance mode, one thread). It predicts a whole encoder's
 latency as the sum of its cells, interpolating linearly between grid ranks.
 
@@ -27,14 +27,15 @@ from pipeline.errors import PipelineError
 from pipeline.lowrank import factorize, layers
 from pipeline.lowrank.factorize import SNAP
 
-FRACTIONS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+STEP = 32   # grid ranks: multiples of the widest kernel panel (32 rows with AVX-512), where costs step
 DENSE = 0
 RUNS = 3
 
 
 def grid(limit):
-    """Ranks of the grid for a matrix whose rank is at most `limit` (multiples of 8), and 0 for dense."""
-    return [DENSE] + sorted({min(limit, max(SNAP, SNAP * round(f * limit / SNAP))) for f in FRACTIONS})
+    """Ranks measured for a matrix whose rank is at most `limit`: multiples of STEP and the limit itself,
+    and 0 for dense. Between them the kernels' cost is close to linear in the rank."""
+    return [DENSE] + sorted({*range(STEP, limit + 1, STEP), limit})
 
 
 def encoder_cells(model):
