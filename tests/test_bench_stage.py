@@ -152,3 +152,23 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
     res = run_cli("bench", "--model", str(tmp_path / "m.safetensors"), "--manifest", str(tmp_path / "m.jsonl"),
                   "--target", "qemu-aarch64", "--runtime", "torch")
     assert res.returncode == 2 and "only --runtime native runs on a remote target" in res.stderr
+
+
+def test_cost_kinds_rank_models_and_need_their_inputs(tmp_path):
+    import copy
+
+    from pipeline.bench.cost import model_cost, relative_cost
+    from pipeline.lowrank import factorize, layers, uniform_ranks
+
+    torch.manual_seed(0)
+    dense = ASRModel(SMALL)
+    small = factorize(copy.deepcopy(dense), uniform_ranks(dense, 0.25))
+    table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+    table.measure(dense, progress=False)
+    for kind in ("params", "macs", "latency"):
+        assert 0 < relative_cost(small, dense, kind, table) < 1, kind
+    assert model_cost(dense, "params") == sum(m * n for m, n in (l.shape for l in layers(dense)))
+    with pytest.raises(PipelineError, match="needs a latency table"):
+        model_cost(dense, "latency")
+    with pytest.raises(PipelineError, match="choose one of"):
+        model_cost(dense, "flops")
