@@ -263,6 +263,8 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
     """Writes DIR/encoder.onnx, DIR/decoder_step.onnx (+ int8, + .ort) and DIR/model.json (last)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # model.json names the graphs and is written last: without it no runner trusts a half-written export
+    (out / "model.json").unlink(missing_ok=True)
     model, cmvn, header = load_checkpoint(checkpoint)
     model_id = sha256(checkpoint)
     layers = _lowrank_lstms(model)

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import rewrite_header, run_cli, write_wav
+from conftest import SMALL, rewrite_header, run_cli, write_wav
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint, read_header, save_checkpoint
 
@@ -120,3 +120,59 @@ def test_fuzz_checkpoint_header_parser(tmp_path, header, cut, raw):
             read_header(path)
         except PipelineError as e:
             assert str(path) in str(e)
+
+
+def _kill_when(cmd, ready, env=None, timeout=120):
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_during_export_leaves_no_export_that_looks_whole(tmp_path):
+    from export.runner import ExportError, OnnxAsr
+    from pipeline.data.features import Cmvn
+    from pipeline.model.asr import ASRModel
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.safetensors", ASRModel(SMALL), Cmvn(torch.zeros(80), torch.ones(80)))
+    out = tmp_path / "exp"
+    args = ["export", "--model", str(tmp_path / "m.safetensors"), "--out", str(out), "--int8"]
+    _kill_when(args, lambda: (out / "encoder.onnx").exists())
+    assert not (out / "model.json").exists()
+    with pytest.raises(ExportError, match="model.json: missing"):
+        OnnxAsr(out)
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert OnnxAsr(out, "int8").encode(np.zeros((50, 80), np.float32))[0].shape[1] > 0
+
+
+def test_kill_during_latency_table_resumes_without_repeating_a_run(tmp_path):
+    from pipeline.bench.latency_table import RUNS
+    from pipeline.data.features import Cmvn
+    from pipeline.model.asr import ASRModel
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.safetensors", ASRModel(SMALL), Cmvn(torch.zeros(80), torch.ones(80)))
+    env = {**os.environ, "PIPELINE_CACHE": str(tmp_path / "cache")}
+    args = ["bench", "table", "--model", str(tmp_path / "m.safetensors"), "--frames", "10", "--reps", "1"]
+
+    def tables():
+        return list((tmp_path / "cache" / "latency").glob("*.json"))
+
+    def runs_done():
+        try:
+            return sum(len(v) for v in json.loads(tables()[0].read_text())["us_per_frame"].values())
+        except (IndexError, json.JSONDecodeError, OSError):
+            return 0
+    _kill_when(args, lambda: runs_done() >= 20, env=env)
+    before = runs_done()
+    assert before >= 20
+    res = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    table = json.loads(tables()[0].read_text())
+    assert all(len(v) == RUNS for v in table["us_per_frame"].values())
+    assert table["calibration"] and not list((tmp_path / "cache").rglob("*.tmp*"))
