@@ -9,7 +9,6 @@ A low-rank encoder LSTM is lowered one of two ways, chosen per layer by measured
 Dense LSTMs use the standard LSTM operator. The decoder runs one step per call; its LSTM (dense or
 factored) and Linears are traced for that single step as plain MatMuls.
 """
-import json
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from torch import nn
 
 from export.runner import FORMAT_VERSION, OnnxAsr
 from pipeline.atomic import atomic_path, write_json
+from pipeline.data.features import Cmvn
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
 from pipeline.model.checkpoint import load_checkpoint, sha256
@@ -79,12 +79,27 @@ class ExportEncoder(nn.Module):
         x = (feats - self.mean) / self.std
         lengths = torch.full((1,), x.shape[1], dtype=torch.long)
         x, _ = self.subsample(x, lengths)
+        x = self.lstm_stack(x)
+        return x, self.key(x), torch.log_softmax(self.ctc(x), dim=-1)
+
+    def lstm_stack(self, x):
         for layer in self.layers:
             outs = [layer["fwd"](x)]
             if "bwd" in layer:
                 outs.append(torch.flip(layer["bwd"](torch.flip(x, [1])), [1]))
             x = torch.cat(outs, dim=2)
-        return x, self.key(x), torch.log_softmax(self.ctc(x), dim=-1)
+        return x
+
+
+class _StackOnly(nn.Module):
+    """The encoder's LSTM stack alone (subsampled features in), for measuring it."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x):
+        return self.encoder.lstm_stack(x)
 
 
 class _BatchFirstLstm(nn.Module):
@@ -243,20 +258,47 @@ def _time_session(proto, feed, reps=20):
     return float(np.median(times))
 
 
+def lowering_seconds(mod, frames=200):
+    """{lowering: seconds} of one encoder LSTM over `frames` frames in onnxruntime (1 thread): both
+    lowerings of a LowRankLSTM, the LSTM operator of a dense one."""
+    x = torch.randn(1, frames, mod.input_size)
+    feed, axes = {"x": x.numpy()}, {"x": {1: "T"}, "y": {1: "T"}}
+    if not isinstance(mod, LowRankLSTM):
+        return {"lstm_op": _time_session(_to_onnx(_BatchFirstLstm(mod).eval(), (x,), ["x"], ["y"], axes), feed)}
+    proto = _to_onnx(_Single(mod).eval(), (x,), ["x"], ["y"], axes)
+    t_op = _time_session(proto, feed)
+    node = lstm_nodes(proto.graph, ["lstm"])["lstm"]
+    return {"lstm_op": t_op, "scan": _time_session(scan_lowering(proto, node, mod, "s"), feed)}
+
+
 def choose_lowering(model, frames=200):
     """{layer: "lstm_op" | "scan"} for each low-rank encoder LSTM: the faster in onnxruntime (1 thread)
     on `frames` frames, with the measured seconds of each."""
     out = {}
     for name, mod in _lowrank_lstms(model).items():
-        single = _Single(mod).eval()
-        x = torch.randn(1, frames, mod.input_size)
-        proto = _to_onnx(single, (x,), ["x"], ["y"], {"x": {1: "T"}, "y": {1: "T"}})
-        feed = {"x": x.numpy()}
-        t_op = _time_session(proto, feed)
-        node = lstm_nodes(proto.graph, ["lstm"])["lstm"]
-        t_scan = _time_session(scan_lowering(proto, node, mod, "s"), feed)
-        out[name] = {"lowering": "lstm_op" if t_op <= t_scan else "scan", "lstm_op_s": t_op, "scan_s": t_scan}
+        t = lowering_seconds(mod, frames)
+        out[name] = {"lowering": min(t, key=t.get), "lstm_op_s": t["lstm_op"], "scan_s": t["scan"]}
     return out
+
+
+def _apply_scan(proto, model, choice):
+    """Swap the LSTM node of every encoder layer whose lowering is "scan" for its Scan."""
+    order = [f"encoder.lstms.{i}.{d}" for i, layer in enumerate(model.encoder.lstms) for d in layer]
+    nodes, lowrank = lstm_nodes(proto.graph, order), _lowrank_lstms(model)
+    for name, how in choice.items():
+        if how == "scan":
+            proto = scan_lowering(proto, nodes[name], lowrank[name], name.replace(".", "_"))
+    return proto
+
+
+def stack_seconds(model, frames=200):
+    """Seconds of the encoder's LSTM stack over `frames` frames in onnxruntime (1 thread), each low-rank
+    layer in its faster lowering."""
+    choice = {name: m["lowering"] for name, m in choose_lowering(model, frames).items()}
+    enc = ExportEncoder(model, Cmvn(torch.zeros(model.cfg.n_mels), torch.ones(model.cfg.n_mels)), choice).eval()
+    x = torch.randn(1, frames, model.encoder.subsample.out_dim)
+    proto = _to_onnx(_StackOnly(enc), (x,), ["x"], ["y"], {"x": {1: "T"}, "y": {1: "T"}})
+    return _time_session(_apply_scan(proto, model, choice), {"x": x.numpy()})
 
 
 def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", log=print):
@@ -284,12 +326,7 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
     proto = _to_onnx(enc, (feats,), ["feats"], ["enc", "keys", "ctc_logp"],
                      {"feats": {1: "frames"}, "enc": {1: "enc_frames"}, "keys": {1: "enc_frames"},
                       "ctc_logp": {1: "enc_frames"}})
-    order = [f"encoder.lstms.{i}.{d}" for i, layer in enumerate(model.encoder.lstms) for d in layer]
-    nodes = lstm_nodes(proto.graph, order)
-    for name, how in choice.items():
-        if how == "scan":
-            proto = scan_lowering(proto, nodes[name], layers[name], name.replace(".", "_"))
-    _save(proto, out / "encoder.onnx", model_id)
+    _save(_apply_scan(proto, model, choice), out / "encoder.onnx", model_id)
     with torch.no_grad():
         e, k, _ = enc(feats)
     h = torch.zeros(cfg.dec_layers, 1, cfg.dec_hidden)

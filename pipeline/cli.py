@@ -277,7 +277,7 @@ def make_parser():
     bn.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     bn.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
     bn.add_argument("--runtime", default="native", choices=["native", "onnx", "torch"],
-                    help="run: any; table and validate-table: native")
+                    help="run: any; table and validate-table: native or onnx (this machine)")
     bn.add_argument("--policies", type=int, default=10)
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--frames", type=int, default=200)

@@ -172,3 +172,15 @@ def test_cost_kinds_rank_models_and_need_their_inputs(tmp_path):
         model_cost(dense, "latency")
     with pytest.raises(PipelineError, match="choose one of"):
         model_cost(dense, "flops")
+
+
+def test_onnxruntime_table_measures_and_validates(tmp_path, monkeypatch):
+    monkeypatch.setattr(latency_table, "RUNS", 1)
+    torch.manual_seed(0)
+    model = ASRModel(SMALL)
+    table = LatencyTable(runtime="onnx", frames=30, reps=3, cache_dir=tmp_path)
+    assert table.measure(model, progress=False) > 0 and "onnx" in table.path.name
+    pairs = latency_table.validate(model, table, n_policies=2, log=lambda *_: None)
+    assert len(pairs) == 2 and all(p["measured_us"] > 0 and p["predicted_us"] > 0 for p in pairs)
+    with pytest.raises(PipelineError, match="this machine only"):
+        LatencyTable("qemu-aarch64", runtime="onnx", cache_dir=tmp_path)

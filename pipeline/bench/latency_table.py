@@ -1,6 +1,7 @@
 """The latency table: microseconds per encoder frame of each encoder LSTM cell shape at each pair of
-ranks of a grid (input matrix, recurrent matrix: multiples of 32 and the full rank; dense included), measured on a target with
-the native kernel (`lowrank_bench`, whole-utterance mode, one thread). It predicts a whole encoder's
+ranks of a grid (input matrix, recurrent matrix: multiples of 32 and the full rank; dense included),
+measured on a target with the native kernel (`lowrank_bench`, whole-utterance mode, one thread), or
+on this machine with onnxruntime (one thread, each cell in its faster lowering). It predicts a whole encoder's
 latency as the sum of its cells, interpolating linearly between grid ranks.
 
 A stack runs ~10% faster than the sum of its cells measured one by one (measured here), so the
@@ -20,6 +21,7 @@ import json
 import random
 from pathlib import Path
 
+from torch import nn
 from tqdm import tqdm
 
 from pipeline.atomic import write_json
@@ -54,9 +56,12 @@ def encoder_cells(model):
 
 class LatencyTable:
     def __init__(self, target="local", runtime="native", frames=200, reps=10, cache_dir=None):
-        if runtime != "native":
-            raise PipelineError(f"latency table: runtime {runtime!r} is not measured per layer yet (native only)")
         self.target = parse_target(target) if isinstance(target, str) else target
+        if runtime not in ("native", "onnx"):
+            raise PipelineError(f"latency table: runtime {runtime!r}: native or onnx")
+        if runtime == "onnx" and self.target.kind != "local":
+            raise PipelineError(f"latency table: onnxruntime is measured on this machine only, not {self.target.spec}")
+        self.runtime = runtime
         self.frames, self.reps = frames, reps
         self.path = Path(cache_dir or CACHE / "latency") / f"{self.target.key()}-{runtime}-{kernel_version()}.json"
         self.entries, self.calibration = {}, {}
@@ -79,22 +84,30 @@ class LatencyTable:
         shapes = sorted({(inp, h) for _, inp, h, _, _ in cells})
         points = [(inp, h, a, b) for inp, h in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
         todo = [(p, r) for r in range(RUNS) for p in points if len(self.entries.get(self._key(*p), [])) <= r]
-        for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec})", unit="run", disable=not progress):
-            self._runner = self._runner or Runner(self.target)
-            us = self._runner.bench(["--synthetic", "1,1,{},{},{},{}".format(*p), "--mode", "utterance",
-                                     "--frames", self.frames, "--reps", self.reps])["us_per_frame"]["median"]
-            self.entries.setdefault(self._key(*p), []).append(us)
+        for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec}, {self.runtime})", unit="run",
+                         disable=not progress):
+            self.entries.setdefault(self._key(*p), []).append(self._point_us(*p))
             self._save()
         sig = _signature(model)
         if sig in self.calibration:
             return len(todo)
         rng = random.Random(CALIBRATION_SEED)
         models = [factorize(copy.deepcopy(model), random_policy(model, rng)) for _ in range(CALIBRATION_POLICIES)]
-        measured = measured_us(models, self.target, self.frames, self.reps)
+        measured = measured_us(models, self.target, self.frames, self.reps, self.runtime)
         self.calibration[sig] = [{"cells": [c[1:] for c in encoder_cells(m)], "measured_us": us}
                                  for m, us in zip(models, measured)]
         self._save()
         return len(todo) + RUNS * CALIBRATION_POLICIES
+
+    def _point_us(self, inp, hidden, r_ih, r_hh):
+        """One cell alone: lowrank_bench on synthetic weights, or onnxruntime in its faster lowering."""
+        if self.runtime == "onnx":
+            from export.onnx_export import lowering_seconds
+
+            return 1e6 * min(lowering_seconds(_cell(inp, hidden, r_ih, r_hh), self.frames).values()) / self.frames
+        self._runner = self._runner or Runner(self.target)
+        return self._runner.bench(["--synthetic", f"1,1,{inp},{hidden},{r_ih},{r_hh}", "--mode", "utterance",
+                                   "--frames", self.frames, "--reps", self.reps])["us_per_frame"]["median"]
 
     def recalibrate(self, model):
         """Measures the calibration of the model's stack shape again (~3 stack runs x 3), to follow the
@@ -147,11 +160,23 @@ def _signature(model):
     return ";".join(f"{inp}x{h}" for _, inp, h, _, _ in encoder_cells(model))
 
 
-def measured_us(models, target="local", frames=200, reps=10):
+def _cell(inp, hidden, r_ih, r_hh):
+    """A random one-direction LSTM cell factored at the given ranks (0 = dense)."""
+    holder = nn.Module()
+    holder.lstm = nn.LSTM(inp, hidden, batch_first=True)
+    return factorize(holder, {f"lstm.l0.{w}": r for w, r in (("ih", r_ih), ("hh", r_hh)) if r}).lstm.eval()
+
+
+def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
     """Measured us per encoder frame of each model's encoder LSTM stack (its real weights) on the target:
     the lowest of RUNS run medians, taken in separate passes over all the models."""
     from pipeline.native import write_weights
 
+    if runtime == "onnx":
+        from export.onnx_export import stack_seconds
+
+        runs = [[1e6 * stack_seconds(m, frames) / frames for m in models] for _ in range(RUNS)]
+        return [min(r[i] for r in runs) for i in range(len(models))]
     runner, paths = Runner(target), [temp_weights_path() for _ in models]
     try:
         for m, path in zip(models, paths):
@@ -180,7 +205,7 @@ def validate(model, table, n_policies=10, seed=0, target="local", log=print):
     rng = random.Random(seed)
     policies = [random_policy(model, rng) for _ in range(n_policies)]
     models = [factorize(copy.deepcopy(model), p) for p in policies]
-    measured = measured_us(models, target, table.frames, table.reps)
+    measured = measured_us(models, target, table.frames, table.reps, table.runtime)
     pairs = []
     for k, (m, meas) in enumerate(zip(models, measured)):
         pred = table.predict(m)
