@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from pipeline.bench.targets import Runner, parse_target, temp_weights_path
+from pipeline.data.audio import load_audio
 from pipeline.data.features import fbank
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
@@ -33,11 +33,7 @@ def fixed_utterances(manifest, n):
 
 
 def _audio(rows):
-    out = []
-    for r in rows:
-        a, sr = sf.read(r["audio_filepath"], dtype="float32", always_2d=True)
-        out.append((a.mean(axis=1), sr))
-    return out
+    return [load_audio(r["audio_filepath"], allow_multichannel=True) for r in rows]
 
 
 def _runtime_fn(runtime, checkpoint, model, cmvn):

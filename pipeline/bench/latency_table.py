@@ -167,6 +167,12 @@ def _cell(inp, hidden, r_ih, r_hh):
     return factorize(holder, {f"lstm.l0.{w}": r for w, r in (("ih", r_ih), ("hh", r_hh)) if r}).lstm.eval()
 
 
+def _best_of_passes(items, measure):
+    """The lowest of RUNS measurements of each item, taken in separate passes over all the items."""
+    runs = [[measure(x) for x in items] for _ in range(RUNS)]
+    return [min(r[i] for r in runs) for i in range(len(items))]
+
+
 def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
     """Measured us per encoder frame of each model's encoder LSTM stack (its real weights) on the target:
     the lowest of RUNS run medians, taken in separate passes over all the models."""
@@ -175,15 +181,13 @@ def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
     if runtime == "onnx":
         from export.onnx_export import stack_seconds
 
-        runs = [[1e6 * stack_seconds(m, frames) / frames for m in models] for _ in range(RUNS)]
-        return [min(r[i] for r in runs) for i in range(len(models))]
+        return _best_of_passes(models, lambda m: 1e6 * stack_seconds(m, frames) / frames)
     runner, paths = Runner(target), [temp_weights_path() for _ in models]
     try:
         for m, path in zip(models, paths):
             write_weights(path, m.encoder)
-        runs = [[runner.bench(["--mode", "utterance", "--frames", frames, "--reps", reps], weights=p)
-                 ["us_per_frame"]["median"] for p in paths] for _ in range(RUNS)]
-        return [min(r[i] for r in runs) for i in range(len(models))]
+        return _best_of_passes(paths, lambda p: runner.bench(["--mode", "utterance", "--frames", frames, "--reps",
+                                                              reps], weights=p)["us_per_frame"]["median"])
     finally:
         for p in paths:
             p.unlink(missing_ok=True)

@@ -74,9 +74,9 @@ def parse_target(spec):
     raise PipelineError(f"--target {spec!r}: expected local, ssh://user@host[:port], adb[:serial] or qemu-aarch64")
 
 
-def _run(cmd, target, what, timeout=600):
+def _run(cmd, target, what, timeout=600, stdin=None):
     try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=stdin)
     except FileNotFoundError:
         raise PipelineError(f"{target.spec}: {cmd[0]} is not installed") from None
     except OSError as e:  # ENOEXEC: a binary of another architecture
@@ -117,11 +117,7 @@ class Runner:
     def _copy(self, local, remote):
         if self.t.kind == "ssh":  # through the shell, so boards without sftp or scp work too
             with open(local, "rb") as f:
-                try:
-                    res = subprocess.run(self._ssh(f"cat > {shlex.quote(remote)}"), stdin=f, capture_output=True,
-                                         text=True, timeout=600)
-                except subprocess.TimeoutExpired:
-                    raise PipelineError(f"{self.t.spec}: copying {Path(local).name} timed out") from None
+                res = _run(self._ssh(f"cat > {shlex.quote(remote)}"), self.t, f"copying {Path(local).name}", stdin=f)
         else:
             res = _run(self._adb("push", str(local), remote), self.t, f"copying {Path(local).name}")
         if res.returncode != 0:
