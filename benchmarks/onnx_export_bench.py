@@ -19,13 +19,13 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from export.onnx_export import export  # noqa: E402
 from export.runner import OnnxAsr, fbank  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
+from pipeline.data.audio import load_audio  # noqa: E402
 from pipeline.data.manifest import read_manifest  # noqa: E402
 from pipeline.evaluate import score, transcribe_rows  # noqa: E402
 from pipeline.lowrank import factorize, uniform_ranks  # noqa: E402
@@ -35,8 +35,7 @@ from pipeline.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: 
 def onnx_transcripts(asr, rows, desc):
     out = []
     for r in tqdm(rows, desc=desc, unit="utt", leave=False):
-        audio, sr = sf.read(r["audio_filepath"], dtype="float32", always_2d=True)
-        out.append(asr.transcribe(audio.mean(axis=1), sr))
+        out.append(asr.transcribe(*load_audio(r["audio_filepath"], allow_multichannel=True)))
     return out
 
 
@@ -44,8 +43,7 @@ def latency(asr, rows):
     """Seconds of compute per second of audio (features, encoder and greedy decoding), and the encoder's share."""
     total = enc_total = audio_s = 0.0
     for r in rows:
-        audio, sr = sf.read(r["audio_filepath"], dtype="float32", always_2d=True)
-        audio = audio.mean(axis=1)
+        audio, sr = load_audio(r["audio_filepath"], allow_multichannel=True)
         t0 = time.perf_counter()
         enc, keys, _ = asr.encode(fbank(audio, sr))
         t1 = time.perf_counter()
