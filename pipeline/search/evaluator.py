@@ -1,0 +1,85 @@
+"""WER of a policy on the representative subset: features computed once, batched greedy decoding of
+the dense twin set to the policy's rank-r approximations, and an on-disk cache of policy -> WER.
+
+The cache is JSON lines, appended and flushed to disk per evaluation; a torn last line (kill -9
+while writing) is ignored on load, so no finished evaluation is ever lost or repeated.
+"""
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.data.dataset import SpeechDataset, collate, duration_batches
+from pipeline.evaluate import score
+from pipeline.model.decode import greedy
+
+
+def policy_key(policy):
+    return json.dumps({k: policy[k] for k in sorted(policy)}, separators=(",", ":"))
+
+
+def read_cache(path):
+    out = {}
+    if not Path(path).exists():
+        return out
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+            out[row["key"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the torn tail of a killed write
+    return out
+
+
+class SubsetEvaluator:
+    def __init__(self, approximator, cmvn, rows, cache_path, batch_seconds=200):
+        self.approx, self.rows = approximator, rows
+        self.cache_path = Path(cache_path) if cache_path is not None else None
+        ds = SpeechDataset(rows, cmvn)
+        self.batches = []
+        for idx in duration_batches(rows, batch_seconds, max_batch=64):
+            feats, lengths, _, _ = collate([ds[i] for i in idx])
+            self.batches.append((idx, feats, lengths))
+        self.cache = read_cache(self.cache_path) if self.cache_path is not None else {}
+        self.evaluations = 0  # run in this process (cache hits excluded)
+
+    def score(self, policy):
+        """{"wer", "cer", ...} of the policy on the subset, computed now (no cache)."""
+        model = self.approx.apply(policy)
+        hyps = [None] * len(self.rows)
+        with torch.no_grad():
+            for idx, feats, lengths in self.batches:
+                for i, h in zip(idx, greedy(model, feats, lengths)):
+                    hyps[i] = h
+        return score([r["text"] for r in self.rows], hyps)
+
+    def __call__(self, policy):
+        return self.many([policy])[0]
+
+    def many(self, policies, pool=None):
+        """Scores of the policies in order, from the cache where measured before; the others are
+        computed here or by `pool` (in parallel) and recorded in proposal order."""
+        todo = list(dict.fromkeys(policy_key(p) for p in policies if policy_key(p) not in self.cache))
+        if todo:
+            fresh = [json.loads(k) for k in todo]
+            results = pool.map(fresh) if pool is not None else [self.score(p) for p in fresh]
+            for key, metrics in zip(todo, results):
+                self._record(key, metrics)
+        return [self.cache[policy_key(p)]["metrics"] for p in policies]
+
+    def _record(self, key, metrics):
+        row = {"key": key, "metrics": metrics}
+        self.cache[key] = row
+        self.evaluations += 1
+        if self.cache_path is None:
+            return
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        # A torn line from an earlier kill must not swallow this one: start on a fresh line.
+        with open(self.cache_path, "a+b") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+            f.write((json.dumps(row) + "\n").encode())
+            f.flush()
+            os.fsync(f.fileno())

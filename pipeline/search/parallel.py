@@ -1,0 +1,65 @@
+"""The search's evaluations on a Ray cluster: one actor per worker holds the model's dense twin and
+the subset's features and scores the policies it is sent. The driver alone writes the cache, in
+proposal order, so the record is the same whatever the number of workers; an actor that dies is
+restarted and its task retried by Ray (max_restarts / max_task_retries), so no evaluation is lost
+or recorded twice.
+
+`--workers N` alone starts a local Ray instance with N CPUs; `--ray auto|ADDRESS` joins a running
+cluster (every node needs this package installed, e.g. `pip install -e .` in the same path).
+"""
+from pipeline.errors import PipelineError
+
+
+class _Worker:
+    def __init__(self, model_path, subset_path, layer_names, threads):
+        import torch
+
+        from pipeline.data.manifest import read_manifest
+        from pipeline.lowrank.factorize import layers
+        from pipeline.model.checkpoint import load_checkpoint
+        from pipeline.search.evaluator import SubsetEvaluator
+        from pipeline.search.space import Approximator
+
+        torch.set_num_threads(threads)
+        model, cmvn, _ = load_checkpoint(model_path)
+        chosen = [l for l in layers(model) if l.name in set(layer_names)]
+        self.evaluate = SubsetEvaluator(Approximator(model, chosen), cmvn, read_manifest(subset_path), None)
+
+    def pid(self):
+        import os
+
+        return os.getpid()
+
+    def score(self, policy):
+        return self.evaluate.score(policy)
+
+
+class RayPool:
+    def __init__(self, model_path, subset_path, layer_names, address=None, workers=None, threads=1):
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError as e:
+            raise PipelineError(f"--ray/--workers need Ray ({e}); pip install ray") from None
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=100 * 2**20)
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        remote = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(_Worker)
+        self.actors = [remote.remote(str(model_path), str(subset_path), list(layer_names), threads) for _ in range(n)]
+        self.pool = ActorPool(self.actors)
+        self.ray = ray
+
+    def map(self, policies):
+        """Scores in the order of `policies`."""
+        return list(self.pool.map(lambda actor, p: actor.score.remote(p), policies))
+
+    def worker_pids(self):
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+    def close(self):
+        for a in self.actors:
+            self.ray.kill(a)

@@ -1,0 +1,287 @@
+"""`python -m pipeline search`: the rank search loop, its run folder and its resume.
+
+Run folder: `config.json` (the search config; a resume must match it), `cache.jsonl` (policy -> WER
+on the subset, appended per evaluation), `state.pt` (agent, random states, episode log; written
+atomically after every episode), `log.jsonl` (one line per episode, from state.pt), `best.json`,
+`best.safetensors` (the best policy as a factored checkpoint), `search.png` and `best_ranks.png`.
+A killed run resumes from state.pt; the episodes after it replay the same actions (the random
+states are restored), so their evaluations come from the cache and none is repeated.
+
+Rewards (higher is better; the budget wall keeps every episode at or under its target cost):
+- `wer`: -WER on the subset (AMC's resource-constrained mode). The default: see README.
+- `punish`: cost saved (1 - cost / dense cost) minus 10 x the WER above the dense model's + tolerance.
+- `amc`: -WER x log(cost) (AMC's accuracy-guaranteed mode).
+"""
+import copy
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_path, write_json, write_jsonl
+from pipeline.data.manifest import read_manifest
+from pipeline.errors import PipelineError
+from pipeline.lowrank.factorize import factorize
+from pipeline.model.checkpoint import load_checkpoint, save_checkpoint, sha256
+from pipeline.search.agents import make_agent
+from pipeline.search.evaluator import SubsetEvaluator
+from pipeline.search.space import Approximator, CostModel, RankSpace
+
+AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
+REWARDS = ("wer", "punish", "amc")
+PUNISHMENT = 10.0
+
+
+@dataclass
+class SearchConfig:
+    target_compression: float | None = None
+    target_speedup: float | None = None
+    agent: str = "ddpg"
+    reward: str = "wer"
+    episodes: int = 200
+    cost: str | None = None       # default: params for a compression target, latency for a speedup
+    device: str = "local"         # where latency is measured (a bench target)
+    runtime: str = "native"       # latency of the native kernel or of onnxruntime
+    layers: str = "all"           # all compressible matrices, or the LSTM matrices only
+    min_fraction: float = 0.1     # smallest keep fraction of a layer's rank
+    tolerance: float = 0.02       # `punish`: WER allowed above the dense model's
+    seed: int = 0
+    batch: int = 4                # episodes proposed with the same agent state, evaluated together
+
+    def validate(self):
+        if (self.target_compression is None) == (self.target_speedup is None):
+            raise PipelineError("give exactly one of --target-compression X and --target-speedup X")
+        if self.cost is None:
+            self.cost = "params" if self.target_compression is not None else "latency"
+        if self.target_speedup is not None and self.cost != "latency":
+            raise PipelineError(f"--target-speedup needs --cost latency, not {self.cost}")
+        if self.target_compression is not None and self.cost == "latency":
+            raise PipelineError("--cost latency goes with --target-speedup; a compression target counts params or macs")
+        if self.agent not in AGENTS:
+            raise PipelineError(f"--agent {self.agent!r}: choose one of {', '.join(AGENTS)}")
+        if self.reward not in REWARDS:
+            raise PipelineError(f"--reward {self.reward!r}: choose one of {', '.join(REWARDS)}")
+        if self.episodes < 1:
+            raise PipelineError(f"--episodes {self.episodes}: must be at least 1")
+        if self.batch < 1:
+            raise PipelineError(f"--batch {self.batch}: must be at least 1")
+        if not 0 < self.min_fraction < 1:
+            raise PipelineError(f"min fraction {self.min_fraction}: must be in (0, 1)")
+        return self
+
+    @property
+    def target(self):
+        return self.target_compression or self.target_speedup
+
+
+def reward_of(name, wer, cost, reference, base_wer, tolerance):
+    if name == "wer":
+        return -wer
+    if name == "punish":
+        return (1.0 - cost / reference) - PUNISHMENT * max(0.0, wer - base_wer - tolerance)
+    return -wer * float(np.log(cost))
+
+
+def run_episode(space, agent, approx, episode):
+    """One walk over the layers: (policy, [(state, action after the wall)])."""
+    decided, steps, prev = {}, [], 1.0
+    for i, layer in enumerate(space.layers):
+        s = space.state(i, decided, prev, approx)
+        rank = space.wall(i, decided, space.rank_of(layer, agent.act(s, episode)))
+        decided[layer.name] = rank
+        prev = space.action_of(layer, rank)
+        steps.append((s, prev))
+    return decided, steps
+
+
+def _config_file(out, cfg, model_path, subset_path, resume):
+    """Writes config.json, or on resume checks that it matches (only --episodes may change)."""
+    want = {"search": asdict(cfg), "model": str(model_path), "model_sha256": sha256(model_path),
+            "subset": str(subset_path)}
+    path = out / "config.json"
+    if resume:
+        if not (out / "state.pt").exists():
+            raise PipelineError(f"{out / 'state.pt'}: nothing to resume (no state file)")
+        have = json.loads(path.read_text())
+        for key in ("model_sha256", "subset"):
+            if have.get(key) != want[key]:
+                raise PipelineError(f"{path}: field '{key}' differs from this run's; start a new --out")
+        for k, v in have["search"].items():
+            if k != "episodes" and want["search"].get(k) != v:
+                raise PipelineError(f"{path}: field 'search.{k}' is {v!r} there, {want['search'].get(k)!r} now")
+    elif (out / "state.pt").exists():
+        raise PipelineError(f"{out}: holds a search already; pass --resume or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, want)
+
+
+def _cost_model(model, layer_list, cfg):
+    table = None
+    if cfg.cost == "latency":
+        from pipeline.bench.latency_table import LatencyTable
+
+        table = LatencyTable(cfg.device, cfg.runtime)
+        table.measure(model)
+    return CostModel(model, layer_list, cfg.cost, table)
+
+
+def search(model_path, out, cfg, subset_path, resume=False, progress=True, ray=None, workers=None):
+    out, cfg = Path(out), cfg.validate()
+    if not Path(subset_path).exists():
+        raise PipelineError(f"{subset_path}: evaluation subset not found; make it with `python -m pipeline subset`")
+    _config_file(out, cfg, model_path, subset_path, resume)
+    model, cmvn, header = load_checkpoint(model_path)
+    from pipeline.search.space import searchable
+
+    cost = _cost_model(model, searchable(model, cfg.layers), cfg)
+    space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers)
+    approx = Approximator(model, space.layers)
+    evaluate = SubsetEvaluator(approx, cmvn, read_manifest(subset_path), out / "cache.jsonl")
+    base = evaluate({})["wer"]
+    st = {"episode": 0, "log": [], "best": None}
+    agent = None
+    if cfg.agent == "greedy":
+        pool = _pool(model_path, subset_path, space, ray, workers)
+        try:
+            st["log"] = greedy_search(space, evaluate, cfg, base, pool)
+        finally:
+            if pool is not None:
+                pool.close()
+        with atomic_path(out / "state.pt") as tmp:
+            torch.save({"agent": None, "progress": st}, tmp)
+    else:
+        agent = make_agent(cfg.agent, cfg.episodes, cfg.seed, space.uniform_action())
+        if resume:
+            saved = torch.load(out / "state.pt", weights_only=False)
+            agent.load_state_dict(saved["agent"])
+            st = saved["progress"]
+        bar = tqdm(total=cfg.episodes, initial=st["episode"], desc=f"search ({cfg.agent})", unit="episode",
+                   disable=not progress)
+        pool = _pool(model_path, subset_path, space, ray, workers)
+        try:
+            while st["episode"] < cfg.episodes:
+                first = st["episode"]
+                proposals = [run_episode(space, agent, approx, ep)
+                             for ep in range(first, min(cfg.episodes, first + cfg.batch))]
+                scores = evaluate.many([p for p, _ in proposals], pool)
+                for j, ((policy, steps), metrics) in enumerate(zip(proposals, scores)):
+                    row = _row(policy, metrics, space, cfg, base, first + j, len(evaluate.cache))
+                    agent.observe(steps, row["reward"], first + j)
+                    st["log"].append(row)
+                st["episode"] = first + len(proposals)
+                with atomic_path(out / "state.pt") as tmp:
+                    torch.save({"agent": agent.state_dict(), "progress": st}, tmp)
+                write_jsonl(out / "log.jsonl", st["log"])
+                best = max(st["log"], key=lambda r: r["reward"])
+                bar.set_postfix(best_wer=f"{best['wer']:.3f}", wer=f"{row['wer']:.3f}", cost=f"{row['cost_ratio']:.3f}")
+                bar.update(len(proposals))
+        finally:
+            if pool is not None:
+                pool.close()
+        bar.close()
+    return finish(out, model, cmvn, model_path, subset_path, st["log"], base, cfg, space, approx)
+
+
+def _row(policy, metrics, space, cfg, base, episode, evaluations, kind="episode"):
+    c = space.cost.total(policy)
+    return {"episode": episode, "kind": kind, "wer": metrics["wer"], "cer": metrics["cer"],
+            "cost": c, "cost_ratio": c / space.cost.reference, "meets_budget": c <= space.budget * (1 + 1e-9),
+            "reward": reward_of(cfg.reward, metrics["wer"], c, space.cost.reference, base, cfg.tolerance),
+            "evaluations": evaluations, "ranks": policy}
+
+
+def _score(policy, evaluate, space, cfg, base, episode, kind="episode"):
+    return _row(policy, evaluate(policy), space, cfg, base, episode, len(evaluate.cache), kind)
+
+
+def _pool(model_path, subset_path, space, ray, workers):
+    if ray is None and workers is None:
+        return None
+    from pipeline.search.parallel import RayPool
+
+    return RayPool(model_path, subset_path, [l.name for l in space.layers], ray, workers)
+
+
+def greedy_search(space, evaluate, cfg, base, pool=None):
+    """Greedy by per-layer sensitivity: each layer alone at a quarter of its rank (one evaluation
+    each), then ranks lowered step by step where the WER rise per unit of cost saved is smallest,
+    until the budget is met; the result is evaluated once."""
+    probe_action = (0.25 - cfg.min_fraction) / (1 - cfg.min_fraction)
+    probes = [{l.name: space.rank_of(l, probe_action)} for l in space.layers]
+    rows = [_row(p, m, space, cfg, base, i, len(evaluate.cache), kind="probe")
+            for i, (p, m) in enumerate(zip(probes, evaluate.many(probes, pool)))]
+    sens = {l.name: max(0.0, r["wer"] - base) / max(1e-12, 1.0 - r["cost_ratio"]) for l, r in zip(space.layers, rows)}
+    policy = {l.name: l.rank for l in space.layers}
+    steps = {l.name: space.candidates(l) for l in space.layers}
+    while space.cost.total(policy) > space.budget:
+        movable = [l for l in space.layers if steps[l.name].index(policy[l.name]) > 0]
+        if not movable:
+            break
+        pick = min(movable, key=lambda l: sens[l.name])
+        ladder = steps[pick.name]
+        policy[pick.name] = ladder[ladder.index(policy[pick.name]) - 1]
+    rows.append(_score(policy, evaluate, space, cfg, base, len(space.layers)))
+    return rows
+
+
+def finish(out, model, cmvn, model_path, subset_path, log, base, cfg, space, approx):
+    episodes = [r for r in log if r["kind"] == "episode"]
+    best = max(episodes, key=lambda r: r["reward"])
+    result = {"best": best, "base_wer": base, "episodes": len(episodes), "evaluations": len(log) + 1,
+              "target": cfg.target, "cost": cfg.cost, "agent": cfg.agent, "reward": cfg.reward,
+              "energy": {n: approx.energy(n, r) for n, r in best["ranks"].items()}}
+    write_json(out / "best.json", result)
+    write_jsonl(out / "log.jsonl", log)
+    factored = factorize(copy.deepcopy(model), best["ranks"])
+    save_checkpoint(out / "best.safetensors", factored, cmvn,
+                    {"parent_sha256": sha256(model_path), "parent": str(model_path), "search_run": str(out),
+                     "subset": str(subset_path)},
+                    {"subset_wer": best["wer"], "cost_ratio": best["cost_ratio"], "cost": cfg.cost},
+                    result["energy"])
+    plot(out, log, best, space)
+    return result
+
+
+def plot(out, log, best, space):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = [r for r in log if r["kind"] == "episode"]
+    x = [r["episode"] for r in eps]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    for ax, key, label in zip(axes, ("reward", "wer", "cost_ratio"), ("reward", "WER (subset)", "cost / dense")):
+        ys = [r[key] for r in eps]
+        ax.plot(x, ys, ".", ms=3, alpha=0.6)
+        if key != "cost_ratio":
+            run_best = np.maximum.accumulate(ys) if key == "reward" else np.minimum.accumulate(ys)
+            ax.plot(x, run_best, "-", lw=1.5, label="best so far")
+            ax.legend(loc="best")
+        ax.set_ylabel(label)
+    axes[-1].axhline(1 / space.target, color="grey", ls="--", lw=1)
+    axes[-1].set_xlabel("episode")
+    fig.tight_layout()
+    with atomic_path(out / "search.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    names = [l.name for l in space.layers]
+    fr = [1.0 if best["ranks"][n] is None else best["ranks"][n] / space.limits[n] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(names) + 1.5))
+    ax.barh(range(len(names)), fr)
+    ax.set_yticks(range(len(names)), [f"{n} ({best['ranks'][n] or 'dense'})" for n in names], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("rank kept (fraction of the layer's limit)")
+    ax.set_title(f"best policy: WER {best['wer']:.3f}, cost {best['cost_ratio']:.3f} of dense")
+    fig.tight_layout()
+    with atomic_path(out / "best_ranks.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def config_from_args(args):
+    known = {f.name for f in fields(SearchConfig)}
+    return SearchConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})

@@ -1,0 +1,102 @@
+"""The representative evaluation subset of `dev` that the search scores policies on.
+
+Method: stratified systematic sampling. Utterances are grouped by speaker; within a speaker they are
+sorted by duration and every k-th one is taken (k = 1 / fraction, a seeded random start per
+speaker), so every voice and the whole duration range are kept in proportion. The subset is then
+checked: random policies (through the same budget wall as the search, at targets spread over
+1.5-4x) are scored on the full manifest and on the subset, and the Spearman rank correlation of the
+two WER lists is stored beside the subset (`<out>.json`). Both score lists are cached
+(`<out>.check-full.jsonl`, `<out>.check-subset.jsonl`), so a killed check resumes.
+"""
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.atomic import write_json, write_jsonl
+from pipeline.errors import PipelineError
+from pipeline.search.evaluator import SubsetEvaluator
+from pipeline.search.space import Approximator, CostModel, RankSpace
+
+MAX_FRACTION = 0.15
+
+
+def stratified(rows, fraction, seed=0):
+    """Every k-th utterance of each speaker by duration; returns rows in manifest order."""
+    if not 0 < fraction <= MAX_FRACTION:
+        raise PipelineError(f"subset fraction {fraction}: must be in (0, {MAX_FRACTION}]")
+    k = 1.0 / fraction
+    rng = np.random.default_rng(seed)
+    by_speaker = {}
+    for i, r in enumerate(rows):
+        by_speaker.setdefault(r.get("speaker", "?"), []).append(i)
+    chosen = []
+    for speaker in sorted(by_speaker):
+        idx = sorted(by_speaker[speaker], key=lambda i: rows[i]["duration"])
+        start = rng.uniform(0, k)
+        chosen += [idx[int(start + j * k)] for j in range(math.ceil(len(idx) / k)) if int(start + j * k) < len(idx)]
+    limit = int(MAX_FRACTION * len(rows))
+    if len(chosen) > limit:  # per-speaker rounding up can overshoot on many small speakers
+        chosen = sorted(chosen, key=lambda i: rng.random())[:limit]
+    return [rows[i] for i in sorted(chosen)]
+
+
+def spearman(a, b):
+    """Spearman's rho (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):
+            r[x == v] = r[x == v].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def random_policies(model, n, seed=0):
+    """n policies of random keep fractions under the params budget of targets spread over 1.5-4x."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for target in np.linspace(1.5, 4.0, n):
+        space = RankSpace(model, _params_cost(model), float(target))
+        decided = {}
+        for i, layer in enumerate(space.layers):
+            decided[layer.name] = space.wall(i, decided, space.rank_of(layer, rng.uniform()))
+        out.append(decided)
+    return out
+
+
+def _params_cost(model):
+    from pipeline.search.space import searchable
+
+    return CostModel(model, searchable(model), "params")
+
+
+def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, progress=True):
+    """Writes the subset manifest `out` and its check `<out>.json`; returns the check."""
+    out = Path(out)
+    subset = stratified(rows, fraction, seed)
+    policies = random_policies(model, n_policies, seed)
+    approx = Approximator(model, _params_cost(model).layers)
+    full = SubsetEvaluator(approx, cmvn, rows, out.with_suffix(".check-full.jsonl"))
+    part = SubsetEvaluator(approx, cmvn, subset, out.with_suffix(".check-subset.jsonl"))
+    full_wer, part_wer = [], []
+    for p in tqdm(policies, desc="subset check (full manifest and subset)", unit="policy", disable=not progress):
+        full_wer.append(full(p)["wer"])
+        part_wer.append(part(p)["wer"])
+    check = {"method": "stratified systematic: speakers, duration-sorted, every k-th (seeded start)",
+             "fraction": fraction, "utterances": len(subset), "of": len(rows),
+             "seconds": round(sum(r["duration"] for r in subset), 1), "seed": seed,
+             "policies": n_policies, "spearman": spearman(full_wer, part_wer),
+             "full_wer": full_wer, "subset_wer": part_wer, "policy_list": policies}
+    # Paths relative to the subset's folder (with ../), so the repository can move whole.
+    write_jsonl(out, [{**r, "audio_filepath": os.path.relpath(r["audio_filepath"], out.resolve().parent)}
+                      for r in subset])
+    write_json(out.with_suffix(".json"), check)
+    return check

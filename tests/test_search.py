@@ -1,0 +1,223 @@
+"""The AutoML rank search: space and budget wall, agents, subset, resume after kill -9, CLI errors."""
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from pipeline.atomic import write_jsonl
+from pipeline.errors import PipelineError
+from pipeline.lowrank import factorize, uniform_ranks
+from pipeline.model.checkpoint import save_checkpoint
+from pipeline.search.agents import DDPGAgent, RandomAgent, ReinforceAgent
+from pipeline.search.run import SearchConfig, run_episode
+from pipeline.search.space import Approximator, CostModel, RankSpace, dense_twin, searchable
+from pipeline.search.subset import spearman, stratified
+
+
+def _space(model, target, kind="params", which="all"):
+    return RankSpace(model, CostModel(model, searchable(model, which), kind), target, which=which)
+
+
+@pytest.fixture(scope="module")
+def search_files(overfit, tmp_path_factory):
+    """The overfit model as a checkpoint and its four utterances as the evaluation subset."""
+    model, cmvn, rows, *_ = overfit
+    d = tmp_path_factory.mktemp("search")
+    save_checkpoint(d / "model.safetensors", model, cmvn)
+    write_jsonl(d / "subset.jsonl", rows)
+    return d
+
+
+@pytest.mark.parametrize("agent_cls", [RandomAgent, DDPGAgent, ReinforceAgent])
+@pytest.mark.parametrize("kind,target", [("params", 2.0), ("params", 4.0), ("macs", 3.0)])
+def test_every_episode_meets_its_budget(overfit, agent_cls, kind, target):
+    model = overfit[0]
+    space = _space(model, target, kind)
+    approx = Approximator(model, space.layers)
+    agent = agent_cls(seed=1) if agent_cls is RandomAgent else agent_cls(12, seed=1)
+    for ep in range(12):
+        policy, steps = run_episode(space, agent, approx, ep)
+        assert space.cost.total(policy) <= space.budget * (1 + 1e-9)
+        assert set(policy) == {l.name for l in space.layers}
+        assert all(r is None or 8 <= r <= space.limits[n] and r % 8 == 0 for n, r in policy.items())
+        assert len(steps) == len(space.layers) and all(s.shape == (14,) and 0 <= a <= 1 for s, a in steps)
+        agent.observe(steps, -float(np.random.default_rng(ep).uniform()), ep)
+
+
+def test_wall_gives_the_largest_rank_that_keeps_the_budget_reachable(overfit):
+    space = _space(overfit[0], 2.0)
+    decided = {}
+    for i, layer in enumerate(space.layers):
+        rest = {l.name: space.smallest[l.name] for l in space.layers[i + 1:]}
+        assert space.wall(i, decided, 8) in (8, space.smallest[layer.name])  # never raised above the request
+        r = space.wall(i, decided, None)  # every layer asks for dense
+        assert space.cost.total({**decided, layer.name: r, **rest}) <= space.budget * (1 + 1e-9)
+        ladder = space.candidates(layer)
+        if r is not None and ladder.index(r) + 1 < len(ladder):
+            bigger = ladder[ladder.index(r) + 1]
+            assert space.cost.total({**decided, layer.name: bigger, **rest}) > space.budget
+        decided[layer.name] = r
+    assert space.cost.total(decided) <= space.budget * (1 + 1e-9)
+
+
+def test_uniform_action_is_the_largest_that_meets_the_budget(overfit):
+    space = _space(overfit[0], 2.5)
+    a = space.uniform_action()
+    at = lambda x: space.cost.total({l.name: space.rank_of(l, x) for l in space.layers})  # noqa: E731
+    assert at(a) <= space.budget < at(min(1.0, a + 0.02)) or a > 0.98
+
+
+def test_unreachable_target_is_a_clear_error(overfit):
+    with pytest.raises(PipelineError, match="out of reach"):
+        _space(overfit[0], 1000.0)
+    with pytest.raises(PipelineError, match="above 1"):
+        _space(overfit[0], 0.5)
+
+
+def test_approximator_at_full_rank_is_the_model_and_follows_ranks(overfit):
+    model, cmvn, rows, batch, *_ = overfit
+    space = _space(model, 2.0)
+    approx = Approximator(model, space.layers)
+    feats, lengths = batch[0], batch[1]
+    with torch.no_grad():
+        ref, _, _ = model.encode(feats, lengths)
+        full = approx.apply({l.name: None for l in space.layers}).encode(feats, lengths)[0]
+        assert float((ref - full).abs().max()) < 1e-5
+        policy = {l.name: 16 for l in space.layers if min(l.shape) > 16}
+        twin_out = approx.apply(policy).encode(feats, lengths)[0]
+        factored = factorize(copy.deepcopy(model), policy)
+        assert float((twin_out - factored.encode(feats, lengths)[0]).abs().max()) < 1e-4
+
+
+def test_dense_twin_of_a_factored_model_computes_the_same(overfit):
+    model, _, _, batch, *_ = overfit
+    factored = factorize(copy.deepcopy(model), uniform_ranks(model, 0.5))
+    with torch.no_grad():
+        a = factored.encode(batch[0], batch[1])[0]
+        b = dense_twin(factored).encode(batch[0], batch[1])[0]
+    assert float((a - b).abs().max()) < 1e-5
+
+
+def test_spearman_and_stratified_subset():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+    rows = [{"speaker": f"s{i % 7}", "duration": 1 + (i * 37 % 50) / 10, "text": "x"} for i in range(700)]
+    sub = stratified(rows, 0.1)
+    assert 60 <= len(sub) <= int(0.15 * len(rows))
+    assert {r["speaker"] for r in sub} == {f"s{i}" for i in range(7)}
+    durs = sorted(r["duration"] for r in sub)
+    assert durs[0] < 1.6 and durs[-1] > 5.4  # the whole duration range
+    with pytest.raises(PipelineError, match="fraction"):
+        stratified(rows, 0.3)
+
+
+def _search_args(files, out, *extra):
+    return ["search", "--model", str(files / "model.safetensors"), "--subset", str(files / "subset.jsonl"),
+            "--out", str(out), "--threads", "1", *extra]
+
+
+def test_tiny_search_end_to_end(search_files, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "6"))
+    assert r.returncode == 0, r.stderr
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 6 and all(x["meets_budget"] and x["cost_ratio"] <= 0.5 + 1e-9 for x in log)
+    best = json.loads((out / "best.json").read_text())
+    assert best["best"]["reward"] == max(x["reward"] for x in log)
+    for name in ("search.png", "best_ranks.png"):
+        assert (out / name).stat().st_size > 1000
+    r = run_cli("inspect", str(out / "best.safetensors"), "--json")
+    assert r.returncode == 0, r.stderr
+    totals = json.loads(r.stdout)["totals"]
+    assert totals["model_params"] < totals["model_dense_params"]
+    r = run_cli(*_search_args(search_files, tmp_path / "g", "--target-compression", "2", "--agent", "greedy"))
+    assert r.returncode == 0, r.stderr
+    glog = [json.loads(x) for x in (tmp_path / "g" / "log.jsonl").read_text().splitlines()]
+    assert glog[-1]["kind"] == "episode" and glog[-1]["meets_budget"]
+
+
+def _cache_keys(path):
+    return [json.loads(x)["key"] for x in path.read_text().splitlines() if x.strip().endswith("}")]
+
+
+def test_resume_after_kill_repeats_no_evaluation(search_files, tmp_path):
+    args = ["--target-compression", "2", "--episodes", "14", "--agent", "ddpg"]
+    whole = tmp_path / "whole"
+    assert run_cli(*_search_args(search_files, whole, *args)).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *_search_args(search_files, killed, *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "cache.jsonl").exists() and len(_cache_keys(killed / "cache.jsonl")) >= 6:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    r = run_cli(*_search_args(search_files, killed, *args, "--resume"))
+    assert r.returncode == 0, r.stderr
+    keys = _cache_keys(killed / "cache.jsonl")
+    assert len(keys) == len(set(keys)), "an evaluation was repeated after resume"
+    a = [json.loads(x) for x in (whole / "log.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines()]
+    assert [(x["ranks"], x["wer"]) for x in a] == [(x["ranks"], x["wer"]) for x in b]
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "exactly one of"),
+    (["--target-compression", "2", "--target-speedup", "2"], "exactly one of"),
+    (["--target-compression", "2", "--agent", "magic"], "--agent 'magic'"),
+    (["--target-compression", "2", "--reward", "joy"], "--reward 'joy'"),
+    (["--target-compression", "2", "--cost", "latency"], "--target-speedup"),
+    (["--target-speedup", "2", "--cost", "params"], "--cost latency"),
+    (["--target-compression", "2", "--episodes", "0"], "at least 1"),
+    (["--target-compression", "500"], "out of reach"),
+    (["--target-compression", "2", "--resume"], "nothing to resume"),
+])
+def test_bad_search_arguments_are_clear_errors(search_files, tmp_path, extra, message):
+    r = run_cli(*_search_args(search_files, tmp_path / "bad", *extra))
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_subset_and_changed_config_on_resume(search_files, tmp_path):
+    r = run_cli("search", "--model", str(search_files / "model.safetensors"), "--subset", str(tmp_path / "no.jsonl"),
+                "--out", str(tmp_path / "x"), "--target-compression", "2")
+    assert r.returncode != 0 and "no.jsonl" in r.stderr and "pipeline subset" in r.stderr
+    out = tmp_path / "run"
+    assert run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "2")).returncode == 0
+    r = run_cli(*_search_args(search_files, out, "--target-compression", "3", "--episodes", "2", "--resume"))
+    assert r.returncode != 0 and "target_compression" in r.stderr
+
+
+def test_search_config_defaults():
+    assert SearchConfig(target_compression=2).validate().cost == "params"
+    assert SearchConfig(target_speedup=2).validate().cost == "latency"
+
+
+def test_latency_cost_matches_the_table_and_speedup_episodes_meet_it(overfit, tmp_path):
+    from pipeline.bench.latency_table import LatencyTable
+
+    model = overfit[0]
+    table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+    table.measure(model, progress=False)
+    cost = CostModel(model, searchable(model), "latency", table)
+    assert cost.reference == pytest.approx(table.predict(model))
+    space = RankSpace(model, cost, 1.3)
+    approx = Approximator(model, space.layers)
+    agent = RandomAgent(seed=3)
+    for ep in range(5):
+        policy, _ = run_episode(space, agent, approx, ep)
+        assert cost.total(policy) <= space.budget * (1 + 1e-9)
+        factored = factorize(copy.deepcopy(model), policy)
+        assert cost.total(policy) == pytest.approx(table.predict(factored), rel=1e-6)
