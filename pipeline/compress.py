@@ -1,0 +1,197 @@
+"""`python -m pipeline compress`: search, fine-tune, search again (Interspeech 2020), then export,
+benchmark, score and report.
+
+Iteration k of K searches the current model toward the intermediate target X^(k/K) (relative to the
+dense baseline; ranks only shrink), fine-tunes the best policy on `train`, and scores it on the full
+`dev`. It stops early, and says so, when dev WER rises past (1 + tolerance) x the baseline's.
+
+Run folder: `config.json`; `baseline_dev.json`; `iter-<k>/search/` (a search run), `iter-<k>/finetune/`
+(its state and `model.safetensors`), `iter-<k>/dev.json`; then `final.safetensors`, `export/` (ONNX,
+int8, .ort), `native/encoder.lrkw`, `scores.json` (WER per split), `bench.json` (latency per runtime),
+`report.md` and its plots. Every stage leaves its result file last and is skipped when that file is
+there; the stages inside (search, fine-tuning) resume themselves, so `--resume` redoes nothing.
+"""
+import json
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pipeline.atomic import atomic_path, write_json
+from pipeline.data.manifest import read_manifest
+from pipeline.errors import PipelineError
+from pipeline.model.checkpoint import load_checkpoint, sha256
+
+
+DEFAULT_TARGET = 5.0  # compression of the searched weights when no target is given
+
+
+@dataclass
+class CompressConfig:
+    target_compression: float | None = None
+    target_speedup: float | None = None
+    iterations: int = 3
+    episodes: int = 40            # per search
+    agent: str = "ddpg"
+    finetune_steps: int = 100     # per iteration
+    finetune_lr: float = 3e-4
+    tolerance: float = 0.05       # stop when dev WER > (1 + tolerance) x the baseline's
+    device: str = "local"         # bench target for the latency cost and the final benchmark
+    threads: int = 2
+    seed: int = 0
+    bench_utterances: int = 10
+
+    def validate(self):
+        if self.target_compression is not None and self.target_speedup is not None:
+            raise PipelineError("give one of --target-compression X and --target-speedup X, not both")
+        if self.target_compression is None and self.target_speedup is None:
+            self.target_compression = DEFAULT_TARGET
+        if self.iterations < 1 or self.finetune_steps < 0 or self.episodes < 1:
+            raise PipelineError("--iterations and --episodes must be at least 1, --finetune-steps at least 0")
+        return self
+
+    @property
+    def target(self):
+        return self.target_compression or self.target_speedup
+
+
+def _check_config(out, want, resume):
+    path = out / "config.json"
+    if path.exists():
+        if not resume:
+            raise PipelineError(f"{out}: holds a compress run already; pass --resume or choose another --out")
+        have = json.loads(path.read_text())
+        if have != want:
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise PipelineError(f"{path}: field(s) {', '.join(diff)} differ from this run's; start a new --out")
+    elif resume:
+        raise PipelineError(f"{path}: nothing to resume")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, want)
+
+
+def _dev_wer(path, checkpoint, rows, threads):
+    """Full-manifest greedy scores of a checkpoint, cached in `path`."""
+    if path.exists():
+        return json.loads(path.read_text())
+    import torch
+
+    from pipeline.evaluate import evaluate
+
+    torch.set_num_threads(threads)
+    model, cmvn, _ = load_checkpoint(checkpoint)
+    metrics, _ = evaluate(model, cmvn, rows, progress=False)
+    write_json(path, metrics)
+    return metrics
+
+
+def _subset(data, out):
+    """The search's subset: the corpus's checked one if there is one, else a stratified 12% of dev."""
+    from pipeline.atomic import write_jsonl
+    from pipeline.search.subset import stratified
+
+    checked = Path(data) / "dev_subset.jsonl"
+    if checked.exists():
+        return checked
+    path = out / "dev_subset.jsonl"
+    if not path.exists():
+        write_jsonl(path, stratified(read_manifest(Path(data) / "dev.jsonl"), 0.12))
+    return path
+
+
+def compress(model_path, data, out, cfg, resume=False, progress=True, log=print):
+    from pipeline.finetune import finetune
+    from pipeline.search.run import SearchConfig, search
+
+    cfg, out, data = cfg.validate(), Path(out), Path(data)
+    _check_config(out, {"compress": asdict(cfg), "model_sha256": sha256(model_path), "data": str(data)}, resume)
+    dev_rows = read_manifest(data / "dev.jsonl")
+    train_rows = read_manifest(data / "train.jsonl")
+    subset = _subset(data, out)
+    base = _dev_wer(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
+    log(f"baseline: dev WER {base['wer']:.4f}")
+    current, history, stopped = Path(model_path), [], None
+    for k in range(cfg.iterations):
+        step_target = cfg.target ** ((k + 1) / cfg.iterations)
+        it = out / f"iter-{k + 1}"
+        key = "target_compression" if cfg.target_compression else "target_speedup"
+        scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
+                            seed=cfg.seed + k)
+        result = search(current, it / "search", scfg, subset, resume=(it / "search" / "state.pt").exists(),
+                        progress=progress)
+        tuned = it / "finetune" / "model.safetensors"
+        if not tuned.exists():
+            model, cmvn, header = load_checkpoint(it / "search" / "best.safetensors")
+            finetune(model, cmvn, train_rows, it / "finetune", cfg.finetune_steps, cfg.finetune_lr,
+                     threads=cfg.threads, seed=cfg.seed + k, progress=progress,
+                     provenance={**header.get("provenance", {}), "finetune_steps": cfg.finetune_steps})
+        dev = _dev_wer(it / "dev.json", tuned, dev_rows, cfg.threads)
+        row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
+               "subset_wer_before_finetune": result["best"]["wer"], "dev_wer": dev["wer"], "dev_cer": dev["cer"],
+               "checkpoint": str(tuned)}
+        history.append(row)
+        log(f"iteration {k + 1}: {step_target:.2f}x, subset WER {row['subset_wer_before_finetune']:.4f} after "
+            f"the search, dev WER {dev['wer']:.4f} after fine-tuning")
+        if dev["wer"] > base["wer"] * (1 + cfg.tolerance):
+            stopped = (f"stopped after iteration {k + 1}: dev WER {dev['wer']:.4f} is past {1 + cfg.tolerance:.2f}x "
+                       f"the baseline's {base['wer']:.4f}")
+            log(stopped)
+            break
+        current = tuned
+    final_from = next((h["iteration"] for h in history if Path(h["checkpoint"]) == current), None)
+    write_json(out / "iterations.json", {"history": history, "stopped": stopped, "final_from": final_from})
+    final = out / "final.safetensors"
+    if not final.exists():
+        with atomic_path(final) as tmp:
+            shutil.copyfile(current, tmp)
+    return finalize(out, final, Path(model_path), data, cfg, history, base, stopped, log)
+
+
+def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
+    """Scores, exports, benchmarks and the report of the final model."""
+    from pipeline.report import write_report
+
+    scores = out / "scores.json"
+    if not scores.exists():
+        s = {}
+        for split in ("dev", "test", "test_real"):
+            manifest = data / f"{split}.jsonl"
+            if manifest.exists():
+                rows = read_manifest(manifest)
+                s[split] = {"baseline": _dev_wer(out / f"baseline_{split}.json", baseline, rows, cfg.threads),
+                            "final": _dev_wer(out / f"final_{split}.json", final, rows, cfg.threads)}
+        write_json(scores, s)
+    if not (out / "export" / "model.json").exists():
+        from export.onnx_export import export
+
+        export(final, out / "export", int8=True, ort_format=True, log=lambda *_: None)
+    native = out / "native" / "encoder.lrkw"
+    if not native.exists():
+        from pipeline.native import write_weights
+
+        native.parent.mkdir(parents=True, exist_ok=True)
+        write_weights(native, load_checkpoint(final)[0].encoder)
+    bench_path = out / "bench.json"
+    if not bench_path.exists():
+        from pipeline.bench.end_to_end import bench
+
+        runs = [("torch", baseline, "dense (PyTorch)"), ("native", baseline, "dense (native)"),
+                ("torch", final, "compressed (PyTorch)"), ("native", final, "compressed (native)"),
+                ("onnx", final, "compressed (onnxruntime)")]
+        rows = []
+        for runtime, ckpt, label in runs:
+            log(f"benchmark: {label}")
+            r = bench(ckpt, data / "dev.jsonl", runtime, cfg.device if runtime == "native" else "local", 1,
+                      cfg.bench_utterances, reps=3)
+            rows.append({"label": label, **{k: v for k, v in r.items() if k != "transcripts"}})
+        write_json(bench_path, {"threads": 1, "runs": rows})
+    final_from = json.loads((out / "iterations.json").read_text())["final_from"]
+    report = write_report(out, json.loads(scores.read_text()), json.loads(bench_path.read_text()), history, base,
+                          stopped, cfg, final_from)
+    log(f"report: {report}")
+    return {"history": history, "stopped": stopped, "scores": json.loads(scores.read_text()),
+            "bench": json.loads(bench_path.read_text()), "final": str(final)}
+
+
+def config_from_args(args):
+    known = {f.name for f in fields(CompressConfig)}
+    return CompressConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})

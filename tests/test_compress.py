@@ -1,0 +1,84 @@
+"""`python -m pipeline compress` end to end on the tiny corpus, and its resume after kill -9."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from pipeline.model.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--target-compression", "2.5", "--iterations", "2", "--episodes", "3", "--finetune-steps", "3",
+        "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(overfit, tmp_path_factory):
+    model, cmvn, *_ = overfit
+    path = tmp_path_factory.mktemp("compress") / "model.safetensors"
+    save_checkpoint(path, model, cmvn)
+    return path
+
+
+def _args(model, corpus, out, *extra):
+    return ["compress", "--model", str(model), "--data", str(corpus), "--out", str(out), *ARGS, *extra]
+
+
+def _result(out):
+    it = json.loads((out / "iterations.json").read_text())
+    tensors = load_file(str(out / "final.safetensors"))
+    return ([(h["cost_ratio"], h["dev_wer"]) for h in it["history"]], json.loads((out / "scores.json").read_text()),
+            {k: v.tolist() for k, v in tensors.items()})
+
+
+def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    whole = tmp_path / "whole"
+    r = run_cli(*_args(tiny_model, corpus, whole), timeout=1200)
+    assert r.returncode == 0, r.stderr
+    it = json.loads((whole / "iterations.json").read_text())
+    assert 1 <= len(it["history"]) <= 2
+    assert all(h["cost_ratio"] <= 1 / h["target"] + 1e-9 for h in it["history"])
+    for name in ("final.safetensors", "export/model.json", "export/encoder.int8.onnx", "native/encoder.lrkw",
+                 "report.md", "wer_vs_compression.png", "latency.png", "iter-1/search/search.png"):
+        assert (whole / name).exists(), name
+    bench = json.loads((whole / "bench.json").read_text())
+    assert {r["label"] for r in bench["runs"]} >= {"dense (native)", "compressed (native)", "compressed (onnxruntime)"}
+    scores = json.loads((whole / "scores.json").read_text())
+    assert set(scores) == {"dev", "test", "test_real"}
+    report = (whole / "report.md").read_text()
+    assert "| test |" in report and "speedup over native dense" in report
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *_args(tiny_model, corpus, killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:  # kill in the middle of iteration 1's fine-tuning
+        if (killed / "iter-1" / "finetune" / "state.pt").exists():
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    r = run_cli(*_args(tiny_model, corpus, killed, "--resume"), timeout=1200)
+    assert r.returncode == 0, r.stderr
+    assert _result(killed) == _result(whole)
+
+
+def test_compress_refuses_a_used_folder_and_a_changed_config(tiny_model, tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"compress": {}, "model_sha256": "x", "data": "y"}))
+    r = run_cli(*_args(tiny_model, corpus, out))
+    assert r.returncode != 0 and "--resume" in r.stderr
+    r = run_cli(*_args(tiny_model, corpus, out, "--resume"))
+    assert r.returncode != 0 and "differ" in r.stderr and "config.json" in r.stderr
+    r = run_cli(*_args(tiny_model, corpus, tmp_path / "new", "--target-speedup", "2"))
+    assert r.returncode != 0 and "not both" in r.stderr
