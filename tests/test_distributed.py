@@ -1,0 +1,123 @@
+"""Scale-out: the search's evaluations on a local Ray cluster, and training under torchrun (DDP, gloo)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from pipeline.atomic import write_jsonl
+from pipeline.model.checkpoint import save_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def search_files(overfit, tmp_path_factory):
+    model, cmvn, rows, *_ = overfit
+    d = tmp_path_factory.mktemp("ray")
+    save_checkpoint(d / "model.safetensors", model, cmvn)
+    write_jsonl(d / "subset.jsonl", rows)
+    return d
+
+
+def _search(files, out, *extra):
+    return ["search", "--model", str(files / "model.safetensors"), "--subset", str(files / "subset.jsonl"),
+            "--out", str(out), "--threads", "1", "--target-compression", "2", "--agent", "ddpg", *extra]
+
+
+def _log(out):
+    return [(r["ranks"], r["wer"], r["reward"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+
+
+def _keys(out):
+    return [json.loads(x)["key"] for x in (out / "cache.jsonl").read_text().splitlines() if x.strip()]
+
+
+def test_ray_search_is_the_same_with_one_or_two_workers(search_files, tmp_path):
+    runs = {}
+    for name, extra in (("local", []), ("ray1", ["--workers", "1"]), ("ray2", ["--workers", "2"])):
+        r = run_cli(*_search(search_files, tmp_path / name, "--episodes", "12", *extra), timeout=900)
+        assert r.returncode == 0, r.stderr
+        runs[name] = _log(tmp_path / name)
+        assert len(_keys(tmp_path / name)) == len(set(_keys(tmp_path / name)))
+    assert runs["ray1"] == runs["ray2"] == runs["local"]
+
+
+def test_a_killed_ray_worker_loses_and_duplicates_nothing(search_files, tmp_path):
+    args = ["--episodes", "40", "--workers", "2"]
+    clean = tmp_path / "clean"
+    assert run_cli(*_search(search_files, clean, *args), timeout=900).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *_search(search_files, out, *args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed, deadline = None, time.time() + 600
+    while time.time() < deadline and proc.poll() is None and killed is None:
+        if (out / "cache.jsonl").exists() and len(_keys(out)) >= 4:
+            pids = subprocess.run(["pgrep", "-f", "ray::_Worker"], capture_output=True, text=True).stdout.split()
+            if pids:
+                killed = int(pids[0])
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=900)
+    assert killed is not None, "no Ray worker was found to kill"
+    assert proc.returncode == 0, err
+    keys = _keys(out)
+    assert len(keys) == len(set(keys)), "an evaluation was recorded twice"
+    assert _log(out) == _log(clean)
+
+
+TINY_RUN = {"model": {"enc_layers": 1, "enc_hidden": 48, "dec_hidden": 48, "att_dim": 32, "conv_channels": 4,
+                      "dropout": 0.0},
+            "train": {"epochs": 1, "batch_seconds": 24, "warmup_steps": 3, "save_every_steps": 2, "lr": 1e-3,
+                      "dev_max_utterances": 4, "threads": 1, "specaugment": False, "speeds": [1.0]}}
+
+
+def _fixed_batch_loss(checkpoint, corpus, untrained=False):
+    import torch
+
+    from pipeline.data.dataset import SpeechDataset, collate
+    from pipeline.data.manifest import read_manifest
+    from pipeline.model.asr import ASRModel
+    from pipeline.model.checkpoint import load_checkpoint
+
+    model, cmvn, _ = load_checkpoint(checkpoint)
+    if untrained:  # the weights training starts from (train seeds torch, then builds the model)
+        torch.manual_seed(0)
+        model = ASRModel(model.cfg).eval()
+    rows = read_manifest(corpus / "train.jsonl")[:6]
+    ds = SpeechDataset(rows, cmvn)
+    with torch.no_grad():
+        return float(model.loss(*collate([ds[i] for i in range(len(rows))]), label_smoothing=0.0)[0])
+
+
+def test_torchrun_ddp_trains_like_one_process_and_shares_its_checkpoints(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(TINY_RUN))
+    args = ["train", "--data", str(corpus), "--config", str(cfg)]
+    r = run_cli(*args, "--out", str(tmp_path / "one"), timeout=900)
+    assert r.returncode == 0, r.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    r = subprocess.run([*torchrun, "-m", "pipeline", *args, "--out", str(tmp_path / "two")], capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = [json.loads(x) for x in (tmp_path / "one" / "history.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in one] == [h["step"] for h in two]  # the same batches, shared between the ranks
+    single = _fixed_batch_loss(tmp_path / "one" / "last.safetensors", corpus)
+    untrained = _fixed_batch_loss(tmp_path / "one" / "last.safetensors", corpus, untrained=True)
+    ddp = _fixed_batch_loss(tmp_path / "two" / "last.safetensors", corpus)
+    print(f"fixed-batch loss: untrained {untrained:.4f}, one process {single:.4f}, two under DDP {ddp:.4f}")
+    assert abs(ddp - single) < 0.1 * abs(untrained - single), (untrained, single, ddp)
+    # The DDP run's state resumes in a single process, and a single process's state under torchrun.
+    r = run_cli("train", "--data", str(corpus), "--out", str(tmp_path / "two"), "--resume", "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*torchrun, "-m", "pipeline", "train", "--data", str(corpus), "--out", str(tmp_path / "one"),
+                        "--resume", "--epochs", "2"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for run in ("one", "two"):
+        assert [h["epoch"] for h in map(json.loads, (tmp_path / run / "history.jsonl").read_text().splitlines())] == [1, 2]
