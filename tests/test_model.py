@@ -102,3 +102,20 @@ def test_subsampling_lengths_match_outputs(factor):
         assert y.shape[1] == int(lengths[0]) and abs(n / factor - y.shape[1]) <= 4
     with pytest.raises(ValueError, match="2 or 4"):
         ConvSubsampling(80, 4, 3)
+
+
+@pytest.mark.parametrize("dec_layers", [1, 2])
+def test_teacher_forcing_equals_stepping_the_decoder(dec_layers):
+    """The written-out LSTM cell of training's teacher forcing computes what `step` (nn.LSTM) does."""
+    torch.manual_seed(0)
+    model = ASRModel(ModelConfig(dec_layers=dec_layers, enc_hidden=64, dec_hidden=96, att_dim=32)).eval()
+    enc, mask = torch.randn(3, 40, 128), torch.ones(3, 40, dtype=torch.bool)
+    mask[1, 30:] = False
+    tokens = torch.randint(3, 31, (3, 17))
+    with torch.no_grad():
+        forced = model.decoder(enc, mask, tokens)
+        keys, state, steps = model.decoder.attention.key(enc), model.decoder.init_state(enc, mask), []
+        for u in range(tokens.shape[1]):
+            logp, state = model.decoder.step(tokens[:, u], state, keys, enc, mask)
+            steps.append(logp)
+    assert float((forced - torch.stack(steps, 1)).abs().max()) < 1e-5
