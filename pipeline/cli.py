@@ -50,7 +50,8 @@ def cmd_train(args):
 
     st = train(args.data, args.out, args.config, resume=args.resume, epochs=args.epochs,
                train_manifest=args.train_manifest, dev_manifest=args.dev_manifest)
-    print(f"best dev WER {st['best_wer']:.3f}; checkpoints in {args.out}/best.safetensors and last.safetensors")
+    if st["best_wer"] is not None:  # under torchrun, rank 0 alone evaluates
+        print(f"best dev WER {st['best_wer']:.3f}; checkpoints in {args.out}/best.safetensors and last.safetensors")
 
 
 def _decode_config(args):
@@ -187,6 +188,44 @@ def cmd_bench(args):
     print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
 
 
+def cmd_subset(args):
+    import torch
+
+    from pipeline.data.manifest import read_manifest
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.search.subset import build_subset
+
+    torch.set_num_threads(args.threads)
+    model, cmvn, _ = load_checkpoint(_model_path(args))
+    check = build_subset(model, cmvn, read_manifest(args.manifest), args.out, args.fraction, args.policies, args.seed)
+    print(f"{args.out}: {check['utterances']} of {check['of']} utterances ({check['seconds']:.0f} s); Spearman rho "
+          f"{check['spearman']:.3f} over {check['policies']} random policies (full manifest against subset)")
+
+
+def cmd_search(args):
+    import torch
+
+    from pipeline.search.run import config_from_args, search
+
+    torch.set_num_threads(args.threads)
+    r = search(_model_path(args), args.out, config_from_args(args), args.subset, args.resume, ray=args.ray,
+               workers=args.workers)
+    b = r["best"]
+    print(f"best of {r['episodes']} episodes ({r['evaluations']} WER evaluations): subset WER {b['wer']:.4f} "
+          f"(dense {r['base_wer']:.4f}) at {b['cost_ratio']:.3f} of the dense {r['cost']} -> "
+          f"{args.out}/best.safetensors")
+
+
+def cmd_compress(args):
+    from pipeline.compress import compress, config_from_args
+
+    r = compress(_model_path(args), args.data, args.out, config_from_args(args), args.resume)
+    last = r["history"][-1] if r["history"] else None
+    if last:
+        print(f"final: {1 / last['cost_ratio']:.2f}x, dev WER {last['dev_wer']:.4f}; {r['final']}; "
+              f"report in {args.out}/report.md")
+
+
 def cmd_info(args):
     from pipeline import _native
 
@@ -287,6 +326,52 @@ def make_parser():
     bn.add_argument("--out", help="also write the validation as JSON here")
     bn.add_argument("--json", action="store_true")
     bn.set_defaults(func=cmd_bench)
+    sr = sub.add_parser("search", help="AutoML rank search: an agent picks every layer's rank to meet a target (resumable)")
+    sr.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    sr.add_argument("--target-compression", type=float, metavar="X", help="cost (params or macs) at most dense / X")
+    sr.add_argument("--target-speedup", type=float, metavar="X", help="predicted latency at most dense / X")
+    sr.add_argument("--agent", default="ddpg", help="ddpg (default) | reinforce | random | uniform | greedy")
+    sr.add_argument("--reward", default="wer", help="wer (default) | punish | amc; see README")
+    sr.add_argument("--episodes", type=int, default=200)
+    sr.add_argument("--cost", help="params | macs | latency (default: params for compression, latency for speedup)")
+    sr.add_argument("--target", dest="device", default="local", help="where latency is measured (bench target)")
+    sr.add_argument("--runtime", default="native", choices=["native", "onnx"], help="latency of which runtime")
+    sr.add_argument("--layers", default="all", choices=["all", "lstm"], help="which matrices the agent ranks")
+    sr.add_argument("--min-fraction", type=float, default=0.1, help="smallest keep fraction of a layer's rank")
+    sr.add_argument("--subset", default="assets/baseline/dev_subset.jsonl", help="evaluation subset manifest")
+    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--batch", type=int, default=4, help="episodes proposed per agent state, evaluated together")
+    sr.add_argument("--ray", metavar="auto|ADDRESS", help="evaluate on a running Ray cluster")
+    sr.add_argument("--workers", type=int, help="Ray workers (alone: a local Ray instance with this many CPUs)")
+    sr.add_argument("--threads", type=int, default=2)
+    sr.add_argument("--out", required=True, help="run folder")
+    sr.add_argument("--resume", action="store_true", help="continue the search in --out")
+    sr.set_defaults(func=cmd_search)
+    ss = sub.add_parser("subset", help="the representative dev subset for the search, with its rank-correlation check")
+    ss.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    ss.add_argument("--manifest", default="corpus/default/dev.jsonl")
+    ss.add_argument("--out", required=True, help="subset manifest to write; its check goes to OUT.json")
+    ss.add_argument("--fraction", type=float, default=0.12)
+    ss.add_argument("--policies", type=int, default=20)
+    ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("--threads", type=int, default=2)
+    ss.set_defaults(func=cmd_subset)
+    cp = sub.add_parser("compress", help="iterative search and fine-tuning to a target, then export, benchmark "
+                                          "and report (resumable)")
+    cp.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    cp.add_argument("--data", default="corpus/default", help="corpus folder (default: corpus/default)")
+    cp.add_argument("--target-compression", type=float, metavar="X")
+    cp.add_argument("--target-speedup", type=float, metavar="X")
+    cp.add_argument("--iterations", type=int)
+    cp.add_argument("--episodes", type=int, help="search episodes per iteration")
+    cp.add_argument("--agent")
+    cp.add_argument("--finetune-steps", type=int)
+    cp.add_argument("--tolerance", type=float, help="stop when dev WER passes (1 + this) x the baseline's")
+    cp.add_argument("--target", dest="device", help="bench target for latency (default: local)")
+    cp.add_argument("--threads", type=int)
+    cp.add_argument("--out", default="runs/compress", help="run folder (default: runs/compress)")
+    cp.add_argument("--resume", action="store_true")
+    cp.set_defaults(func=cmd_compress)
     info = sub.add_parser("info", help="native extension build info and detected CPU features")
     info.set_defaults(func=cmd_info)
     return p

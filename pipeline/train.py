@@ -8,11 +8,13 @@ written atomically; `--resume` continues from `state.pt` exactly where it stoppe
 """
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_text
@@ -42,6 +44,7 @@ class TrainConfig:
     threads: int = 2
     seed: int = 0
     save_every_steps: int = 200
+    ctc_only_until: int = 0         # steps before this one train the encoder with CTC alone (~3x faster)
     dev_max_utterances: int = 600   # dev WER each epoch on an evenly spaced subset
 
     @classmethod
@@ -107,15 +110,41 @@ def _configs(out, config_path, resume):
     return load_config_file(config_path)
 
 
+def process_group():
+    """(rank, world size): under torchrun, joins its process group (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+class _Loss(torch.nn.Module):
+    """The model's loss as a forward pass, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *batch, **kwargs):
+        return self.model.loss(*batch, **kwargs)
+
+
 def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progress=True,
           train_manifest=None, dev_manifest=None):
     out = Path(out_dir)
+    rank, world = process_group()
     mcfg, tcfg = _configs(out, config_path, resume)
     if epochs is not None:
         tcfg.epochs = epochs
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
-    train_m, dev_m, cmvn = resolve_data(data_dir, train_manifest, dev_manifest, out)
+    for turn in (0, 1):  # rank 0 first: it may compute and write the CMVN the others then read
+        if (rank == 0) == (turn == 0):
+            train_m, dev_m, cmvn = resolve_data(data_dir, train_manifest, dev_manifest, out)
+        if world > 1:
+            dist.barrier()
     train_rows = [r for r in read_manifest(train_m) if r["duration"] <= tcfg.max_duration]
     dev_rows = _subset(read_manifest(dev_m), tcfg.dev_max_utterances)
     model = ASRModel(mcfg)
@@ -129,10 +158,11 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
             raise PipelineError(f"{opt_path}: optimiser state named by {out / 'state.pt'} is missing")
         opt.load_state_dict(torch.load(opt_path, weights_only=False))
         st = saved_state["progress"]
-    write_json(out / "config.json", {"model": mcfg.to_dict(), "train": asdict(tcfg),
-                                     "train_manifest": str(train_m), "dev_manifest": str(dev_m)})
-    run = Run(out, model, opt, cmvn, tcfg, st, progress,
-              {"run": str(out), "data_manifests": [str(train_m), str(dev_m)]})
+    if rank == 0:
+        write_json(out / "config.json", {"model": mcfg.to_dict(), "train": asdict(tcfg),
+                                         "train_manifest": str(train_m), "dev_manifest": str(dev_m)})
+    run = Run(out, model, opt, cmvn, tcfg, st, progress and rank == 0,
+              {"run": str(out), "data_manifests": [str(train_m), str(dev_m)]}, rank, world)
     ds = SpeechDataset(train_rows, cmvn, speeds=tcfg.speeds, specaugment=tcfg.specaugment, seed=tcfg.seed)
     total_steps = len(duration_batches(train_rows, tcfg.batch_seconds)) * tcfg.epochs
     for epoch in range(st["epoch"], tcfg.epochs):
@@ -146,14 +176,23 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
 class Run:
     """The state of one training run and the steps that move it forward."""
 
-    def __init__(self, out, model, opt, cmvn, tcfg, st, progress, provenance):
+    def __init__(self, out, model, opt, cmvn, tcfg, st, progress, provenance, rank=0, world=1):
+        """Under torchrun (world > 1) each process takes its share of every batch, DDP averages the
+        gradients, and rank 0 alone evaluates and writes."""
         self.out, self.model, self.opt, self.cmvn, self.tcfg = out, model, opt, cmvn, tcfg
         self.st, self.progress, self.provenance = st, progress, provenance
+        self.rank, self.world = rank, world
+        self.loss = _Loss(model)
+        if world > 1:
+            # The decoder sits out the CTC-only steps: its parameters then get no gradient.
+            self.loss = torch.nn.parallel.DistributedDataParallel(self.loss, find_unused_parameters=True)
 
     def save_state(self):
         """The optimiser goes to its own file named by the step (each file stays well under 50 MB,
         so a run can be committed); state.pt names it and is written last, so a kill between the two
         writes leaves the previous pair whole."""
+        if self.rank != 0:
+            return
         opt_name = f"optimizer-{self.st['step']:07d}.pt"
         with atomic_path(self.out / opt_name) as tmp:
             torch.save(self.opt.state_dict(), tmp)
@@ -170,11 +209,13 @@ class Run:
                    unit="batch", disable=not self.progress)
         t0, utts = time.time(), 0
         for bi in range(st["batch"], len(batches)):
-            feats, lengths, targets, tlens = collate([ds[i] for i in batches[bi]])
+            share = batches[bi][self.rank::self.world] if len(batches[bi]) >= self.world else batches[bi]
+            feats, lengths, targets, tlens = collate([ds[i] for i in share])
             for g in opt.param_groups:
                 g["lr"] = lr_at(st["step"], total_steps, tcfg)
             torch.manual_seed(tcfg.seed * 1_000_003 + st["step"])  # dropout: exact on resume
-            loss, parts = model.loss(feats, lengths, targets, tlens, tcfg.label_smoothing)
+            loss, parts = self.loss(feats, lengths, targets, tlens, label_smoothing=tcfg.label_smoothing,
+                                    ctc_only=st["step"] < tcfg.ctc_only_until)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)):
@@ -191,6 +232,13 @@ class Run:
         st["seconds"] = st.get("seconds", 0.0) + time.time() - t0
 
     def end_epoch(self, epoch, dev_rows):
+        if self.rank == 0:
+            self._score_and_save(epoch, dev_rows)
+        self.st["epoch"], self.st["batch"] = epoch + 1, 0
+        if self.world > 1:
+            dist.barrier()
+
+    def _score_and_save(self, epoch, dev_rows):
         st = self.st
         metrics, _ = evaluate(self.model, self.cmvn, dev_rows, progress=self.progress)
         st["history"].append({"epoch": epoch + 1, "step": st["step"], "dev_wer": metrics["wer"],
