@@ -177,12 +177,10 @@ def cmd_bench(args):
         print(f"{table.path}: {len(table.entries)} points ({n} measured now); this model's encoder: "
               f"{table.predict(model):.1f} us per encoder frame predicted")
         return
-    if args.recalibrate:
-        table.recalibrate(model)
     pairs = validate(model, table, args.policies, args.seed, args.target, log=(lambda *_: None) if args.json else print)
     worst = max(abs(p["error"]) for p in pairs)
     result = {"target": args.target, "runtime": args.runtime, "table": str(table.path), "pairs": pairs,
-              "worst_abs_error": worst, "recalibrated": args.recalibrate, "scale": table.scale(model)}
+              "worst_abs_error": worst, "scale": table.scale(model)}
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
@@ -321,8 +319,6 @@ def make_parser():
     bn.add_argument("--seed", type=int, default=0)
     bn.add_argument("--frames", type=int, default=200)
     bn.add_argument("--reps", type=int, default=10)
-    bn.add_argument("--recalibrate", action="store_true",
-                    help="validate-table: measure the table's stack calibration again first (the device's speed drifts)")
     bn.add_argument("--out", help="also write the validation as JSON here")
     bn.add_argument("--json", action="store_true")
     bn.set_defaults(func=cmd_bench)

@@ -221,3 +221,19 @@ def test_latency_cost_matches_the_table_and_speedup_episodes_meet_it(overfit, tm
         assert cost.total(policy) <= space.budget * (1 + 1e-9)
         factored = factorize(copy.deepcopy(model), policy)
         assert cost.total(policy) == pytest.approx(table.predict(factored), rel=1e-6)
+
+
+def test_subset_command_writes_a_checked_subset(search_files, tiny_corpus, tmp_path):
+    from pipeline.data.manifest import read_manifest
+
+    corpus, _ = tiny_corpus
+    out = tmp_path / "sub" / "dev_subset.jsonl"
+    out.parent.mkdir()
+    r = run_cli("subset", "--model", str(search_files / "model.safetensors"), "--manifest", str(corpus / "dev.jsonl"),
+                "--out", str(out), "--fraction", "0.15", "--policies", "4", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    rows, dev = read_manifest(out), read_manifest(corpus / "dev.jsonl")  # paths resolve from the subset's folder
+    assert 1 <= len(rows) <= 0.15 * len(dev) and {x["id"] for x in rows} <= {x["id"] for x in dev}
+    check = json.loads(out.with_suffix(".json").read_text())
+    assert check["policies"] == 4 and len(check["full_wer"]) == len(check["subset_wer"]) == 4
+    assert -1.0 <= check["spearman"] <= 1.0 and "Spearman" in r.stdout

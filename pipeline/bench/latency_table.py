@@ -88,16 +88,17 @@ class LatencyTable:
                          disable=not progress):
             self.entries.setdefault(self._key(*p), []).append(self._point_us(*p))
             self._save()
-        sig = _signature(model)
-        if sig in self.calibration:
+        if _signature(model) in self.calibration:
             return len(todo)
-        rng = random.Random(CALIBRATION_SEED)
-        models = [factorize(copy.deepcopy(model), random_policy(model, rng)) for _ in range(CALIBRATION_POLICIES)]
-        measured = measured_us(models, self.target, self.frames, self.reps, self.runtime)
-        self.calibration[sig] = [{"cells": [c[1:] for c in encoder_cells(m)], "measured_us": us}
-                                 for m, us in zip(models, measured)]
-        self._save()
+        models = calibration_models(model)
+        self.set_calibration(models, measured_us(models, self.target, self.frames, self.reps, self.runtime))
         return len(todo) + RUNS * CALIBRATION_POLICIES
+
+    def set_calibration(self, models, measured):
+        """Stores the measured latency of the calibration models (all of one stack shape)."""
+        self.calibration[_signature(models[0])] = [{"cells": [c[1:] for c in encoder_cells(m)], "measured_us": us}
+                                                   for m, us in zip(models, measured)]
+        self._save()
 
     def _point_us(self, inp, hidden, r_ih, r_hh):
         """One cell alone: lowrank_bench on synthetic weights, or onnxruntime in its faster lowering."""
@@ -108,12 +109,6 @@ class LatencyTable:
         self._runner = self._runner or Runner(self.target)
         return self._runner.bench(["--synthetic", f"1,1,{inp},{hidden},{r_ih},{r_hh}", "--mode", "utterance",
                                    "--frames", self.frames, "--reps", self.reps])["us_per_frame"]["median"]
-
-    def recalibrate(self, model):
-        """Measures the calibration of the model's stack shape again (~3 stack runs x 3), to follow the
-        device's current speed: this VM drifts by up to 30% over minutes, as phones do when they heat."""
-        self.calibration.pop(_signature(model), None)
-        return self.measure(model, progress=False)
 
     def _save(self):
         write_json(self.path, {"target": self.target.spec, "kernel_version": kernel_version(),
@@ -204,12 +199,24 @@ def random_policy(model, rng):
     return policy
 
 
+def calibration_models(model):
+    """The model factored at the calibration policies (a seed of their own)."""
+    rng = random.Random(CALIBRATION_SEED)
+    return [factorize(copy.deepcopy(model), random_policy(model, rng)) for _ in range(CALIBRATION_POLICIES)]
+
+
 def validate(model, table, n_policies=10, seed=0, target="local", log=print):
-    """Predicted against measured latency of `n_policies` random rank policies; returns the pairs."""
+    """Predicted against measured latency of `n_policies` random rank policies; returns the pairs.
+    The calibration policies are measured again in the same interleaved passes as the validation
+    policies, so that both see the device at the same speed (this VM drifts by up to 30% within
+    minutes, as phones do when they heat); the table keeps that calibration."""
     rng = random.Random(seed)
     policies = [random_policy(model, rng) for _ in range(n_policies)]
     models = [factorize(copy.deepcopy(model), p) for p in policies]
-    measured = measured_us(models, target, table.frames, table.reps, table.runtime)
+    cal = calibration_models(model)
+    both = measured_us(cal + models, target, table.frames, table.reps, table.runtime)
+    table.set_calibration(cal, both[:len(cal)])
+    measured = both[len(cal):]
     pairs = []
     for k, (m, meas) in enumerate(zip(models, measured)):
         pred = table.predict(m)

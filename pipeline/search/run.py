@@ -28,7 +28,7 @@ from pipeline.lowrank.factorize import factorize
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint, sha256
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
-from pipeline.search.space import Approximator, CostModel, RankSpace
+from pipeline.search.space import Approximator, CostModel, RankSpace, searchable
 
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
 REWARDS = ("wer", "punish", "amc")
@@ -133,56 +133,53 @@ def search(model_path, out, cfg, subset_path, resume=False, progress=True, ray=N
     if not Path(subset_path).exists():
         raise PipelineError(f"{subset_path}: evaluation subset not found; make it with `python -m pipeline subset`")
     _config_file(out, cfg, model_path, subset_path, resume)
-    model, cmvn, header = load_checkpoint(model_path)
-    from pipeline.search.space import searchable
-
+    model, cmvn, _ = load_checkpoint(model_path)
     cost = _cost_model(model, searchable(model, cfg.layers), cfg)
     space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers)
     approx = Approximator(model, space.layers)
     evaluate = SubsetEvaluator(approx, cmvn, read_manifest(subset_path), out / "cache.jsonl")
     base = evaluate({})["wer"]
-    st = {"episode": 0, "log": [], "best": None}
-    agent = None
-    if cfg.agent == "greedy":
-        pool = _pool(model_path, subset_path, space, ray, workers)
-        try:
-            st["log"] = greedy_search(space, evaluate, cfg, base, pool)
-        finally:
-            if pool is not None:
-                pool.close()
+    pool = _pool(model_path, subset_path, space, ray, workers)
+    try:
+        if cfg.agent == "greedy":
+            log = greedy_search(space, evaluate, cfg, base, pool)
+            with atomic_path(out / "state.pt") as tmp:
+                torch.save({"agent": None, "progress": {"episode": 1, "log": log}}, tmp)
+        else:
+            log = _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progress)
+    finally:
+        if pool is not None:
+            pool.close()
+    return finish(out, model, cmvn, model_path, subset_path, log, base, cfg, space, approx)
+
+
+def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progress):
+    """Episodes in batches of `cfg.batch` proposed with one agent state; the state is saved after each."""
+    agent = make_agent(cfg.agent, cfg.episodes, cfg.seed, space.uniform_action())
+    st = {"episode": 0, "log": []}
+    if resume:
+        saved = torch.load(out / "state.pt", weights_only=False)
+        agent.load_state_dict(saved["agent"])
+        st = saved["progress"]
+    bar = tqdm(total=cfg.episodes, initial=st["episode"], desc=f"search ({cfg.agent})", unit="episode",
+               disable=not progress)
+    while st["episode"] < cfg.episodes:
+        first = st["episode"]
+        proposals = [run_episode(space, agent, approx, ep) for ep in range(first, min(cfg.episodes, first + cfg.batch))]
+        scores = evaluate.many([p for p, _ in proposals], pool)
+        for j, ((policy, steps), metrics) in enumerate(zip(proposals, scores)):
+            row = _row(policy, metrics, space, cfg, base, first + j, len(evaluate.cache))
+            agent.observe(steps, row["reward"], first + j)
+            st["log"].append(row)
+        st["episode"] = first + len(proposals)
         with atomic_path(out / "state.pt") as tmp:
-            torch.save({"agent": None, "progress": st}, tmp)
-    else:
-        agent = make_agent(cfg.agent, cfg.episodes, cfg.seed, space.uniform_action())
-        if resume:
-            saved = torch.load(out / "state.pt", weights_only=False)
-            agent.load_state_dict(saved["agent"])
-            st = saved["progress"]
-        bar = tqdm(total=cfg.episodes, initial=st["episode"], desc=f"search ({cfg.agent})", unit="episode",
-                   disable=not progress)
-        pool = _pool(model_path, subset_path, space, ray, workers)
-        try:
-            while st["episode"] < cfg.episodes:
-                first = st["episode"]
-                proposals = [run_episode(space, agent, approx, ep)
-                             for ep in range(first, min(cfg.episodes, first + cfg.batch))]
-                scores = evaluate.many([p for p, _ in proposals], pool)
-                for j, ((policy, steps), metrics) in enumerate(zip(proposals, scores)):
-                    row = _row(policy, metrics, space, cfg, base, first + j, len(evaluate.cache))
-                    agent.observe(steps, row["reward"], first + j)
-                    st["log"].append(row)
-                st["episode"] = first + len(proposals)
-                with atomic_path(out / "state.pt") as tmp:
-                    torch.save({"agent": agent.state_dict(), "progress": st}, tmp)
-                write_jsonl(out / "log.jsonl", st["log"])
-                best = max(st["log"], key=lambda r: r["reward"])
-                bar.set_postfix(best_wer=f"{best['wer']:.3f}", wer=f"{row['wer']:.3f}", cost=f"{row['cost_ratio']:.3f}")
-                bar.update(len(proposals))
-        finally:
-            if pool is not None:
-                pool.close()
-        bar.close()
-    return finish(out, model, cmvn, model_path, subset_path, st["log"], base, cfg, space, approx)
+            torch.save({"agent": agent.state_dict(), "progress": st}, tmp)
+        write_jsonl(out / "log.jsonl", st["log"])
+        best = max(st["log"], key=lambda r: r["reward"])
+        bar.set_postfix(best_wer=f"{best['wer']:.3f}", wer=f"{row['wer']:.3f}", cost=f"{row['cost_ratio']:.3f}")
+        bar.update(len(proposals))
+    bar.close()
+    return st["log"]
 
 
 def _row(policy, metrics, space, cfg, base, episode, evaluations, kind="episode"):

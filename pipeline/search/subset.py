@@ -18,7 +18,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.errors import PipelineError
 from pipeline.search.evaluator import SubsetEvaluator
-from pipeline.search.space import Approximator, CostModel, RankSpace
+from pipeline.search.space import Approximator, CostModel, RankSpace, searchable
 
 MAX_FRACTION = 0.15
 
@@ -73,8 +73,6 @@ def random_policies(model, n, seed=0):
 
 
 def _params_cost(model):
-    from pipeline.search.space import searchable
-
     return CostModel(model, searchable(model), "params")
 
 
