@@ -40,6 +40,30 @@ def test_full_rank_lstm_is_a_drop_in(hidden, inp, bidirectional):
         assert (ha - hb).abs().max() < 1e-5 and (ca - cb).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_training_runs_the_fused_lstm_on_the_products_with_the_same_outputs_and_gradients(bidirectional):
+    """Training mode runs PyTorch's fused LSTM on W = U V; eval mode steps through the factors.
+    Both give the same outputs, and the same gradients reach U, V and the bias."""
+    torch.manual_seed(1)
+    holder = nn.Module()
+    holder.lstm = nn.LSTM(24, 16, num_layers=2, bidirectional=bidirectional, batch_first=True)
+    ranks = {l.name: r for l, r in zip(layers(holder), [8, None, 8, 8, None, 8, 8, 8])}
+    lr = factorize(holder, {k: v for k, v in ranks.items() if k in {l.name for l in layers(holder)}}).lstm
+    x, h0 = torch.randn(3, 9, 24), torch.randn(2 * (2 if bidirectional else 1), 3, 16)
+    grads = []
+    for train in (True, False):
+        lr.train(train)
+        lr.zero_grad()
+        out, (h, c) = lr(x, (h0, h0))
+        (out.square().sum() + h.sum() + c.sum()).backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in lr.named_parameters()}))
+    (fused, gf), (stepped, gs) = grads
+    assert (fused - stepped).abs().max() < 1e-5
+    assert gf.keys() == gs.keys() and any(".U" in n for n in gf)
+    for n in gf:
+        assert (gf[n] - gs[n]).abs().max() < 1e-4, n
+
+
 def test_full_rank_model_reproduces_outputs_and_transcripts(overfit):
     model, _, _, batch, _, hyps = overfit
     fact = factorize(copy.deepcopy(model), full_ranks(model)).eval()

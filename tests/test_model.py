@@ -105,10 +105,16 @@ def test_subsampling_lengths_match_outputs(factor):
 
 
 @pytest.mark.parametrize("dec_layers", [1, 2])
-def test_teacher_forcing_equals_stepping_the_decoder(dec_layers):
-    """The written-out LSTM cell of training's teacher forcing computes what `step` (nn.LSTM) does."""
+@pytest.mark.parametrize("factored", [False, True])
+def test_teacher_forcing_equals_stepping_the_decoder(dec_layers, factored):
+    """The written-out LSTM cell of training's teacher forcing computes what `step` does, for a dense
+    (nn.LSTM) and a factored (LowRankLSTM) decoder."""
+    from pipeline.lowrank import factorize, layers
+
     torch.manual_seed(0)
     model = ASRModel(ModelConfig(dec_layers=dec_layers, enc_hidden=64, dec_hidden=96, att_dim=32)).eval()
+    if factored:
+        factorize(model, {l.name: 16 for l in layers(model) if l.name.startswith("decoder.lstm")}).eval()
     enc, mask = torch.randn(3, 40, 128), torch.ones(3, 40, dtype=torch.bool)
     mask[1, 30:] = False
     tokens = torch.randint(3, 31, (3, 17))

@@ -4,7 +4,7 @@ Singular values are split as sqrt(S) into both factors, so U and V have the same
 fine-tune evenly. A factor pair can be factorised again to a lower rank (SVD of U V).
 """
 import torch
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from pipeline.model.asr import reverse_padded
@@ -111,7 +111,16 @@ class LowRankLSTM(nn.Module):
                 cell.bias = nn.Parameter(torch.zeros(4 * hidden_size))  # b_ih + b_hh
                 self.cells[cell_name(layer, d)] = cell
 
+    def dense_weights(self):
+        """[(W_ih, W_hh, bias)] per layer and direction, in nn.LSTM's order: the products U V, inside
+        the autograd graph, so gradients reach the factors."""
+        dirs = 2 if self.bidirectional else 1
+        return [(cell.ih.dense(), cell.hh.dense(), cell.bias)
+                for cell in (self.cells[cell_name(layer, d)] for layer in range(self.num_layers) for d in range(dirs))]
+
     def forward(self, x, hx=None):
+        if self.training and not isinstance(x, PackedSequence):
+            return self._fused(x, hx)
         packed = isinstance(x, PackedSequence)
         if packed:
             sorted_idx = x.sorted_indices
@@ -140,6 +149,17 @@ class LowRankLSTM(nn.Module):
             out = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
             return PackedSequence(out.data, out.batch_sizes, sorted_idx, out.unsorted_indices), state
         return (x if self.batch_first else x.transpose(0, 1)), state
+
+    def _fused(self, x, hx):
+        """Training: PyTorch's fused LSTM on W = U V (the same function as the factored steps, several
+        times faster to train than stepping in Python; inference keeps the factored products)."""
+        flat = [t for w_ih, w_hh, b in self.dense_weights() for t in (w_ih, w_hh, b, torch.zeros_like(b))]
+        if hx is None:
+            z = x.new_zeros(self.num_layers * (2 if self.bidirectional else 1), x.shape[0 if self.batch_first else 1],
+                            self.hidden_size)
+            hx = (z, z)
+        out, h, c = _VF.lstm(x, hx, flat, True, self.num_layers, 0.0, True, self.bidirectional, self.batch_first)
+        return out, (h, c)
 
     @staticmethod
     def _run(cell, x, lengths, h, c, reverse):

@@ -117,25 +117,19 @@ class Decoder(nn.Module):
         return torch.log_softmax(logits, dim=-1), ((h, c), context, weights)
 
     def forward(self, enc, mask, targets_in):
-        """Teacher forcing over (B, U) input tokens; returns (B, U, V) log-probs."""
-        keys = self.attention.key(enc)
-        state = self.init_state(enc, mask)
-        if isinstance(self.lstm, nn.LSTM):
-            return self._forward_dense(enc, mask, targets_in, keys, state)
-        outs = []
-        for u in range(targets_in.shape[1]):
-            logp, state = self.step(targets_in[:, u], state, keys, enc, mask)
-            outs.append(logp)
-        return torch.stack(outs, dim=1)
+        """Teacher forcing over (B, U) input tokens; returns (B, U, V) log-probs.
 
-    def _forward_dense(self, enc, mask, targets_in, keys, state):
-        """`forward` with the LSTM cell written out: the embedding's share of the input product is one
-        GEMM for all steps, and each step avoids nn.LSTM's per-call weight re-packing (oneDNN), which
-        cost over a third of a training step. Same function as stepping through `step`."""
-        (h, c), context, weights = state
+        The same function as stepping through `step`, with the LSTM cell written out: the embedding's
+        share of the input product is one GEMM for all steps, and each step avoids nn.LSTM's per-call
+        weight re-packing (oneDNN), which cost over a third of a training step."""
+        keys = self.attention.key(enc)
+        (h, c), context, weights = self.init_state(enc, mask)
         lstm, e = self.lstm, self.cfg.embed_dim
-        w = [(getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}"),
-              getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")) for k in range(lstm.num_layers)]
+        if hasattr(lstm, "dense_weights"):  # a factored LSTM: its products U V
+            w = lstm.dense_weights()
+        else:
+            w = [(getattr(lstm, f"weight_ih_l{k}"), getattr(lstm, f"weight_hh_l{k}"),
+                  getattr(lstm, f"bias_ih_l{k}") + getattr(lstm, f"bias_hh_l{k}")) for k in range(lstm.num_layers)]
         pre = F.linear(self.embed(targets_in), w[0][0][:, :e], w[0][2])
         hs, cs, outs = list(h), list(c), []
         for u in range(targets_in.shape[1]):
