@@ -363,6 +363,8 @@ def make_parser():
     cp.add_argument("--agent")
     cp.add_argument("--finetune-steps", type=int)
     cp.add_argument("--tolerance", type=float, help="stop when dev WER passes (1 + this) x the baseline's")
+    cp.add_argument("--dev-utterances", type=int, help="dev utterances scored per iteration (default 300; 0: all)")
+    cp.add_argument("--score-utterances", type=int, help="utterances per split in the final scores (default 200; 0: all)")
     cp.add_argument("--target", dest="device", help="bench target for latency (default: local)")
     cp.add_argument("--threads", type=int)
     cp.add_argument("--out", default="runs/compress", help="run folder (default: runs/compress)")

@@ -30,9 +30,11 @@ class CompressConfig:
     target_compression: float | None = None
     target_speedup: float | None = None
     iterations: int = 3
-    episodes: int = 40            # per search
+    episodes: int = 30            # per search
     agent: str = "ddpg"
-    finetune_steps: int = 100     # per iteration
+    finetune_steps: int = 80      # per iteration
+    dev_utterances: int = 300     # evenly spaced dev utterances scored per iteration (0: all)
+    score_utterances: int = 200   # ... per split for the final scores (0: all)
     finetune_lr: float = 3e-4
     tolerance: float = 0.05       # stop when dev WER > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
@@ -52,6 +54,11 @@ class CompressConfig:
     @property
     def target(self):
         return self.target_compression or self.target_speedup
+
+
+def evenly_spaced(rows, n):
+    """At most n rows spread evenly over the manifest (n = 0: all)."""
+    return rows if n <= 0 or n >= len(rows) else [rows[round(i * len(rows) / n)] for i in range(n)]
 
 
 def _check_config(out, want, resume):
@@ -104,7 +111,7 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print)
 
     cfg, out, data = cfg.validate(), Path(out), Path(data)
     _check_config(out, {"compress": asdict(cfg), "model_sha256": sha256(model_path), "data": str(data)}, resume)
-    dev_rows = read_manifest(data / "dev.jsonl")
+    dev_rows = evenly_spaced(read_manifest(data / "dev.jsonl"), cfg.dev_utterances)
     train_rows = read_manifest(data / "train.jsonl")
     subset = _subset(data, out)
     base = _dev_wer(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
@@ -156,9 +163,9 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
         for split in ("dev", "test", "test_real"):
             manifest = data / f"{split}.jsonl"
             if manifest.exists():
-                rows = read_manifest(manifest)
-                s[split] = {"baseline": _dev_wer(out / f"baseline_{split}.json", baseline, rows, cfg.threads),
-                            "final": _dev_wer(out / f"final_{split}.json", final, rows, cfg.threads)}
+                rows = evenly_spaced(read_manifest(manifest), cfg.score_utterances)
+                s[split] = {"baseline": _dev_wer(out / f"score_baseline_{split}.json", baseline, rows, cfg.threads),
+                            "final": _dev_wer(out / f"score_final_{split}.json", final, rows, cfg.threads)}
         write_json(scores, s)
     if not (out / "export" / "model.json").exists():
         from export.onnx_export import export
