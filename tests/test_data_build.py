@@ -94,6 +94,12 @@ def test_plan_and_audio_are_deterministic(tiny_corpus, tmp_path):
         assert Path(row["audio_filepath"]).read_bytes() == original.read_bytes()
 
 
+def test_every_utterance_id_of_the_default_plan_is_unique():
+    ids = [j["id"] for j in B.plan_jobs(B.PRESETS["default"], seed=0)]
+    assert len(ids) == len(set(ids))
+    assert {"test_real-asterisk-digits-at", "test_real-asterisk-letters-at"} <= set(ids)
+
+
 def test_other_preset_into_same_folder_is_refused(tiny_corpus):
     import pytest
     from pipeline.errors import PipelineError

@@ -109,11 +109,15 @@ def plan_jobs(preset, seed):
     jobs += [_uqm_job("train", s) for s in _take(by_split["train"], preset.uqm_train, rng)]
     jobs += [_uqm_job("dev", s) for s in _take(by_split["dev"], preset.uqm_dev, rng)]
     real_test = [_uqm_job("test_real", s) for s in by_split["test_real"]]
-    real_test += [{"id": f"test_real-asterisk-{Path(p).stem}", "split": "test_real", "kind": "asterisk",
-                   "path": p, "text": t, "speaker": "asterisk:allison", "voice": "asterisk:allison"}
-                  for p, t in asterisk]
+    real_test += [{"id": _asterisk_id(p), "split": "test_real", "kind": "asterisk", "path": p, "text": t,
+                   "speaker": "asterisk:allison", "voice": "asterisk:allison"} for p, t in asterisk]
     jobs += _take(real_test, preset.test_real, rng)
     return jobs
+
+
+def _asterisk_id(path):
+    """Named by the prompt's path under the sounds folder: `digits/at` and `letters/at` are two recordings."""
+    return "test_real-asterisk-" + str(Path(path).relative_to(real.ASTERISK_WAV).with_suffix("")).replace("/", "-")
 
 
 def _tts_jobs(split, sentences, voice_list, seed, augmented):
