@@ -222,6 +222,10 @@ class Run:
                 opt.step()
             st["step"] += 1
             st["batch"] = bi + 1
+            sums = st.setdefault("loss_sums", {"ctc": 0.0, "att": 0.0, "ctc_n": 0, "att_n": 0})
+            for k in ("ctc", "att"):
+                if math.isfinite(parts[k]):
+                    sums[k], sums[f"{k}_n"] = sums[k] + parts[k], sums[f"{k}_n"] + 1
             utts += len(batches[bi])
             bar.set_postfix(loss=f"{loss.item():.3f}", ctc=f"{parts['ctc']:.2f}", att=f"{parts['att']:.2f}",
                             utt_s=f"{utts / (time.time() - t0):.1f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
@@ -241,8 +245,10 @@ class Run:
     def _score_and_save(self, epoch, dev_rows):
         st = self.st
         metrics, _ = evaluate(self.model, self.cmvn, dev_rows, progress=self.progress)
+        sums = st.pop("loss_sums", {})
+        means = {f"train_{k}": sums[k] / sums[f"{k}_n"] for k in ("ctc", "att") if sums.get(f"{k}_n")}
         st["history"].append({"epoch": epoch + 1, "step": st["step"], "dev_wer": metrics["wer"],
-                              "dev_cer": metrics["cer"], "train_seconds": round(st.get("seconds", 0.0)),
+                              "dev_cer": metrics["cer"], **means, "train_seconds": round(st.get("seconds", 0.0)),
                               "time": time.time()})
         st["epoch"], st["batch"] = epoch + 1, 0
         print(f"epoch {epoch + 1}: dev WER {metrics['wer']:.3f} CER {metrics['cer']:.3f} "

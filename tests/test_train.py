@@ -24,6 +24,7 @@ def test_train_writes_checkpoints_and_resumes_exactly_after_kill(tiny_corpus, tm
     cfg.write_text(json.dumps(TINY_RUN))
     full = train(corpus, tmp_path / "full", cfg, progress=False)
     assert [h["epoch"] for h in full["history"]] == [1, 2]
+    assert all(h["train_ctc"] > 0 and h["train_att"] > 0 for h in full["history"])  # mean losses of the epoch
     for name in ("best.safetensors", "last.safetensors", "state.pt", "history.jsonl", "config.json"):
         assert (tmp_path / "full" / name).exists(), name
     model, _, header = load_checkpoint(tmp_path / "full" / "last.safetensors")

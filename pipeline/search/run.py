@@ -227,7 +227,7 @@ def greedy_search(space, evaluate, cfg, base, pool=None):
 def finish(out, model, cmvn, model_path, subset_path, log, base, cfg, space, approx):
     episodes = [r for r in log if r["kind"] == "episode"]
     best = max(episodes, key=lambda r: r["reward"])
-    result = {"best": best, "base_wer": base, "episodes": len(episodes), "evaluations": len(log) + 1,
+    result = {"best": best, "base_wer": base, "episodes": len(episodes), "evaluations": log[-1]["evaluations"],
               "target": cfg.target, "cost": cfg.cost, "agent": cfg.agent, "reward": cfg.reward,
               "energy": {n: approx.energy(n, r) for n, r in best["ranks"].items()}}
     write_json(out / "best.json", result)
