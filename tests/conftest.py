@@ -86,6 +86,20 @@ def overfit(tiny_corpus):
 
 
 @pytest.fixture(scope="session")
+def search_files(overfit, tmp_path_factory):
+    """The overfit model as a checkpoint (`model.safetensors`) and its four utterances as an
+    evaluation subset (`subset.jsonl`)."""
+    from pipeline.atomic import write_jsonl
+    from pipeline.model.checkpoint import save_checkpoint
+
+    model, cmvn, rows, *_ = overfit
+    d = tmp_path_factory.mktemp("search")
+    save_checkpoint(d / "model.safetensors", model, cmvn)
+    write_jsonl(d / "subset.jsonl", rows)
+    return d
+
+
+@pytest.fixture(scope="session")
 def host_build(tmp_path_factory):
     from pipeline.native import build_programs
 

@@ -10,7 +10,6 @@ import pytest
 from safetensors.torch import load_file
 
 from conftest import run_cli
-from pipeline.model.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -19,11 +18,8 @@ ARGS = ["--target-compression", "2.5", "--iterations", "2", "--episodes", "3", "
 
 
 @pytest.fixture(scope="module")
-def tiny_model(overfit, tmp_path_factory):
-    model, cmvn, *_ = overfit
-    path = tmp_path_factory.mktemp("compress") / "model.safetensors"
-    save_checkpoint(path, model, cmvn)
-    return path
+def tiny_model(search_files):
+    return search_files / "model.safetensors"
 
 
 def _args(model, corpus, out, *extra):

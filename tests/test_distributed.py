@@ -9,19 +9,8 @@ import time
 import pytest
 
 from conftest import run_cli
-from pipeline.atomic import write_jsonl
-from pipeline.model.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def search_files(overfit, tmp_path_factory):
-    model, cmvn, rows, *_ = overfit
-    d = tmp_path_factory.mktemp("ray")
-    save_checkpoint(d / "model.safetensors", model, cmvn)
-    write_jsonl(d / "subset.jsonl", rows)
-    return d
 
 
 def _search(files, out, *extra):

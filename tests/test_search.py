@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from conftest import run_cli
-from pipeline.atomic import write_jsonl
 from pipeline.errors import PipelineError
 from pipeline.lowrank import factorize, uniform_ranks
-from pipeline.model.checkpoint import save_checkpoint
 from pipeline.search.agents import DDPGAgent, RandomAgent, ReinforceAgent
 from pipeline.search.run import SearchConfig, run_episode
 from pipeline.search.space import Approximator, CostModel, RankSpace, dense_twin, searchable
@@ -24,16 +22,6 @@ from pipeline.search.subset import spearman, stratified
 
 def _space(model, target, kind="params", which="all"):
     return RankSpace(model, CostModel(model, searchable(model, which), kind), target, which=which)
-
-
-@pytest.fixture(scope="module")
-def search_files(overfit, tmp_path_factory):
-    """The overfit model as a checkpoint and its four utterances as the evaluation subset."""
-    model, cmvn, rows, *_ = overfit
-    d = tmp_path_factory.mktemp("search")
-    save_checkpoint(d / "model.safetensors", model, cmvn)
-    write_jsonl(d / "subset.jsonl", rows)
-    return d
 
 
 @pytest.mark.parametrize("agent_cls", [RandomAgent, DDPGAgent, ReinforceAgent])
