@@ -93,15 +93,14 @@ def _dev_wer(path, checkpoint, rows, threads):
 
 def _subset(data, out):
     """The search's subset: the corpus's checked one if there is one, else a stratified 12% of dev."""
-    from pipeline.atomic import write_jsonl
-    from pipeline.search.subset import stratified
+    from pipeline.search.subset import stratified, write_subset
 
     checked = Path(data) / "dev_subset.jsonl"
     if checked.exists():
         return checked
     path = out / "dev_subset.jsonl"
     if not path.exists():
-        write_jsonl(path, stratified(read_manifest(Path(data) / "dev.jsonl"), 0.12))
+        write_subset(path, stratified(read_manifest(Path(data) / "dev.jsonl"), 0.12))
     return path
 
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -78,3 +79,15 @@ def test_compress_refuses_a_used_folder_and_a_changed_config(tiny_model, tiny_co
     assert r.returncode != 0 and "differ" in r.stderr and "config.json" in r.stderr
     r = run_cli(*_args(tiny_model, corpus, tmp_path / "new", "--target-speedup", "2"))
     assert r.returncode != 0 and "not both" in r.stderr
+
+
+def test_search_subset_of_a_relative_corpus_path_reads_back_from_the_run_folder(tiny_corpus, tmp_path, monkeypatch):
+    from pipeline.compress import _subset
+    from pipeline.data.manifest import read_manifest
+
+    corpus, _ = tiny_corpus
+    monkeypatch.chdir(corpus.parent)  # `--data corpus` as `make compress` passes it: relative to the cwd
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = read_manifest(_subset(corpus.name, run))  # audio paths resolve from the run folder
+    assert rows and all(Path(r["audio_filepath"]).exists() for r in rows)

@@ -43,6 +43,14 @@ def stratified(rows, fraction, seed=0):
     return [rows[i] for i in sorted(chosen)]
 
 
+def write_subset(path, rows):
+    """A manifest of `rows` (paths as read) at `path`, audio paths relative to its folder (with ../),
+    so that the repository can move whole."""
+    path = Path(path)
+    write_jsonl(path, [{**r, "audio_filepath": os.path.relpath(r["audio_filepath"], path.resolve().parent)}
+                       for r in rows])
+
+
 def spearman(a, b):
     """Spearman's rho (average ranks for ties)."""
     def ranks(x):
@@ -93,8 +101,6 @@ def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, p
              "seconds": round(sum(r["duration"] for r in subset), 1), "seed": seed,
              "policies": n_policies, "spearman": spearman(full_wer, part_wer),
              "full_wer": full_wer, "subset_wer": part_wer, "policy_list": policies}
-    # Paths relative to the subset's folder (with ../), so the repository can move whole.
-    write_jsonl(out, [{**r, "audio_filepath": os.path.relpath(r["audio_filepath"], out.resolve().parent)}
-                      for r in subset])
+    write_subset(out, subset)
     write_json(out.with_suffix(".json"), check)
     return check
