@@ -186,6 +186,14 @@ def cmd_bench(args):
     print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
 
 
+def _config(cls, args):
+    """A config dataclass from the arguments that name its fields (unset ones keep its defaults)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in known and v is not None})
+
+
 def cmd_subset(args):
     import torch
 
@@ -203,10 +211,10 @@ def cmd_subset(args):
 def cmd_search(args):
     import torch
 
-    from pipeline.search.run import config_from_args, search
+    from pipeline.search.run import SearchConfig, search
 
     torch.set_num_threads(args.threads)
-    r = search(_model_path(args), args.out, config_from_args(args), args.subset, args.resume, ray=args.ray,
+    r = search(_model_path(args), args.out, _config(SearchConfig, args), args.subset, args.resume, ray=args.ray,
                workers=args.workers)
     b = r["best"]
     print(f"best of {r['episodes']} episodes ({r['evaluations']} WER evaluations): subset WER {b['wer']:.4f} "
@@ -215,9 +223,9 @@ def cmd_search(args):
 
 
 def cmd_compress(args):
-    from pipeline.compress import compress, config_from_args
+    from pipeline.compress import CompressConfig, compress
 
-    r = compress(_model_path(args), args.data, args.out, config_from_args(args), args.resume)
+    r = compress(_model_path(args), args.data, args.out, _config(CompressConfig, args), args.resume)
     last = r["history"][-1] if r["history"] else None
     if last:
         print(f"final: {1 / last['cost_ratio']:.2f}x, dev WER {last['dev_wer']:.4f}; {r['final']}; "

@@ -13,7 +13,7 @@ there; the stages inside (search, fine-tuning) resume themselves, so `--resume` 
 """
 import json
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.atomic import atomic_path, write_json
@@ -196,8 +196,3 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
     log(f"report: {report}")
     return {"history": history, "stopped": stopped, "scores": json.loads(scores.read_text()),
             "bench": json.loads(bench_path.read_text()), "final": str(final)}
-
-
-def config_from_args(args):
-    known = {f.name for f in fields(CompressConfig)}
-    return CompressConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})

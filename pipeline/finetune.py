@@ -11,7 +11,7 @@ import torch
 from pipeline.data.dataset import SpeechDataset, duration_batches
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import save_checkpoint
-from pipeline.train import Run, TrainConfig
+from pipeline.train import Run, TrainConfig, load_state, new_progress
 
 
 def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, threads=2, seed=0,
@@ -28,13 +28,8 @@ def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, t
         raise PipelineError("fine-tuning: the training manifest has no usable utterance")
     batches = (batches * (steps // len(batches) + 1))[:steps]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tcfg.weight_decay)
-    st = {"epoch": 0, "batch": 0, "step": 0, "best_wer": None, "history": []}
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "state.pt").exists():
-        saved = torch.load(out / "state.pt", weights_only=False)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(torch.load(out / saved["optimizer_file"], weights_only=False))
-        st = saved["progress"]
+    st = load_state(out, model, opt) if (out / "state.pt").exists() else new_progress()
     run = Run(out, model, opt, cmvn, tcfg, st, progress, provenance or {})
     ds = SpeechDataset(rows, cmvn, speeds=tcfg.speeds, specaugment=tcfg.specaugment, seed=seed)
     if st["batch"] < len(batches):

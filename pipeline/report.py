@@ -5,7 +5,7 @@ import platform
 from pipeline.atomic import atomic_path, write_text
 
 
-def _save(fig, path):
+def save_png(fig, path):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
 
@@ -24,7 +24,7 @@ def _plots(out, history, base, bench):
     ax.set_ylabel("WER")
     ax.legend()
     fig.tight_layout()
-    _save(fig, out / "wer_vs_compression.png")
+    save_png(fig, out / "wer_vs_compression.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3))
     runs = bench["runs"]
@@ -32,7 +32,7 @@ def _plots(out, history, base, bench):
     ax.invert_yaxis()
     ax.set_xlabel(f"median ms for the fixed utterance set ({bench['threads']} thread)")
     fig.tight_layout()
-    _save(fig, out / "latency.png")
+    save_png(fig, out / "latency.png")
     plt.close(fig)
 
 

@@ -149,15 +149,7 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
     dev_rows = _subset(read_manifest(dev_m), tcfg.dev_max_utterances)
     model = ASRModel(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    st = {"epoch": 0, "batch": 0, "step": 0, "best_wer": None, "history": []}
-    if resume:
-        saved_state = torch.load(out / "state.pt", weights_only=False)
-        model.load_state_dict(saved_state["model"])
-        opt_path = out / saved_state["optimizer_file"]
-        if not opt_path.exists():
-            raise PipelineError(f"{opt_path}: optimiser state named by {out / 'state.pt'} is missing")
-        opt.load_state_dict(torch.load(opt_path, weights_only=False))
-        st = saved_state["progress"]
+    st = load_state(out, model, opt) if resume else new_progress()
     if rank == 0:
         write_json(out / "config.json", {"model": mcfg.to_dict(), "train": asdict(tcfg),
                                          "train_manifest": str(train_m), "dev_manifest": str(dev_m)})
@@ -171,6 +163,21 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
                         epoch, total_steps)
         run.end_epoch(epoch, dev_rows)
     return st
+
+
+def new_progress():
+    return {"epoch": 0, "batch": 0, "step": 0, "best_wer": None, "history": []}
+
+
+def load_state(out, model, opt):
+    """Loads a run folder's state.pt into model and optimiser; returns its progress."""
+    saved = torch.load(out / "state.pt", weights_only=False)
+    model.load_state_dict(saved["model"])
+    opt_path = out / saved["optimizer_file"]
+    if not opt_path.exists():
+        raise PipelineError(f"{opt_path}: optimiser state named by {out / 'state.pt'} is missing")
+    opt.load_state_dict(torch.load(opt_path, weights_only=False))
+    return saved["progress"]
 
 
 class Run:

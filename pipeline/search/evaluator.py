@@ -42,7 +42,6 @@ class SubsetEvaluator:
             feats, lengths, _, _ = collate([ds[i] for i in idx])
             self.batches.append((idx, feats, lengths))
         self.cache = read_cache(self.cache_path) if self.cache_path is not None else {}
-        self.evaluations = 0  # run in this process (cache hits excluded)
 
     def score(self, policy):
         """{"wer", "cer", ...} of the policy on the subset, computed now (no cache)."""
@@ -71,7 +70,6 @@ class SubsetEvaluator:
     def _record(self, key, metrics):
         row = {"key": key, "metrics": metrics}
         self.cache[key] = row
-        self.evaluations += 1
         if self.cache_path is None:
             return
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,6 @@ class _Worker:
         chosen = [l for l in layers(model) if l.name in set(layer_names)]
         self.evaluate = SubsetEvaluator(Approximator(model, chosen), cmvn, read_manifest(subset_path), None)
 
-    def pid(self):
-        import os
-
-        return os.getpid()
-
     def score(self, policy):
         return self.evaluate.score(policy)
 
@@ -56,9 +51,6 @@ class RayPool:
     def map(self, policies):
         """Scores in the order of `policies`."""
         return list(self.pool.map(lambda actor, p: actor.score.remote(p), policies))
-
-    def worker_pids(self):
-        return self.ray.get([a.pid.remote() for a in self.actors])
 
     def close(self):
         for a in self.actors:

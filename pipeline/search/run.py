@@ -14,7 +14,7 @@ Rewards (higher is better; the budget wall keeps every episode at or under its t
 """
 import copy
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.lowrank.factorize import factorize
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint, sha256
+from pipeline.report import save_png
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.space import Approximator, CostModel, RankSpace, searchable
@@ -190,10 +191,6 @@ def _row(policy, metrics, space, cfg, base, episode, evaluations, kind="episode"
             "evaluations": evaluations, "ranks": policy}
 
 
-def _score(policy, evaluate, space, cfg, base, episode, kind="episode"):
-    return _row(policy, evaluate(policy), space, cfg, base, episode, len(evaluate.cache), kind)
-
-
 def _pool(model_path, subset_path, space, ray, workers):
     if ray is None and workers is None:
         return None
@@ -220,7 +217,7 @@ def greedy_search(space, evaluate, cfg, base, pool=None):
         pick = min(movable, key=lambda l: sens[l.name])
         ladder = steps[pick.name]
         policy[pick.name] = ladder[ladder.index(policy[pick.name]) - 1]
-    rows.append(_score(policy, evaluate, space, cfg, base, len(space.layers)))
+    rows.append(_row(policy, evaluate(policy), space, cfg, base, len(space.layers), len(evaluate.cache)))
     return rows
 
 
@@ -262,8 +259,7 @@ def plot(out, log, best, space):
     axes[-1].axhline(1 / space.target, color="grey", ls="--", lw=1)
     axes[-1].set_xlabel("episode")
     fig.tight_layout()
-    with atomic_path(out / "search.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_png(fig, out / "search.png")
     plt.close(fig)
     names = [l.name for l in space.layers]
     fr = [1.0 if best["ranks"][n] is None else best["ranks"][n] / space.limits[n] for n in names]
@@ -274,11 +270,5 @@ def plot(out, log, best, space):
     ax.set_xlabel("rank kept (fraction of the layer's limit)")
     ax.set_title(f"best policy: WER {best['wer']:.3f}, cost {best['cost_ratio']:.3f} of dense")
     fig.tight_layout()
-    with atomic_path(out / "best_ranks.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    save_png(fig, out / "best_ranks.png")
     plt.close(fig)
-
-
-def config_from_args(args):
-    known = {f.name for f in fields(SearchConfig)}
-    return SearchConfig(**{k: v for k, v in vars(args).items() if k in known and v is not None})

@@ -7,11 +7,13 @@ A policy is {layer name: rank or None (dense)}. An action in [0, 1] maps to a ke
 min(m, n)), snapped to a multiple of 8.
 """
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.lowrank.accounting import layer_costs
 from pipeline.lowrank.factorize import SNAP, _lstm_bias, _lstm_dense, layers, max_rank, saves_parameters
 from pipeline.lowrank.modules import LowRankLinear, LowRankLSTM, dense_weight
 from pipeline.model.asr import ASRModel
@@ -94,7 +96,7 @@ class CostModel:
     of the encoder LSTM stack (us per frame). `reference` is the all-dense cost."""
 
     def __init__(self, model, layer_list, kind="params", table=None):
-        self.kind, self.layers, self.table, self.model = kind, layer_list, table, model
+        self.kind, self.layers, self.table = kind, layer_list, table
         if kind == "latency":
             if table is None:
                 raise PipelineError("cost 'latency' needs a latency table (python -m pipeline bench table)")
@@ -114,11 +116,7 @@ class CostModel:
             ranks = {**self.fixed, **policy}
             return self.scale * sum(self.table.cell(inp, h, ranks[f"{n}.l0.ih"] or DENSE, ranks[f"{n}.l0.hh"] or DENSE)
                                     for n, inp, h in self.cells)
-        total = 0
-        for l in self.layers:
-            r = policy.get(l.name, l.rank)
-            total += l.shape[0] * l.shape[1] if r is None else r * (l.shape[0] + l.shape[1])
-        return float(total)
+        return float(sum(layer_costs(replace(l, rank=policy.get(l.name, l.rank)))[self.kind] for l in self.layers))
 
 
 class RankSpace:

@@ -70,9 +70,9 @@ def spearman(a, b):
 def random_policies(model, n, seed=0):
     """n policies of random keep fractions under the params budget of targets spread over 1.5-4x."""
     rng = np.random.default_rng(seed)
-    out = []
+    out, cost = [], _params_cost(model)
     for target in np.linspace(1.5, 4.0, n):
-        space = RankSpace(model, _params_cost(model), float(target))
+        space = RankSpace(model, cost, float(target))
         decided = {}
         for i, layer in enumerate(space.layers):
             decided[layer.name] = space.wall(i, decided, space.rank_of(layer, rng.uniform()))
@@ -89,7 +89,7 @@ def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, p
     out = Path(out)
     subset = stratified(rows, fraction, seed)
     policies = random_policies(model, n_policies, seed)
-    approx = Approximator(model, _params_cost(model).layers)
+    approx = Approximator(model, searchable(model))
     full = SubsetEvaluator(approx, cmvn, rows, out.with_suffix(".check-full.jsonl"))
     part = SubsetEvaluator(approx, cmvn, subset, out.with_suffix(".check-subset.jsonl"))
     full_wer, part_wer = [], []
