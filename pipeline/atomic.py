@@ -1,25 +1,56 @@
 """Atomic writes: a file is either absent or whole, never half-written."""
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 
+from pipeline.errors import PipelineError
+
+# Libraries that write files themselves (torch's zip writer, safetensors, libsndfile) report a full
+# disk in their own exception types, so a failed write is also judged by the space left.
+_FULL_BYTES = 64 * 1024
+
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
+    """Yield a temporary path beside `path`; on success it is renamed onto `path`. A write that
+    fails for want of space becomes a PipelineError naming `path`; the previous file is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        if _is_disk_full(e, path.parent):
+            raise _disk_full(path, e) from e
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and _is_disk_full(e, path.parent)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if full:
+            raise _disk_full(path, e) from e
         raise
+
+
+def _is_disk_full(err, directory):
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _FULL_BYTES
+
+
+def _disk_full(path, err):
+    return PipelineError(f"{path}: no space left on the device while writing it ({type(err).__name__}); "
+                         f"nothing was replaced: free some space and rerun", exit_code=1)
 
 
 def write_text(path, text):

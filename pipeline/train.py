@@ -215,32 +215,40 @@ class Run:
         bar = tqdm(total=len(batches), initial=st["batch"], desc=f"epoch {epoch + 1}/{tcfg.epochs}",
                    unit="batch", disable=not self.progress)
         t0, utts = time.time(), 0
-        for bi in range(st["batch"], len(batches)):
-            share = batches[bi][self.rank::self.world] if len(batches[bi]) >= self.world else batches[bi]
-            feats, lengths, targets, tlens = collate([ds[i] for i in share])
-            for g in opt.param_groups:
-                g["lr"] = lr_at(st["step"], total_steps, tcfg)
-            torch.manual_seed(tcfg.seed * 1_000_003 + st["step"])  # dropout: exact on resume
-            loss, parts = self.loss(feats, lengths, targets, tlens, label_smoothing=tcfg.label_smoothing,
-                                    ctc_only=st["step"] < tcfg.ctc_only_until)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)):
-                opt.step()
-            st["step"] += 1
-            st["batch"] = bi + 1
-            sums = st.setdefault("loss_sums", {"ctc": 0.0, "att": 0.0, "ctc_n": 0, "att_n": 0})
-            for k in ("ctc", "att"):
-                if math.isfinite(parts[k]):
-                    sums[k], sums[f"{k}_n"] = sums[k] + parts[k], sums[f"{k}_n"] + 1
-            utts += len(batches[bi])
-            bar.set_postfix(loss=f"{loss.item():.3f}", ctc=f"{parts['ctc']:.2f}", att=f"{parts['att']:.2f}",
-                            utt_s=f"{utts / (time.time() - t0):.1f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-            bar.update(1)
-            if st["step"] % tcfg.save_every_steps == 0:
-                self.save_state()
-        bar.close()
+        try:  # the bar ends its line before any error is printed
+            for bi in range(st["batch"], len(batches)):
+                loss, parts = self._step(ds, batches[bi], total_steps)
+                st["batch"] = bi + 1
+                utts += len(batches[bi])
+                bar.set_postfix(loss=f"{loss:.3f}", ctc=f"{parts['ctc']:.2f}", att=f"{parts['att']:.2f}",
+                                utt_s=f"{utts / (time.time() - t0):.1f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+                bar.update(1)
+                if st["step"] % tcfg.save_every_steps == 0:
+                    self.save_state()
+        finally:
+            bar.close()
         st["seconds"] = st.get("seconds", 0.0) + time.time() - t0
+
+    def _step(self, ds, batch, total_steps):
+        """One optimiser step on this process's share of a batch; returns (loss, parts)."""
+        st, tcfg, opt = self.st, self.tcfg, self.opt
+        share = batch[self.rank::self.world] if len(batch) >= self.world else batch
+        feats, lengths, targets, tlens = collate([ds[i] for i in share])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(st["step"], total_steps, tcfg)
+        torch.manual_seed(tcfg.seed * 1_000_003 + st["step"])  # dropout: exact on resume
+        loss, parts = self.loss(feats, lengths, targets, tlens, label_smoothing=tcfg.label_smoothing,
+                                ctc_only=st["step"] < tcfg.ctc_only_until)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if torch.isfinite(torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.grad_clip)):
+            opt.step()
+        st["step"] += 1
+        sums = st.setdefault("loss_sums", {"ctc": 0.0, "att": 0.0, "ctc_n": 0, "att_n": 0})
+        for k in ("ctc", "att"):
+            if math.isfinite(parts[k]):
+                sums[k], sums[f"{k}_n"] = sums[k] + parts[k], sums[f"{k}_n"] + 1
+        return loss.item(), parts
 
     def end_epoch(self, epoch, dev_rows):
         if self.rank == 0:

@@ -176,3 +176,73 @@ def test_kill_during_latency_table_resumes_without_repeating_a_run(tmp_path):
     table = json.loads(tables()[0].read_text())
     assert all(len(v) == RUNS for v in table["us_per_frame"].values())
     assert table["calibration"] and not list((tmp_path / "cache").rglob("*.tmp*"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system with little space: a tmpfs of `size` bytes (needs root, as CI has)."""
+    mounts = []
+
+    def mount(size):
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+        mounts.append(where)
+        return where
+
+    yield mount
+    for where in mounts:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def _assert_full_disk_error(res, path):
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: no space left on the device"), res.stderr
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp" + path.suffix)]
+
+
+def test_disk_full_during_factorize_replaces_nothing(checkpoint, small_disk):
+    """safetensors writes the file itself (Rust): the failure is still named and the old file kept."""
+    disk = small_disk(128 * 1024)
+    out = disk / "f.safetensors"
+    out.write_bytes(b"previous result")
+    res = run_cli("factorize", "--model", str(checkpoint), "--uniform", "0.9", "--out", str(out))
+    _assert_full_disk_error(res, out)
+    assert out.read_bytes() == b"previous result"
+
+
+def test_disk_full_during_export_leaves_no_export_that_looks_whole(checkpoint, small_disk):
+    """onnx.save writes through Python: ENOSPC itself; model.json is never written."""
+    disk = small_disk(256 * 1024)
+    res = run_cli("export", "--model", str(checkpoint), "--out", str(disk / "exp"), "--lowering", "lstm_op")
+    assert res.returncode == 1 and "no space left on the device" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (disk / "exp" / "model.json").exists()
+
+
+def test_disk_full_during_training_keeps_the_last_state_and_resumes(tiny_corpus, small_disk, tmp_path):
+    """torch.save's zip writer (C++) fails mid-file: the last whole state stays and resumes."""
+    from pipeline.model.asr import ASRModel
+
+    params = sum(p.numel() for p in ASRModel(SMALL).parameters())
+    disk = small_disk(int(params * 4 * 3 * 1.3))  # one model + optimiser pair fits, the next does not
+    run = disk / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": SMALL.to_dict(), "train": {
+        "batch_seconds": 20, "save_every_steps": 1, "dev_max_utterances": 2, "threads": 1}}))
+    args = ["train", "--data", str(tiny_corpus[0]), "--config", str(cfg), "--epochs", "1"]
+    res = run_cli(*args, "--out", str(run))
+    assert res.returncode == 1 and "no space left on the device" in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith(f"error: {run}/optimizer-0000002.pt: no space left")
+    saved = torch.load(run / "state.pt", weights_only=False)
+    assert saved["optimizer_file"] == "optimizer-0000001.pt" and saved["progress"]["step"] == 1
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pt") == ["optimizer-0000001.pt", "state.pt"]
+    moved = tmp_path / "run"  # space freed: the run resumes from its last whole state
+    subprocess.run(["cp", "-r", str(run), str(moved)], check=True)
+    res = run_cli(*args, "--out", str(moved), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert torch.load(moved / "state.pt", weights_only=False)["progress"]["epoch"] == 1
