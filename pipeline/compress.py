@@ -36,6 +36,7 @@ class CompressConfig:
     dev_utterances: int = 300     # evenly spaced dev utterances scored per iteration (0: all)
     score_utterances: int = 200   # ... per split for the final scores (0: all)
     finetune_lr: float = 3e-4
+    distill: float = 0.0          # weight of distillation from the uncompressed model in fine-tuning
     tolerance: float = 0.05       # stop when dev WER > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
     threads: int = 2
@@ -49,6 +50,8 @@ class CompressConfig:
             self.target_compression = DEFAULT_TARGET
         if self.iterations < 1 or self.finetune_steps < 0 or self.episodes < 1:
             raise PipelineError("--iterations and --episodes must be at least 1, --finetune-steps at least 0")
+        if not 0.0 <= self.distill <= 1.0:
+            raise PipelineError(f"--distill {self.distill}: a weight between 0 and 1")
         return self
 
     @property
@@ -127,8 +130,9 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print)
         tuned = it / "finetune" / "model.safetensors"
         if not tuned.exists():
             model, cmvn, header = load_checkpoint(it / "search" / "best.safetensors")
+            teacher = load_checkpoint(model_path)[0] if cfg.distill else None
             finetune(model, cmvn, train_rows, it / "finetune", cfg.finetune_steps, cfg.finetune_lr,
-                     threads=cfg.threads, seed=cfg.seed + k, progress=progress,
+                     threads=cfg.threads, seed=cfg.seed + k, progress=progress, teacher=teacher, distill=cfg.distill,
                      provenance={**header.get("provenance", {}), "finetune_steps": cfg.finetune_steps})
         dev = _dev_wer(it / "dev.json", tuned, dev_rows, cfg.threads)
         row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],

@@ -183,13 +183,14 @@ def load_state(out, model, opt):
 class Run:
     """The state of one training run and the steps that move it forward."""
 
-    def __init__(self, out, model, opt, cmvn, tcfg, st, progress, provenance, rank=0, world=1):
+    def __init__(self, out, model, opt, cmvn, tcfg, st, progress, provenance, rank=0, world=1, loss=None):
         """Under torchrun (world > 1) each process takes its share of every batch, DDP averages the
-        gradients, and rank 0 alone evaluates and writes."""
+        gradients, and rank 0 alone evaluates and writes. `loss`: a module with the model's loss
+        signature to train with instead (fine-tuning's distillation)."""
         self.out, self.model, self.opt, self.cmvn, self.tcfg = out, model, opt, cmvn, tcfg
         self.st, self.progress, self.provenance = st, progress, provenance
         self.rank, self.world = rank, world
-        self.loss = _Loss(model)
+        self.loss = loss or _Loss(model)
         if world > 1:
             # The decoder sits out the CTC-only steps: its parameters then get no gradient.
             self.loss = torch.nn.parallel.DistributedDataParallel(self.loss, find_unused_parameters=True)

@@ -15,7 +15,7 @@ from conftest import run_cli
 pytestmark = pytest.mark.slow
 
 ARGS = ["--target-compression", "2.5", "--iterations", "2", "--episodes", "3", "--finetune-steps", "3",
-        "--threads", "1"]
+        "--distill", "0.5", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,8 @@ def test_compress_refuses_a_used_folder_and_a_changed_config(tiny_model, tiny_co
     assert r.returncode != 0 and "differ" in r.stderr and "config.json" in r.stderr
     r = run_cli(*_args(tiny_model, corpus, tmp_path / "new", "--target-speedup", "2"))
     assert r.returncode != 0 and "not both" in r.stderr
+    r = run_cli(*_args(tiny_model, corpus, tmp_path / "new", "--distill", "1.5"))
+    assert r.returncode == 2 and "--distill 1.5: a weight between 0 and 1" in r.stderr
 
 
 def test_search_subset_of_a_relative_corpus_path_reads_back_from_the_run_folder(tiny_corpus, tmp_path, monkeypatch):

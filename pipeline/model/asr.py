@@ -160,15 +160,14 @@ class ASRModel(nn.Module):
     def ctc_log_probs(self, enc):
         return torch.log_softmax(self.ctc(enc), dim=-1)
 
-    def loss(self, feats, lengths, targets, target_lengths, label_smoothing=0.1, ctc_only=False):
-        """Joint CTC/attention loss; targets (B, U) padded with EOS. Returns (loss, parts dict).
-        ctc_only: the CTC loss alone, without running the decoder (encoder pre-training)."""
+    def outputs(self, feats, lengths, targets, target_lengths, ctc_only=False):
+        """What the losses read: CTC log-probs (B, T', V) with their lengths, and (unless ctc_only)
+        the teacher-forced decoder's log-probs at the valid output positions (N, V) with their
+        targets (N,); targets (B, U) are padded with EOS."""
         enc, enc_lengths, mask = self.encode(feats, lengths)
         ctc_lp = self.ctc_log_probs(enc)
-        ctc = F.ctc_loss(ctc_lp.transpose(0, 1), targets, enc_lengths, target_lengths, blank=BLANK,
-                         reduction="mean", zero_infinity=True)
         if ctc_only:
-            return ctc, {"ctc": float(ctc.detach()), "att": float("nan")}
+            return ctc_lp, enc_lengths, None, None
         b = targets.shape[0]
         sos = torch.full((b, 1), SOS, dtype=torch.long, device=targets.device)
         dec_in = torch.cat([sos, targets], dim=1)
@@ -176,8 +175,21 @@ class ASRModel(nn.Module):
         valid = torch.arange(dec_out.shape[1], device=targets.device)[None, :] <= target_lengths[:, None]
         dec_out = dec_out.masked_fill(~valid, EOS)
         dec_out = dec_out.scatter(1, target_lengths[:, None], EOS)
-        logp = self.decoder(enc, mask, dec_in)[valid]
-        nll = F.nll_loss(logp, dec_out[valid], reduction="mean")
+        return ctc_lp, enc_lengths, self.decoder(enc, mask, dec_in)[valid], dec_out[valid]
+
+    def loss(self, feats, lengths, targets, target_lengths, label_smoothing=0.1, ctc_only=False):
+        """Joint CTC/attention loss. Returns (loss, parts dict).
+        ctc_only: the CTC loss alone, without running the decoder (encoder pre-training)."""
+        out = self.outputs(feats, lengths, targets, target_lengths, ctc_only)
+        return self.loss_of(out, targets, target_lengths, label_smoothing)
+
+    def loss_of(self, outputs, targets, target_lengths, label_smoothing=0.1):
+        ctc_lp, enc_lengths, logp, gold = outputs
+        ctc = F.ctc_loss(ctc_lp.transpose(0, 1), targets, enc_lengths, target_lengths, blank=BLANK,
+                         reduction="mean", zero_infinity=True)
+        if logp is None:
+            return ctc, {"ctc": float(ctc.detach()), "att": float("nan")}
+        nll = F.nll_loss(logp, gold, reduction="mean")
         att = (1 - label_smoothing) * nll - label_smoothing * logp.mean()
         w = self.cfg.ctc_weight
         return w * ctc + (1 - w) * att, {"ctc": float(ctc.detach()), "att": float(nll.detach())}
