@@ -225,7 +225,10 @@ def cmd_search(args):
 def cmd_compress(args):
     from pipeline.compress import CompressConfig, compress
 
-    r = compress(_model_path(args), args.data, args.out, _config(CompressConfig, args), args.resume)
+    r = compress(_model_path(args), args.data, args.out, _config(CompressConfig, args), args.resume,
+                 ray=args.ray, workers=args.workers)
+    if r is None:  # a torchrun rank other than 0
+        return
     last = r["history"][-1] if r["history"] else None
     if last:
         print(f"final: {1 / last['cost_ratio']:.2f}x, dev WER {last['dev_wer']:.4f}; {r['final']}; "
@@ -377,6 +380,8 @@ def make_parser():
     cp.add_argument("--score-utterances", type=int, help="utterances per split in the final scores (default 200; 0: all)")
     cp.add_argument("--target", dest="device", help="bench target for latency (default: local)")
     cp.add_argument("--threads", type=int)
+    cp.add_argument("--ray", metavar="auto|ADDRESS", help="the searches evaluate on a running Ray cluster")
+    cp.add_argument("--workers", type=int, help="Ray workers for the searches (alone: a local Ray instance)")
     cp.add_argument("--out", default="runs/compress", help="run folder (default: runs/compress)")
     cp.add_argument("--resume", action="store_true")
     cp.set_defaults(func=cmd_compress)

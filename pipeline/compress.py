@@ -16,6 +16,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from pipeline.atomic import atomic_path, write_json
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
@@ -83,8 +85,6 @@ def _dev_wer(path, checkpoint, rows, threads):
     """Full-manifest greedy scores of a checkpoint, cached in `path`."""
     if path.exists():
         return json.loads(path.read_text())
-    import torch
-
     from pipeline.evaluate import evaluate
 
     torch.set_num_threads(threads)
@@ -107,46 +107,54 @@ def _subset(data, out):
     return path
 
 
-def compress(model_path, data, out, cfg, resume=False, progress=True, log=print):
-    from pipeline.finetune import finetune
+def compress(model_path, data, out, cfg, resume=False, progress=True, log=print, ray=None, workers=None):
+    """Runs (or resumes) a compression run; returns finalize's result. Under torchrun every rank
+    fine-tunes its share of each batch (DDP); rank 0 alone searches (on Ray with `ray`/`workers`, as
+    `search` does), scores and writes, and the other ranks return None."""
     from pipeline.search.run import SearchConfig, search
+    from pipeline.train import process_group
 
+    rank, world = process_group()
     cfg, out, data = cfg.validate(), Path(out), Path(data)
-    _check_config(out, {"compress": asdict(cfg), "model_sha256": sha256(model_path), "data": str(data)}, resume)
-    dev_rows = evenly_spaced(read_manifest(data / "dev.jsonl"), cfg.dev_utterances)
     train_rows = read_manifest(data / "train.jsonl")
-    subset = _subset(data, out)
-    base = _dev_wer(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
-    log(f"baseline: dev WER {base['wer']:.4f}")
+    if rank == 0:
+        _check_config(out, {"compress": asdict(cfg), "model_sha256": sha256(model_path), "data": str(data)}, resume)
+        dev_rows = evenly_spaced(read_manifest(data / "dev.jsonl"), cfg.dev_utterances)
+        subset = _subset(data, out)
+        base = _dev_wer(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
+        log(f"baseline: dev WER {base['wer']:.4f}")
     current, history, stopped = Path(model_path), [], None
     for k in range(cfg.iterations):
         step_target = cfg.target ** ((k + 1) / cfg.iterations)
         it = out / f"iter-{k + 1}"
-        key = "target_compression" if cfg.target_compression else "target_speedup"
-        scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
-                            seed=cfg.seed + k)
-        result = search(current, it / "search", scfg, subset, resume=(it / "search" / "state.pt").exists(),
-                        progress=progress)
+        if rank == 0:
+            key = "target_compression" if cfg.target_compression else "target_speedup"
+            scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
+                                seed=cfg.seed + k)
+            result = search(current, it / "search", scfg, subset, resume=(it / "search" / "state.pt").exists(),
+                            progress=progress, ray=ray, workers=workers)
+        _barrier(world)
         tuned = it / "finetune" / "model.safetensors"
         if not tuned.exists():
-            model, cmvn, header = load_checkpoint(it / "search" / "best.safetensors")
-            teacher = load_checkpoint(model_path)[0] if cfg.distill else None
-            finetune(model, cmvn, train_rows, it / "finetune", cfg.finetune_steps, cfg.finetune_lr,
-                     threads=cfg.threads, seed=cfg.seed + k, progress=progress, teacher=teacher, distill=cfg.distill,
-                     provenance={**header.get("provenance", {}), "finetune_steps": cfg.finetune_steps})
-        dev = _dev_wer(it / "dev.json", tuned, dev_rows, cfg.threads)
-        row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
-               "subset_wer_before_finetune": result["best"]["wer"], "dev_wer": dev["wer"], "dev_cer": dev["cer"],
-               "checkpoint": str(tuned)}
-        history.append(row)
-        log(f"iteration {k + 1}: {step_target:.2f}x, subset WER {row['subset_wer_before_finetune']:.4f} after "
-            f"the search, dev WER {dev['wer']:.4f} after fine-tuning")
-        if dev["wer"] > base["wer"] * (1 + cfg.tolerance):
-            stopped = (f"stopped after iteration {k + 1}: dev WER {dev['wer']:.4f} is past {1 + cfg.tolerance:.2f}x "
-                       f"the baseline's {base['wer']:.4f}")
-            log(stopped)
+            _finetune(it, model_path, train_rows, cfg, k, rank, world, progress)
+        _barrier(world)
+        if rank == 0:
+            dev = _dev_wer(it / "dev.json", tuned, dev_rows, cfg.threads)
+            row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
+                   "subset_wer_before_finetune": result["best"]["wer"], "dev_wer": dev["wer"],
+                   "dev_cer": dev["cer"], "checkpoint": str(tuned)}
+            history.append(row)
+            log(f"iteration {k + 1}: {step_target:.2f}x, subset WER {row['subset_wer_before_finetune']:.4f} after "
+                f"the search, dev WER {dev['wer']:.4f} after fine-tuning")
+            if dev["wer"] > base["wer"] * (1 + cfg.tolerance):
+                stopped = (f"stopped after iteration {k + 1}: dev WER {dev['wer']:.4f} is past "
+                           f"{1 + cfg.tolerance:.2f}x the baseline's {base['wer']:.4f}")
+                log(stopped)
+        if _shared(stopped, world):
             break
         current = tuned
+    if rank != 0:
+        return None
     final_from = next((h["iteration"] for h in history if Path(h["checkpoint"]) == current), None)
     write_json(out / "iterations.json", {"history": history, "stopped": stopped, "final_from": final_from})
     final = out / "final.safetensors"
@@ -154,6 +162,31 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print)
         with atomic_path(final) as tmp:
             shutil.copyfile(current, tmp)
     return finalize(out, final, Path(model_path), data, cfg, history, base, stopped, log)
+
+
+def _finetune(it, model_path, train_rows, cfg, k, rank, world, progress):
+    from pipeline.finetune import finetune
+
+    model, cmvn, header = load_checkpoint(it / "search" / "best.safetensors")
+    teacher = load_checkpoint(model_path)[0] if cfg.distill else None
+    finetune(model, cmvn, train_rows, it / "finetune", cfg.finetune_steps, cfg.finetune_lr, threads=cfg.threads,
+             seed=cfg.seed + k, progress=progress and rank == 0, teacher=teacher, distill=cfg.distill,
+             provenance={**header.get("provenance", {}), "finetune_steps": cfg.finetune_steps},
+             rank=rank, world=world)
+
+
+def _barrier(world):
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _shared(value, world):
+    """Rank 0's value on every rank."""
+    if world == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def finalize(out, final, baseline, data, cfg, history, base, stopped, log):

@@ -40,10 +40,12 @@ class DistillLoss(torch.nn.Module):
 
 
 def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, threads=2, seed=0,
-             provenance=None, progress=True, teacher=None, distill=0.0, augment=True):
+             provenance=None, progress=True, teacher=None, distill=0.0, augment=True,
+             rank=0, world=1):
     """Trains `model` in place for `steps` steps (resuming from OUT/state.pt if present); returns it.
     teacher, distill: with a teacher and distill > 0, the loss is DistillLoss with that weight.
-    augment: speed perturbation and SpecAugment as in training."""
+    augment: speed perturbation and SpecAugment as in training. rank, world: under torchrun (DDP),
+    each process takes its share of every batch and rank 0 alone writes."""
     if distill and teacher is None:
         raise PipelineError("fine-tuning: distillation needs a teacher model")
     out = Path(out)
@@ -61,10 +63,11 @@ def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, t
     out.mkdir(parents=True, exist_ok=True)
     st = load_state(out, model, opt) if (out / "state.pt").exists() else new_progress()
     loss = DistillLoss(model, teacher, distill) if distill else None
-    run = Run(out, model, opt, cmvn, tcfg, st, progress, provenance or {}, loss=loss)
+    run = Run(out, model, opt, cmvn, tcfg, st, progress, provenance or {}, rank, world, loss=loss)
     ds = SpeechDataset(rows, cmvn, speeds=tcfg.speeds, specaugment=tcfg.specaugment, seed=seed)
     if st["batch"] < len(batches):
         run.train_epoch(ds, batches, 0, steps)
         run.save_state()
-    save_checkpoint(final, model.eval(), cmvn, provenance, {"finetune_steps": steps})
+    if rank == 0:
+        save_checkpoint(final, model.eval(), cmvn, provenance, {"finetune_steps": steps})
     return model

@@ -11,6 +11,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -116,7 +117,8 @@ def process_group():
     if world == 1:
         return 0, 1
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # compress's ranks wait at a barrier while rank 0 searches, which can take hours
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=12))
     return dist.get_rank(), world
 
 

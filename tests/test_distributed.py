@@ -110,3 +110,32 @@ def test_torchrun_ddp_trains_like_one_process_and_shares_its_checkpoints(tiny_co
     assert r.returncode == 0, r.stderr[-3000:]
     for run in ("one", "two"):
         assert [h["epoch"] for h in map(json.loads, (tmp_path / run / "history.jsonl").read_text().splitlines())] == [1, 2]
+
+
+def test_torchrun_compress_fine_tunes_under_ddp_like_one_process(search_files, tiny_corpus, tmp_path):
+    """Rank 0 searches, scores and writes; both ranks fine-tune each batch's halves (DDP). The
+    single-process run searches on two Ray workers: the same search."""
+    import torch
+    from safetensors.torch import load_file
+
+    corpus, _ = tiny_corpus
+    args = ["compress", "--model", str(search_files / "model.safetensors"), "--data", str(corpus),
+            "--target-compression", "2", "--iterations", "1", "--episodes", "3", "--finetune-steps", "4",
+            "--distill", "0.5", "--threads", "1"]
+    r = run_cli(*args, "--workers", "2", "--out", str(tmp_path / "one"), timeout=1200)  # its searches on Ray
+    assert r.returncode == 0, r.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518"]
+    r = subprocess.run([*torchrun, "-m", "pipeline", *args, "--out", str(tmp_path / "two")], capture_output=True,
+                       text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("final:") == 1  # one rank reports
+    one, two = (json.loads((tmp_path / d / "iterations.json").read_text())["history"] for d in ("one", "two"))
+    assert [h["cost_ratio"] for h in one] == [h["cost_ratio"] for h in two]  # the same search on rank 0
+    assert (tmp_path / "two" / "report.md").exists()
+    start = load_file(str(tmp_path / "one" / "iter-1" / "search" / "best.safetensors"))
+    w1, w2 = (load_file(str(tmp_path / d / "iter-1" / "finetune" / "model.safetensors")) for d in ("one", "two"))
+    moved = sum(float((w1[k] - start[k]).norm() ** 2) for k in start) ** 0.5
+    apart = sum(float((w2[k] - w1[k]).norm() ** 2) for k in start) ** 0.5
+    print(f"fine-tuning moved the weights {moved:.4f}; DDP and one process end {apart:.4f} apart")
+    assert moved > 0 and apart < 0.35 * moved, (moved, apart)
+    assert torch.load(tmp_path / "two" / "iter-1" / "finetune" / "state.pt", weights_only=False)["progress"]["step"] == 4
