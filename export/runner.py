@@ -168,19 +168,26 @@ class OnnxAsr:
             finished = [(b[0][1:], b[1]) for b in beams]
         return self.text(max(finished, key=lambda f: norm(f[1], len(f[0]) + 1))[0])
 
+    def ctc_greedy(self, ctc):
+        """Best path of the CTC head: no decoder graph runs."""
+        best = ctc[0].argmax(-1).tolist()
+        return self.text([t for i, t in enumerate(best) if t != BLANK and (i == 0 or t != best[i - 1])])
+
     def text(self, ids):
         return "".join(self.vocab[i] for i in ids if i > EOS)
 
-    def transcribe(self, audio, sr=16000, beam=1):
-        enc, keys, _ = self.encode(fbank(audio, sr))
+    def transcribe(self, audio, sr=16000, beam=1, decoder="attention"):
+        enc, keys, ctc = self.encode(fbank(audio, sr))
+        if decoder == "ctc":
+            return self.ctc_greedy(ctc)
         return self.greedy(enc, keys) if beam <= 1 else self.beam(enc, keys, beam)
 
-    def transcribe_file(self, path, beam=1):
+    def transcribe_file(self, path, beam=1, decoder="attention"):
         try:
             audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
         except (RuntimeError, OSError) as e:
             raise ExportError(f"{path}: unreadable audio ({e})") from None
-        return self.transcribe(audio.mean(axis=1), sr, beam)
+        return self.transcribe(audio.mean(axis=1), sr, beam, decoder)
 
 
 def _read_meta(directory):

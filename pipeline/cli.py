@@ -57,7 +57,8 @@ def cmd_train(args):
 def _decode_config(args):
     from pipeline.model.decode import DecodeConfig
 
-    return DecodeConfig(beam=args.beam, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty)
+    return DecodeConfig(beam=args.beam, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty,
+                        decoder=args.decoder)
 
 
 def cmd_eval(args):
@@ -92,14 +93,14 @@ def cmd_transcribe(args):
 
         asr = OnnxAsr(args.onnx, variant=args.variant, threads=args.threads)
         for f in args.files:
-            print(f"{f}\t{asr.transcribe_file(f, beam=args.beam)}", flush=True)
+            print(f"{f}\t{asr.transcribe_file(f, beam=args.beam, decoder=args.decoder)}", flush=True)
         return
     import torch
 
     from pipeline.data.audio import load_audio
     from pipeline.data.features import fbank
     from pipeline.model.checkpoint import load_checkpoint
-    from pipeline.model.decode import beam_search, greedy
+    from pipeline.model.decode import decode
 
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
@@ -108,7 +109,7 @@ def cmd_transcribe(args):
         audio, sr = load_audio(f, allow_multichannel=True)
         feats = cmvn(fbank(audio, sr)).unsqueeze(0)
         lengths = torch.tensor([feats.shape[1]])
-        text = (greedy if cfg.beam <= 1 else beam_search)(model, feats, lengths, cfg)[0]
+        text = decode(model, feats, lengths, cfg)[0]
         print(f"{f}\t{text}", flush=True)
 
 
@@ -277,6 +278,8 @@ def make_parser():
     def decode_args(q):
         q.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
         q.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
+        q.add_argument("--decoder", choices=["attention", "ctc"], default="attention",
+                       help="attention decoder (default) or greedy CTC on the encoder alone")
         q.add_argument("--ctc-weight", type=float, default=0.0, help="CTC weight when rescoring the beam")
         q.add_argument("--length-penalty", type=float, default=1.0)
         q.add_argument("--threads", type=int, default=2)

@@ -4,7 +4,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
-from pipeline.model.decode import DecodeConfig, beam_search, greedy
+from pipeline.model.decode import DecodeConfig, decode
 
 
 def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, progress=True):
@@ -16,7 +16,7 @@ def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, pr
     with torch.no_grad():
         for idx in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
             feats, lengths, _, _ = collate([ds[i] for i in idx])
-            out = greedy(model, feats, lengths, cfg) if cfg.beam <= 1 else beam_search(model, feats, lengths, cfg)
+            out = decode(model, feats, lengths, cfg)
             for i, h in zip(idx, out):
                 hyps[i] = h
     return hyps

@@ -8,7 +8,8 @@ from pipeline.errors import PipelineError
 from pipeline.model.asr import ASRModel
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.config import ModelConfig
-from pipeline.model.decode import DecodeConfig, beam_search, greedy
+from pipeline.model.vocab import TOKENS
+from pipeline.model.decode import DecodeConfig, beam_search, ctc_greedy, decode, greedy
 
 from conftest import SMALL, rewrite_header
 
@@ -19,6 +20,23 @@ def test_loss_falls_and_transcripts_become_exact(overfit):
     assert hyps == [r["text"] for r in rows]
     assert beam_search(model, batch[0], batch[1], DecodeConfig(beam=5)) == hyps
     assert beam_search(model, batch[0], batch[1], DecodeConfig(beam=5, ctc_weight=0.3)) == hyps
+
+
+def test_ctc_greedy_merges_repeats_drops_blanks_and_ignores_padding(overfit):
+    model, _, rows, batch, _, _ = overfit
+    hyps = decode(model, batch[0], batch[1], DecodeConfig(decoder="ctc"))
+    assert hyps == ctc_greedy(model, batch[0], batch[1])
+    single = [ctc_greedy(model, batch[0][i:i + 1, : batch[1][i]], batch[1][i:i + 1])[0] for i in range(len(rows))]
+    assert single == hyps
+    # the best path, collapsed by hand from the CTC head's argmax
+    with torch.no_grad():
+        enc, lengths, _ = model.encode(batch[0][:1], batch[1][:1])
+        best = model.ctc_log_probs(enc)[0, : lengths[0]].argmax(-1).tolist()
+    merged = [t for k, t in enumerate(best) if k == 0 or t != best[k - 1]]
+    assert hyps[0] == "".join(TOKENS[t] for t in merged if t > 2)
+    assert len(best) > len(hyps[0])  # blanks and repeats were there to drop
+    with pytest.raises(ValueError, match="decoder 'rnnt'"):
+        decode(model, batch[0], batch[1], DecodeConfig(decoder="rnnt"))
 
 
 def test_decoding_is_deterministic(overfit):

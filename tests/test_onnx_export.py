@@ -18,7 +18,7 @@ from export.runner import ExportError, OnnxAsr, fbank as np_fbank
 from pipeline.data.features import fbank as torch_fbank
 from pipeline.lowrank import factorize
 from pipeline.model.checkpoint import save_checkpoint
-from pipeline.model.decode import DecodeConfig, beam_search, greedy
+from pipeline.model.decode import DecodeConfig, beam_search, ctc_greedy, greedy
 
 RANKS = {"encoder.lstms.0.fwd.l0.ih": 32, "encoder.lstms.0.fwd.l0.hh": 24, "encoder.lstms.1.bwd.l0.ih": 40,
          "encoder.lstms.1.bwd.l0.hh": 16, "decoder.lstm.l0.ih": 48, "decoder.out": 16}
@@ -87,6 +87,7 @@ def test_transcripts_identical_to_pytorch(exported, which):
         lengths = torch.tensor([feats.shape[1]])
         assert asr.transcribe(audio, sr) == greedy(model, feats, lengths)[0]
         assert asr.transcribe(audio, sr, beam=5) == beam_search(model, feats, lengths, DecodeConfig(beam=5))[0]
+        assert asr.transcribe(audio, sr, decoder="ctc") == ctc_greedy(model, feats, lengths)[0]
 
 
 def test_int8_and_ort_files_load_and_decode(exported):
@@ -111,6 +112,9 @@ def test_cli_transcribe_onnx_matches_torch(exported):
     torch_out = run_cli("transcribe", "--model", str(root / "dense.safetensors"), path)
     assert onnx_out.returncode == 0, onnx_out.stderr
     assert onnx_out.stdout == torch_out.stdout and rows[0]["text"] in onnx_out.stdout
+    ctc = [run_cli("transcribe", *src, "--decoder", "ctc", path)
+           for src in (("--onnx", str(root / "dense")), ("--model", str(root / "dense.safetensors")))]
+    assert ctc[0].returncode == 0 and ctc[0].stdout == ctc[1].stdout, ctc[0].stderr
 
 
 def test_missing_or_mismatched_files_give_clear_errors(exported, tmp_path):

@@ -1,4 +1,5 @@
-"""Greedy (batched) and beam-search decoding, with optional CTC rescoring of the final beam."""
+"""Greedy (batched) and beam-search decoding of the attention decoder, with optional CTC rescoring of
+the final beam; and greedy decoding of the CTC head alone (no decoder: the cheapest on a device)."""
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,28 @@ class DecodeConfig:
     length_penalty: float = 1.0   # hypotheses ranked by log-prob / length ** length_penalty
     ctc_weight: float = 0.0       # > 0: final beam rescored by (1 - w) * attention + w * CTC
     max_len_ratio: float = 1.5    # at most this many characters per encoder frame
+    decoder: str = "attention"    # or "ctc": greedy CTC (best path), beam and ctc_weight unused
+
+
+def decode(model, feats, lengths, cfg=DecodeConfig()):
+    """Transcripts of a batch by the decoding `cfg` names."""
+    if cfg.decoder == "ctc":
+        return ctc_greedy(model, feats, lengths)
+    if cfg.decoder != "attention":
+        raise ValueError(f"decoder {cfg.decoder!r}: 'attention' or 'ctc'")
+    return greedy(model, feats, lengths, cfg) if cfg.beam <= 1 else beam_search(model, feats, lengths, cfg)
+
+
+@torch.no_grad()
+def ctc_greedy(model, feats, lengths):
+    """Best path of the CTC head: the most likely token per frame, repeats merged, blanks dropped."""
+    enc, enc_lengths, _ = model.encode(feats, lengths)
+    best = model.ctc_log_probs(enc).argmax(-1)
+    out = []
+    for row, n in zip(best.tolist(), enc_lengths.tolist()):
+        row = row[:n]
+        out.append(ids_to_text([t for i, t in enumerate(row) if t != BLANK and (i == 0 or t != row[i - 1])]))
+    return out
 
 
 def max_steps(enc_lengths, cfg):
