@@ -45,9 +45,9 @@ def latency(asr, rows):
     for r in rows:
         audio, sr = load_audio(r["audio_filepath"], allow_multichannel=True)
         t0 = time.perf_counter()
-        enc, keys, _ = asr.encode(fbank(audio, sr))
+        enc, keys, ctc = asr.encode(fbank(audio, sr))
         t1 = time.perf_counter()
-        asr.greedy(enc, keys)
+        asr.greedy(enc, keys, asr.max_steps(enc, ctc))
         total += time.perf_counter() - t0
         enc_total += t1 - t0
         audio_s += len(audio) / sr

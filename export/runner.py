@@ -134,9 +134,16 @@ class OnnxAsr:
                                                   "context": ctx, "weights": w, "enc": enc, "keys": keys})
         return logp[0], (h, c, ctx, w)
 
-    def greedy(self, enc, keys, max_len_ratio=1.5):
+    def max_steps(self, enc, ctc, max_len_ratio=1.5, ctc_len_ratio=1.5, ctc_len_margin=5):
+        """The PyTorch decoder's cap on output characters (`pipeline.model.decode.max_steps`)."""
+        cap = max(8, int(enc.shape[1] * max_len_ratio))
+        if ctc_len_ratio > 0:
+            cap = min(cap, int(len(self.ctc_path(ctc)) * ctc_len_ratio) + ctc_len_margin)
+        return cap
+
+    def greedy(self, enc, keys, cap):
         state, token, out = self._init(enc), SOS, []
-        for _ in range(max(8, int(enc.shape[1] * max_len_ratio))):
+        for _ in range(cap):
             logp, state = self._step(token, state, enc, keys)
             token = int(logp.argmax())
             if token == EOS:
@@ -144,11 +151,11 @@ class OnnxAsr:
             out.append(token)
         return self.text(out)
 
-    def beam(self, enc, keys, beam=5, length_penalty=1.0, max_len_ratio=1.5):
+    def beam(self, enc, keys, cap, beam=5, length_penalty=1.0):
         """Beam search ranking hypotheses by log-prob / length ** length_penalty (as the PyTorch decoder)."""
         norm = lambda s, n: s / max(1, n) ** length_penalty  # noqa: E731
         beams, finished = [([SOS], 0.0, self._init(enc))], []
-        for _ in range(max(8, int(enc.shape[1] * max_len_ratio))):
+        for _ in range(cap):
             cands = []
             for seq, score, state in beams:
                 logp, new_state = self._step(seq[-1], state, enc, keys)
@@ -168,19 +175,20 @@ class OnnxAsr:
             finished = [(b[0][1:], b[1]) for b in beams]
         return self.text(max(finished, key=lambda f: norm(f[1], len(f[0]) + 1))[0])
 
-    def ctc_greedy(self, ctc):
-        """Best path of the CTC head: no decoder graph runs."""
+    def ctc_path(self, ctc):
+        """Best path of the CTC head: the most likely token per frame, repeats merged, blanks dropped."""
         best = ctc[0].argmax(-1).tolist()
-        return self.text([t for i, t in enumerate(best) if t != BLANK and (i == 0 or t != best[i - 1])])
+        return [t for i, t in enumerate(best) if t != BLANK and (i == 0 or t != best[i - 1])]
 
     def text(self, ids):
         return "".join(self.vocab[i] for i in ids if i > EOS)
 
     def transcribe(self, audio, sr=16000, beam=1, decoder="attention"):
         enc, keys, ctc = self.encode(fbank(audio, sr))
-        if decoder == "ctc":
-            return self.ctc_greedy(ctc)
-        return self.greedy(enc, keys) if beam <= 1 else self.beam(enc, keys, beam)
+        if decoder == "ctc":  # no decoder graph runs
+            return self.text(self.ctc_path(ctc))
+        cap = self.max_steps(enc, ctc)
+        return self.greedy(enc, keys, cap) if beam <= 1 else self.beam(enc, keys, cap, beam)
 
     def transcribe_file(self, path, beam=1, decoder="attention"):
         try:

@@ -58,7 +58,7 @@ def _decode_config(args):
     from pipeline.model.decode import DecodeConfig
 
     return DecodeConfig(beam=args.beam, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty,
-                        decoder=args.decoder)
+                        decoder=args.decoder, ctc_len_ratio=args.ctc_len_ratio)
 
 
 def cmd_eval(args):
@@ -282,6 +282,8 @@ def make_parser():
                        help="attention decoder (default) or greedy CTC on the encoder alone")
         q.add_argument("--ctc-weight", type=float, default=0.0, help="CTC weight when rescoring the beam")
         q.add_argument("--length-penalty", type=float, default=1.0)
+        q.add_argument("--ctc-len-ratio", type=float, default=1.5,
+                       help="attention output capped at this x the CTC best path's length + 5 (0: off)")
         q.add_argument("--threads", type=int, default=2)
 
     e = sub.add_parser("eval", help="WER and CER of a checkpoint on a manifest")

@@ -6,7 +6,9 @@ trained model, summarised per source and speaker, with the worst utterances list
 
 A segment whose text does not match its audio (a bad cut of the game's line timings, say) scores far
 above the others of its source; utterances with too few encoder frames for their characters
-(CTC-infeasible) are counted apart.
+(CTC-infeasible) are counted apart, and the frames per CTC label (characters plus the blanks that
+repeated letters need) are summarised per source: near 1, CTC must emit a character on nearly every
+frame.
 """
 import argparse
 import collections
@@ -34,7 +36,9 @@ def losses(model, cmvn, rows, batch_seconds=120):
             lp = model.ctc_log_probs(enc).transpose(0, 1)
             per = F.ctc_loss(lp, targets, enc_lengths, tlens, blank=BLANK, reduction="none", zero_infinity=False)
             for j, i in enumerate(idx):
-                out[i] = (float(per[j]) / int(tlens[j]), int(enc_lengths[j]), int(tlens[j]))
+                t = targets[j, : tlens[j]]
+                labels = int(tlens[j]) + int((t[1:] == t[:-1]).sum())
+                out[i] = (float(per[j]) / int(tlens[j]), int(enc_lengths[j]), int(tlens[j]), labels)
     return out
 
 
@@ -64,18 +68,23 @@ def main():
     for r, s in feasible:
         by_source[r.get("source", "?")].append(s[0])
         by_speaker[r.get("speaker", "?")].append(s[0])
+    ratio = collections.defaultdict(list)
+    for r, s in zip(rows, scored):
+        ratio[r.get("source", "?")].append(s[1] / s[3])
     worst = sorted(feasible, key=lambda rs: -rs[1][0])[: args.worst]
     report = {
         "model": args.model, "manifest": args.manifest, "utterances": len(rows),
         "infeasible": sum(1 for s in scored if not np.isfinite(s[0])),
         "loss_per_char_by_source": {k: summary(v) for k, v in sorted(by_source.items())},
+        "frames_per_label_by_source": {k: {"median": float(np.median(v)), "below_1.3": float(np.mean(np.array(v) < 1.3)),
+                                           "below_1": float(np.mean(np.array(v) < 1))} for k, v in sorted(ratio.items())},
         "loss_per_char_by_speaker": {k: summary(v) for k, v in sorted(by_speaker.items())},
         "worst": [{"id": r["id"], "loss_per_char": s[0], "frames": s[1], "chars": s[2], "text": r["text"],
                    "audio": r["audio_filepath"]} for r, s in worst],
     }
     write_json(args.out, report)
     for k, v in report["loss_per_char_by_source"].items():
-        print(f"{k}: {v}")
+        print(f"{k}: loss per char {v}; frames per label {report['frames_per_label_by_source'][k]}")
     print(f"infeasible: {report['infeasible']} of {len(rows)}; report in {args.out}")
     return 0
 

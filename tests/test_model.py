@@ -1,4 +1,5 @@
 """The ASR model: it learns, round-trips through its checkpoint, and decodes deterministically."""
+import copy
 import json
 
 import pytest
@@ -8,8 +9,8 @@ from pipeline.errors import PipelineError
 from pipeline.model.asr import ASRModel
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.config import ModelConfig
-from pipeline.model.vocab import TOKENS
-from pipeline.model.decode import DecodeConfig, beam_search, ctc_greedy, decode, greedy
+from pipeline.model.vocab import EOS, TOKENS
+from pipeline.model.decode import DecodeConfig, beam_search, ctc_best_paths, ctc_greedy, decode, greedy
 
 from conftest import SMALL, rewrite_header
 
@@ -37,6 +38,25 @@ def test_ctc_greedy_merges_repeats_drops_blanks_and_ignores_padding(overfit):
     assert len(best) > len(hyps[0])  # blanks and repeats were there to drop
     with pytest.raises(ValueError, match="decoder 'rnnt'"):
         decode(model, batch[0], batch[1], DecodeConfig(decoder="rnnt"))
+
+
+def test_output_length_is_capped_by_the_ctc_best_path(overfit):
+    """A decoder whose EOS never wins (as a looping one) stops at ratio x the CTC path + margin."""
+    model, _, _, batch, _, _ = overfit
+    looping = copy.deepcopy(model)
+    with torch.no_grad():
+        looping.decoder.out.bias[EOS] = -1e4
+    with torch.no_grad():
+        enc, lengths, _ = model.encode(batch[0], batch[1])
+    paths = [len(p) for p in ctc_best_paths(model, enc, lengths)]
+    for cfg in (DecodeConfig(), DecodeConfig(ctc_len_ratio=1.2, ctc_len_margin=2)):
+        hyps = greedy(looping, batch[0], batch[1], cfg)
+        assert [len(h) for h in hyps] == [min(max(8, int(n * 1.5)), int(p * cfg.ctc_len_ratio) + cfg.ctc_len_margin)
+                                          for n, p in zip(lengths.tolist(), paths)]
+    frames_only = greedy(looping, batch[0], batch[1], DecodeConfig(ctc_len_ratio=0))
+    assert [len(h) for h in frames_only] == [max(8, int(n * 1.5)) for n in lengths.tolist()]
+    one = beam_search(looping, batch[0][:1, : batch[1][0]], batch[1][:1], DecodeConfig(beam=3))[0]
+    assert len(one) == int(paths[0] * 1.5) + 5
 
 
 def test_decoding_is_deterministic(overfit):

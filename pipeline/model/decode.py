@@ -14,6 +14,8 @@ class DecodeConfig:
     length_penalty: float = 1.0   # hypotheses ranked by log-prob / length ** length_penalty
     ctc_weight: float = 0.0       # > 0: final beam rescored by (1 - w) * attention + w * CTC
     max_len_ratio: float = 1.5    # at most this many characters per encoder frame
+    ctc_len_ratio: float = 1.5    # ... and at most this times the CTC best path's length (0: off)
+    ctc_len_margin: int = 5       # ... plus this many
     decoder: str = "attention"    # or "ctc": greedy CTC (best path), beam and ctc_weight unused
 
 
@@ -30,16 +32,27 @@ def decode(model, feats, lengths, cfg=DecodeConfig()):
 def ctc_greedy(model, feats, lengths):
     """Best path of the CTC head: the most likely token per frame, repeats merged, blanks dropped."""
     enc, enc_lengths, _ = model.encode(feats, lengths)
+    return [ids_to_text(p) for p in ctc_best_paths(model, enc, enc_lengths)]
+
+
+def ctc_best_paths(model, enc, enc_lengths):
     best = model.ctc_log_probs(enc).argmax(-1)
     out = []
     for row, n in zip(best.tolist(), enc_lengths.tolist()):
         row = row[:n]
-        out.append(ids_to_text([t for i, t in enumerate(row) if t != BLANK and (i == 0 or t != row[i - 1])]))
+        out.append([t for i, t in enumerate(row) if t != BLANK and (i == 0 or t != row[i - 1])])
     return out
 
 
-def max_steps(enc_lengths, cfg):
-    return int(max(8, float(enc_lengths.max()) * cfg.max_len_ratio))
+def max_steps(model, enc, enc_lengths, cfg):
+    """Each utterance's cap on output characters (B,): max_len_ratio per encoder frame (at least 8) and
+    ctc_len_ratio x the CTC best path's length + ctc_len_margin. An attention decoder that loops runs
+    to its cap, so the CTC head's length estimate bounds the damage."""
+    caps = (enc_lengths.float() * cfg.max_len_ratio).long().clamp(min=8)
+    if cfg.ctc_len_ratio > 0:
+        ctc = torch.tensor([len(p) for p in ctc_best_paths(model, enc, enc_lengths)])
+        caps = torch.minimum(caps, (ctc.float() * cfg.ctc_len_ratio).long() + cfg.ctc_len_margin)
+    return caps
 
 
 @torch.no_grad()
@@ -56,12 +69,12 @@ def greedy_from_encoder(model, enc, enc_lengths, mask, cfg=DecodeConfig()):
     state = dec.init_state(enc, mask)
     tokens = torch.full((enc.shape[0],), SOS, dtype=torch.long)
     done = torch.zeros(enc.shape[0], dtype=torch.bool)
-    out = []
-    for _ in range(max_steps(enc_lengths, cfg)):
+    out, caps = [], max_steps(model, enc, enc_lengths, cfg)
+    for u in range(int(caps.max())):
         logp, state = dec.step(tokens, state, keys, enc, mask)
         tokens = logp.argmax(-1).masked_fill(done, EOS)
         out.append(tokens)
-        done |= tokens == EOS
+        done |= (tokens == EOS) | (u + 1 >= caps)
         if bool(done.all()):
             break
     seqs = torch.stack(out, 1).tolist()
@@ -81,7 +94,7 @@ def _beam_one(model, enc, cfg):
     keys = dec.attention.key(enc)
     beams = [([SOS], 0.0, dec.init_state(enc, mask))]
     finished = []
-    for _ in range(max_steps(torch.tensor([enc.shape[1]]), cfg)):
+    for _ in range(int(max_steps(model, enc, torch.tensor([enc.shape[1]]), cfg)[0])):
         k = len(beams)
         tokens = torch.tensor([b[0][-1] for b in beams])
         state = _stack_states([b[2] for b in beams])
