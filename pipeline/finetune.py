@@ -2,8 +2,9 @@
 
 The factors U and V are trained directly (the ranks stay as they are); the loop, loss, state files
 and resume are the training run's (`pipeline.train.Run`). Optionally the loss mixes in distillation
-from a teacher (the uncompressed model): the KL divergence from its CTC and decoder distributions. The result goes to `OUT/model.safetensors`,
-written last, so its presence means the fine-tuning finished.
+from a teacher (the uncompressed model): the KL divergence from its CTC and decoder distributions.
+The result goes to `OUT/model.safetensors`, written last, so its presence means the fine-tuning
+finished.
 """
 from pathlib import Path
 
@@ -31,7 +32,7 @@ class DistillLoss(torch.nn.Module):
         loss, parts = self.student.loss_of(out, targets, tlens, label_smoothing)
         with torch.no_grad():
             ref = self.teacher[0].outputs(feats, lengths, targets, tlens, ctc_only)
-        valid = torch.arange(out[0].shape[1])[None, :] < out[1][:, None]
+        valid = torch.arange(out[0].shape[1], device=out[1].device)[None, :] < out[1][:, None]
         kd = F.kl_div(out[0][valid], ref[0][valid], log_target=True, reduction="batchmean")
         if out[2] is not None:
             w = self.student.cfg.ctc_weight
