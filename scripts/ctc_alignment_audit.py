@@ -32,9 +32,9 @@ def losses(model, cmvn, rows, batch_seconds=120):
     with torch.no_grad():
         for idx in tqdm(duration_batches(rows, batch_seconds, max_batch=32), desc="audit", unit="batch"):
             feats, lengths, targets, tlens = collate([ds[i] for i in idx])
-            enc, enc_lengths, _ = model.encode(feats, lengths)
-            lp = model.ctc_log_probs(enc).transpose(0, 1)
-            per = F.ctc_loss(lp, targets, enc_lengths, tlens, blank=BLANK, reduction="none", zero_infinity=False)
+            lp, enc_lengths, _, _ = model.outputs(feats, lengths, targets, tlens, ctc_only=True)
+            per = F.ctc_loss(lp.transpose(0, 1), targets, enc_lengths, tlens, blank=BLANK, reduction="none",
+                             zero_infinity=False)
             for j, i in enumerate(idx):
                 t = targets[j, : tlens[j]]
                 labels = int(tlens[j]) + int((t[1:] == t[:-1]).sum())
