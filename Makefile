@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CORPUS ?= corpus/default
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup corpus compress test clean
+.PHONY: setup corpus compress test clean baseline-asset
 setup: $(STAMP)
 
 # Reinstall when the package metadata, the build or the native sources change.
@@ -23,6 +23,14 @@ BASELINE := $(firstword $(wildcard assets/baseline/model.safetensors) runs/basel
 
 compress: corpus
 	$(PY) -m pipeline compress --model $(BASELINE) --data $(CORPUS)
+
+# Ship the training run's best checkpoint as the default model, with its WER per split and its model card.
+baseline-asset: corpus
+	mkdir -p assets/baseline
+	cp runs/baseline/best.safetensors assets/baseline/.model.tmp && mv assets/baseline/.model.tmp assets/baseline/model.safetensors
+	$(PY) benchmarks/baseline_wer.py --model assets/baseline/model.safetensors --data $(CORPUS) --out results/baseline_wer.json
+	$(PY) benchmarks/model_card.py --model assets/baseline/model.safetensors --run runs/baseline \
+		--wer results/baseline_wer.json --out assets/baseline/MODEL_CARD.md
 
 test: setup
 	$(PY) -m pytest

@@ -14,7 +14,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: one t
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -31,6 +30,7 @@ from torch import nn  # noqa: E402
 from pipeline import _native, native  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
 from pipeline.lowrank import factorize  # noqa: E402
+from pipeline.machine import cpu_name  # noqa: E402
 
 GOALS = {"r{rank} utterance vs torch": 2.5, "r{rank} stream vs best of torch/ORT": 4.0,
          "dense stream vs best of torch/ORT": 1.0, "dense utterance vs best of torch/ORT": 1 / 1.2}
@@ -162,7 +162,7 @@ def main():
         "dense utterance vs best of torch/ORT": best_torch_ort["utterance"] / res["native dense utterance"]["median"],
     }
     goals = {k.format(rank=args.rank): v for k, v in GOALS.items()}
-    print(f"# LSTM kernels: H = in = {h}, batch 1, {f} frames, 1 thread, {platform.processor() or platform.machine()}, "
+    print(f"# LSTM kernels: H = in = {h}, batch 1, {f} frames, 1 thread, {cpu_name()}, "
           f"kernel path {_native.best_isa()}; peak {peak / 1e9:.0f} GFLOP/s")
     print(f"{'figure':32s} {'us/frame median (best)':>24s} {'bound':>8s} {'median/bound':>13s} {'best/bound':>11s}")
     for k, v in res.items():
@@ -181,7 +181,7 @@ def main():
     print(f"  worst native median / bound: {worst:.2f} (goal <= 1.3) {'ok' if worst <= 1.3 else 'MISSED'}")
     if args.json:
         write_json(args.json, {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-                               "machine": platform.processor() or platform.machine(), "threads": 1,
+                               "machine": cpu_name(), "threads": 1,
                                "isa": _native.best_isa(), "hidden": h, "rank": args.rank, "frames": f,
                                "us_per_frame": res, "bounds_us": bounds, "ratios": ratios,
                                "worst_median_over_bound": worst})

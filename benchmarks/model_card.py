@@ -47,13 +47,25 @@ def main():
         f"- selected: lowest dev WER, epoch {header['metrics'].get('epoch')}", "",
         "| epoch | step | dev WER | dev CER |", "|---|---|---|---|",
         *[f"| {h['epoch']} | {h['step']} | {h['dev_wer']:.4f} | {h['dev_cer']:.4f} |" for h in history], "",
-        f"Greedy decoding, measured by `{wer['meta']['command']}` ({wer['meta']['threads']} threads):", "",
-        "| split | utterances | WER | CER | pocketsphinx WER |", "|---|---|---|---|---|",
+        f"Greedy decoding, measured by `{wer['meta']['command']}` ({wer['meta']['machine']}, "
+        f"{wer['meta']['threads']} threads); attention decoding is the default, CTC greedy decodes with the "
+        "encoder alone:", "",
+        "| split | utterances | WER | CER | CTC greedy WER | CTC greedy CER | pocketsphinx WER |",
+        "|---|---|---|---|---|---|---|",
     ]
     for split, m in wer["splits"].items():
         ref = next((v["wer"] for k, v in ps.items() if k.endswith(f"/{split}.jsonl")), None)
+        ctc = m.get("ctc") or {}
         lines.append(f"| {split} | {m['utterances']} | {m['wer']:.4f} | {m['cer']:.4f} | "
+                     f"{ctc.get('wer', float('nan')):.4f} | {ctc.get('cer', float('nan')):.4f} | "
                      f"{'' if ref is None else f'{ref:.4f}'} |")
+    lines += ["", "By source within each split (tts: synthetic voices; uqm: game recordings; asterisk: "
+              "telephony prompts):", "", "| split | source | utterances | WER | CER | CTC greedy WER |",
+              "|---|---|---|---|---|---|"]
+    for split, m in wer["splits"].items():
+        for src, b in (m.get("by_source") or {}).items():
+            lines.append(f"| {split} | {src} | {b['utterances']} | {b['wer']:.4f} | {b['cer']:.4f} | {b['ctc_wer']:.4f} |")
+    lines += ["", "The goals this model misses and what limits it: the README's section \"Status\"."]
     write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -13,7 +13,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -29,6 +28,7 @@ from pipeline.data.audio import load_audio  # noqa: E402
 from pipeline.data.manifest import read_manifest  # noqa: E402
 from pipeline.evaluate import score, transcribe_rows  # noqa: E402
 from pipeline.lowrank import factorize, uniform_ranks  # noqa: E402
+from pipeline.machine import cpu_name  # noqa: E402
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main():
         d = work / ("dense" if name == "dense" else name.split()[-1])
         for variant in ("fp32", "int8"):
             lat[f"{name} {variant}"] = latency(OnnxAsr(d, variant), lat_rows)
-    print(f"\n# ONNX export, {platform.processor() or platform.machine()}, onnxruntime 1 thread, {args.model}")
+    print(f"\n# ONNX export, {cpu_name()}, onnxruntime 1 thread, {args.model}")
     print(f"parity on {args.manifest} ({len(rows)} utterances): greedy transcripts identical {same:.2%}; "
           f"WER torch {wer['torch']:.4f}, onnx fp32 {wer['onnx fp32']:.4f}, onnx int8 {wer['onnx int8']:.4f}")
     print(f"latency on {len(lat_rows)} utterances, seconds per second of audio (encoder share):")
@@ -96,7 +96,7 @@ def main():
         print(f"  {name:24s} {rtf:.4f} ({enc:.4f})  {base / rtf:5.2f}x of dense fp32")
     if args.json:
         write_json(args.json, {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "threads": 1,
-                               "machine": platform.processor() or platform.machine(), "utterances": len(rows),
+                               "machine": cpu_name(), "utterances": len(rows),
                                "identical_transcripts": same, "wer": wer, "rtf": {k: v[0] for k, v in lat.items()},
                                "encoder_rtf": {k: v[1] for k, v in lat.items()},
                                "lowering": {k: v["lowering"] for k, v in exports.items()}})

@@ -4,7 +4,6 @@ local Ray cluster with 1 and 2 workers (1 thread each), side by side.
     python benchmarks/ray_search_bench.py --model CKPT --subset M.jsonl [--policies 8] [--out results/ray_search.json]
 """
 import argparse
-import platform
 import sys
 import time
 
@@ -12,6 +11,7 @@ import torch
 
 from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
+from pipeline.machine import cpu_name
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.parallel import RayPool
@@ -48,7 +48,7 @@ def main():
     for r in results:
         r["evaluations_per_minute"] = 60 * len(policies) / r["seconds"]
     base = results[0]["seconds"]
-    meta = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    meta = {"command": " ".join(sys.argv), "machine": cpu_name(),
             "policies": len(policies), "subset_utterances": len(rows)}
     write_json(args.out, {"meta": meta, "results": results})
     print("| evaluation | seconds | evaluations/min | speedup | same WERs |\n|---|---|---|---|---|")

@@ -11,7 +11,6 @@ encoder's LSTM stack predicted by the latency table (native kernel, this machine
 each method and the relative gain of the agents over uniform (the goal: >= 10%) and over random.
 """
 import argparse
-import platform
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
 from pipeline.evaluate import evaluate
 from pipeline.lowrank import factorize
+from pipeline.machine import cpu_name
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.search.run import SearchConfig, search
 
@@ -63,7 +63,7 @@ def main():
                             "cost_ratio": r["best"]["cost_ratio"]})
             print(f"{target} {agent:<9} {reward:<6}: dev WER {m['wer']:.4f} (subset {r['best']['wer']:.4f}) at "
                   f"{r['best']['cost_ratio']:.3f} of dense", flush=True)
-    meta = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    meta = {"command": " ".join(sys.argv), "machine": cpu_name(),
             "threads": args.threads, "model": args.model, "subset": args.subset, "dev_utterances": len(dev)}
     write_json(args.out, {"meta": meta, "results": results})
     print("\n| target | agent | reward | dev WER | vs uniform | vs random |\n|---|---|---|---|---|---|")

@@ -8,7 +8,6 @@ Writes a JSON results file and prints a markdown table (machine, threads and com
 """
 import argparse
 import copy
-import platform
 import sys
 import time
 
@@ -18,6 +17,7 @@ from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
 from pipeline.evaluate import evaluate
 from pipeline.lowrank import cost_table, factorize, uniform_ranks
+from pipeline.machine import cpu_name
 from pipeline.model.checkpoint import load_checkpoint
 
 
@@ -42,7 +42,7 @@ def main():
                         "lstm_compression": totals["lstm_compression"], "model_compression": totals["model_compression"],
                         "lstm_params": totals["lstm_params"], "seconds": round(time.time() - t, 1)})
         print(f"fraction {frac:<6} WER {m['wer']:.4f}  LSTM compression {totals['lstm_compression']:.2f}x", flush=True)
-    meta = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    meta = {"command": " ".join(sys.argv), "machine": cpu_name(),
             "threads": args.threads, "model": args.model, "manifest": args.manifest, "utterances": len(rows)}
     write_json(args.out, {"meta": meta, "results": results})
     print("\n| fraction | dev WER | dev CER | LSTM compression | model compression |\n|---|---|---|---|---|")

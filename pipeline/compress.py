@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint, sha256
 
@@ -59,11 +59,6 @@ class CompressConfig:
     @property
     def target(self):
         return self.target_compression or self.target_speedup
-
-
-def evenly_spaced(rows, n):
-    """At most n rows spread evenly over the manifest (n = 0: all)."""
-    return rows if n <= 0 or n >= len(rows) else [rows[round(i * len(rows) / n)] for i in range(n)]
 
 
 def _check_config(out, want, resume):

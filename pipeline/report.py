@@ -3,6 +3,7 @@ runtime; the search curves and rank-per-layer plots of each iteration are linked
 import platform
 
 from pipeline.atomic import atomic_path, write_text
+from pipeline.machine import cpu_name
 
 
 def save_png(fig, path):
@@ -40,7 +41,7 @@ def write_report(out, scores, bench, history, base, stopped, cfg, final_from):
     _plots(out, history, base, bench)
     target = f"{cfg.target:g}x " + ("compression" if cfg.target_compression else "speedup")
     lines = [f"# Compression report: {target} in {cfg.iterations} iteration(s)", "",
-             f"Machine: {platform.machine()} ({platform.processor() or 'cpu'}), {cfg.threads} thread(s) for search "
+             f"Machine: {platform.machine()} ({cpu_name()}), {cfg.threads} thread(s) for search "
              f"and fine-tuning, 1 for the benchmark.", ""]
     if stopped:
         lines += [f"**{stopped}.**", ""]

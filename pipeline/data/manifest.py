@@ -87,3 +87,8 @@ def check_decodes(manifest, rows):
             load_audio(r["audio_filepath"])
         except PipelineError as e:
             raise PipelineError(f"{manifest}: utterance {lineno} ({r.get('id', '?')}): {e}") from None
+
+
+def evenly_spaced(rows, n):
+    """At most n rows spread evenly over the manifest (n = 0: all)."""
+    return rows if n <= 0 or n >= len(rows) else [rows[round(i * len(rows) / n)] for i in range(n)]
