@@ -18,11 +18,9 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt scripts/install-system-deps.sh 
 corpus: setup
 	@test -f $(CORPUS)/summary.json || $(PY) -m pipeline data build --preset default --out $(CORPUS)
 
-# Until the trained baseline ships in assets/baseline (issue 3), compress the training run's best checkpoint.
-BASELINE := $(firstword $(wildcard assets/baseline/model.safetensors) runs/baseline/best.safetensors)
-
+# The shipped baseline, assets/baseline/model.safetensors, is compress's default model.
 compress: corpus
-	$(PY) -m pipeline compress --model $(BASELINE) --data $(CORPUS)
+	$(PY) -m pipeline compress --data $(CORPUS)
 
 # Ship the training run's best checkpoint as the default model, with its WER per split and its model card.
 baseline-asset: corpus

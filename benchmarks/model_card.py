@@ -65,7 +65,8 @@ def main():
     for split, m in wer["splits"].items():
         for src, b in (m.get("by_source") or {}).items():
             lines.append(f"| {split} | {src} | {b['utterances']} | {b['wer']:.4f} | {b['cer']:.4f} | {b['ctc_wer']:.4f} |")
-    lines += ["", "The goals this model misses and what limits it: the README's section \"Status\"."]
+    lines += ["", "The run's changes of settings during training, the goals this model misses and what "
+              "limits it: the README's section \"Status\"."]
     write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 

@@ -302,7 +302,7 @@ def make_parser():
     f = sub.add_parser("factorize", help="SVD low-rank factorisation of a checkpoint at given ranks")
     f.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     f.add_argument("--ranks", help='JSON {layer: rank | fraction | "dense"}; see `inspect` for layer names')
-    f.add_argument("--uniform", type=float, help="one rank fraction for every layer")
+    f.add_argument("--uniform", type=float, help="one rank fraction for every layer but the output layers")
     f.add_argument("--no-snap", action="store_true", help="do not snap ranks to multiples of 8")
     f.add_argument("--out", required=True, help="factored checkpoint to write (.safetensors)")
     f.set_defaults(func=cmd_factorize)

@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from conftest import rewrite_header, run_cli
 from pipeline.errors import PipelineError
-from pipeline.lowrank import (LowRankLSTM, cost_table, current_ranks, factorize, layers,
+from pipeline.lowrank import (LowRankLinear, LowRankLSTM, cost_table, current_ranks, factorize, layers,
                               parse_rank_spec, uniform_ranks)
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.decode import greedy
@@ -94,6 +94,18 @@ def test_parameter_counts_are_r_times_m_plus_n(overfit):
     assert totals["lstm_compression"] > 2.5
 
 
+def test_uniform_policies_and_the_search_leave_the_output_layers_dense(overfit):
+    from pipeline.search.space import searchable
+
+    model = overfit[0]
+    ranks = uniform_ranks(model, 0.25)
+    assert "ctc" not in ranks and "decoder.out" not in ranks
+    assert any(k.startswith("decoder.attention") for k in ranks)  # the other Linears are factorised
+    walked = {l.name for l in searchable(model)}
+    assert {"ctc", "decoder.out"}.isdisjoint(walked) and "decoder.attention.key" in walked
+    factorize(copy.deepcopy(model), parse_rank_spec({"decoder.out": 8}, model))  # a spec may still name them
+
+
 def test_refactorising_shrinks_ranks_from_the_factors(overfit):
     model = copy.deepcopy(overfit[0])
     factorize(model, uniform_ranks(model, 0.5))
@@ -137,12 +149,13 @@ def test_gradients_flow_through_factors(overfit):
     model, _, _, batch, _, _ = overfit
     fact = factorize(copy.deepcopy(model), uniform_ranks(model, 0.25)).train()
     opt = torch.optim.Adam(fact.parameters(), lr=1e-3)
+    linear = next(m for m in fact.modules() if isinstance(m, LowRankLinear))
     losses = []
     for _ in range(8):
         loss, _ = fact.loss(*batch, label_smoothing=0.0)
         opt.zero_grad()
         loss.backward()
-        assert fact.get_submodule("decoder.out").U.grad.abs().sum() > 0
+        assert linear.U.grad.abs().sum() > 0
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]

@@ -14,7 +14,8 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.lowrank.accounting import layer_costs
-from pipeline.lowrank.factorize import SNAP, _lstm_bias, _lstm_dense, layers, max_rank, saves_parameters
+from pipeline.lowrank.factorize import (SNAP, _lstm_bias, _lstm_dense, is_output_layer, layers, max_rank,
+                                        saves_parameters)
 from pipeline.lowrank.modules import LowRankLinear, LowRankLSTM, dense_weight
 from pipeline.model.asr import ASRModel
 
@@ -24,8 +25,9 @@ STATE_DIM = 14
 
 def searchable(model, which="all"):
     """The layers a search walks, in forward order: every LSTM matrix and Linear whose low-rank form
-    can save parameters (`which="lstm"`: the LSTM matrices only)."""
-    out = [l for l in layers(model) if saves_parameters(l.shape, SNAP) or l.rank is not None]
+    can save parameters, but the output layers (`which="lstm"`: the LSTM matrices only)."""
+    out = [l for l in layers(model) if (saves_parameters(l.shape, SNAP) or l.rank is not None)
+           and not is_output_layer(l, model)]
     if which == "lstm":
         out = [l for l in out if l.kind.startswith("lstm")]
     elif which != "all":
