@@ -230,10 +230,10 @@ def cmd_compress(args):
                  ray=args.ray, workers=args.workers)
     if r is None:  # a torchrun rank other than 0
         return
-    last = r["history"][-1] if r["history"] else None
-    if last:
-        print(f"final: {1 / last['cost_ratio']:.2f}x, dev WER {last['dev_wer']:.4f}; {r['final']}; "
-              f"report in {args.out}/report.md")
+    row = next((h for h in r["history"] if h["iteration"] == r["final_from"]), None)
+    what = (f"{1 / row['cost_ratio']:.2f}x from iteration {row['iteration']}, dev WER {row['dev_wer']:.4f}" if row
+            else "the baseline (no iteration stayed within the WER tolerance)")
+    print(f"final: {what}; {r['final']}; report in {args.out}/report.md")
 
 
 def cmd_info(args):

@@ -227,4 +227,4 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
                           stopped, cfg, final_from)
     log(f"report: {report}")
     return {"history": history, "stopped": stopped, "scores": json.loads(scores.read_text()),
-            "bench": json.loads(bench_path.read_text()), "final": str(final)}
+            "bench": json.loads(bench_path.read_text()), "final": str(final), "final_from": final_from}
