@@ -45,15 +45,16 @@ def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, t
              rank=0, world=1):
     """Trains `model` in place for `steps` steps (resuming from OUT/state.pt if present); returns it.
     teacher, distill: with a teacher and distill > 0, the loss is DistillLoss with that weight.
-    augment: speed perturbation and SpecAugment as in training. rank, world: under torchrun (DDP),
-    each process takes its share of every batch and rank 0 alone writes."""
+    augment: speed perturbation as in training. No SpecAugment: the baseline ended its training
+    without it, and fine-tuning with it made even the dense baseline worse. rank, world: under
+    torchrun (DDP), each process takes its share of every batch and rank 0 alone writes."""
     if distill and teacher is None:
         raise PipelineError("fine-tuning: distillation needs a teacher model")
     out = Path(out)
     final = out / "model.safetensors"
     tcfg = TrainConfig(epochs=1, lr=lr, warmup_steps=max(1, steps // 10), batch_seconds=batch_seconds,
                        threads=threads, seed=seed, save_every_steps=max(1, min(50, steps // 4)), min_lr_ratio=0.1,
-                       **({} if augment else {"speeds": (1.0,), "specaugment": False}))
+                       specaugment=False, **({} if augment else {"speeds": (1.0,)}))
     torch.set_num_threads(threads)
     rows = [r for r in train_rows if r["duration"] <= tcfg.max_duration]
     batches = duration_batches(rows, tcfg.batch_seconds, seed=seed, epoch=0)
