@@ -1,17 +1,21 @@
 """Does the agent beat hand-picked ranks? Without fine-tuning, at each target: the RL agents' best
-policy against the uniform policy and against random search with the same number of WER evaluations,
-each best policy then scored on the full dev set; and the rewards against each other (ddpg).
+policy against the uniform policy and against random search with the same number of WER evaluations
+(and greedy-by-sensitivity, which needs one evaluation per layer), each best policy then scored on
+the full dev set; and the rewards against each other (ddpg) at the `--reward-targets`.
 
     python benchmarks/search_bench.py [--model CKPT] [--subset assets/baseline/dev_subset.jsonl] \
-        [--dev corpus/default/dev.jsonl] [--episodes 200] [--targets c2 c3 s1.5] [--out results/search.json]
+        [--dev corpus/default/dev.jsonl] [--episodes 200] [--targets c2 c3 s1.5] [--workers 2] \
+        [--out results/search.json]
 
 Targets: `cN` = N x compression of the LSTM weights (params, `--layers lstm`), `sN` = N x speedup of the
 encoder's LSTM stack predicted by the latency table (native kernel, this machine). Runs go to
-`runs/search-bench/<target>-<agent>-<reward>/` and resume. Prints, per target, the full-dev WER of
-each method and the relative gain of the agents over uniform (the goal: >= 10%) and over random.
+`runs/search-bench/<target>-<agent>-<reward>/` and resume; the results file is rewritten after each.
+Prints, per target, the full-dev WER of each method and the relative gain over uniform (the goal:
+>= 10%) and over random.
 """
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,33 +43,39 @@ def main():
     ap.add_argument("--dev", default="corpus/default/dev.jsonl")
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--targets", nargs="+", default=["c2", "c3", "s1.5"])
-    ap.add_argument("--agents", nargs="+", default=["ddpg", "reinforce", "random", "uniform"])
-    ap.add_argument("--rewards", nargs="+", default=["wer", "punish", "amc"], help="compared with ddpg")
+    ap.add_argument("--agents", nargs="+", default=["ddpg", "reinforce", "random", "uniform", "greedy"])
+    ap.add_argument("--rewards", nargs="+", default=["punish", "amc"], help="compared with ddpg's -WER")
+    ap.add_argument("--reward-targets", nargs="+", default=["c3"], help="the targets where rewards are compared")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="score policies on a local Ray pool of N workers")
     ap.add_argument("--runs", default="runs/search-bench")
     ap.add_argument("--out", default="results/search.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     base, cmvn, _ = load_checkpoint(args.model)
     dev = read_manifest(args.dev)
+    meta = {"command": " ".join(sys.argv), "machine": cpu_name(), "threads": args.threads,
+            "workers": args.workers, "model": args.model, "subset": args.subset, "dev_utterances": len(dev)}
     results = []
     for target in args.targets:
-        jobs = [(a, "wer") for a in args.agents] + [("ddpg", r) for r in args.rewards if r != "wer"]
+        jobs = [(a, "wer") for a in args.agents]
+        jobs += [("ddpg", r) for r in args.rewards if r != "wer" and target in args.reward_targets]
         for agent, reward in jobs:
-            episodes = 1 if agent == "uniform" else args.episodes
+            episodes = 1 if agent in ("uniform", "greedy") else args.episodes
             run = Path(args.runs) / f"{target}-{agent}-{reward}"
             cfg = _config(target, agent, reward, episodes, seed=0)
-            r = search(args.model, run, cfg, args.subset, resume=(run / "state.pt").exists(), progress=True)
+            t = time.perf_counter()
+            r = search(args.model, run, cfg, args.subset, resume=(run / "state.pt").exists(), progress=True,
+                       workers=None if agent in ("uniform", "greedy") else args.workers)
+            seconds = time.perf_counter() - t
             model = factorize(load_checkpoint(args.model)[0], r["best"]["ranks"])
             m, _ = evaluate(model, cmvn, dev, progress=False)
             results.append({"target": target, "agent": agent, "reward": reward, "episodes": episodes,
                             "evaluations": r["evaluations"], "subset_wer": r["best"]["wer"], "dev_wer": m["wer"],
-                            "cost_ratio": r["best"]["cost_ratio"]})
+                            "cost_ratio": r["best"]["cost_ratio"], "search_seconds": round(seconds, 1)})
+            write_json(args.out, {"meta": meta, "results": results})
             print(f"{target} {agent:<9} {reward:<6}: dev WER {m['wer']:.4f} (subset {r['best']['wer']:.4f}) at "
-                  f"{r['best']['cost_ratio']:.3f} of dense", flush=True)
-    meta = {"command": " ".join(sys.argv), "machine": cpu_name(),
-            "threads": args.threads, "model": args.model, "subset": args.subset, "dev_utterances": len(dev)}
-    write_json(args.out, {"meta": meta, "results": results})
+                  f"{r['best']['cost_ratio']:.3f} of dense; {r['evaluations']} evaluations", flush=True)
     print("\n| target | agent | reward | dev WER | vs uniform | vs random |\n|---|---|---|---|---|---|")
     for r in results:
         same = {x["agent"]: x["dev_wer"] for x in results if x["target"] == r["target"] and x["reward"] == "wer"}

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.lowrank import factorize, uniform_ranks
 from pipeline.search.agents import DDPGAgent, RandomAgent, ReinforceAgent
 from pipeline.search.run import SearchConfig, run_episode
-from pipeline.search.space import Approximator, CostModel, RankSpace, dense_twin, searchable
+from pipeline.search.space import STATE_DIM, Approximator, CostModel, RankSpace, dense_twin, searchable
 from pipeline.search.subset import spearman, stratified
 
 
@@ -36,7 +36,7 @@ def test_every_episode_meets_its_budget(overfit, agent_cls, kind, target):
         assert space.cost.total(policy) <= space.budget * (1 + 1e-9)
         assert set(policy) == {l.name for l in space.layers}
         assert all(r is None or 8 <= r <= space.limits[n] and r % 8 == 0 for n, r in policy.items())
-        assert len(steps) == len(space.layers) and all(s.shape == (14,) and 0 <= a <= 1 for s, a in steps)
+        assert len(steps) == len(space.layers) and all(s.shape == (STATE_DIM,) and 0 <= a <= 1 for s, a in steps)
         agent.observe(steps, -float(np.random.default_rng(ep).uniform()), ep)
 
 
@@ -231,3 +231,37 @@ def test_subset_command_writes_a_checked_subset(search_files, tiny_corpus, tmp_p
     check = json.loads(out.with_suffix(".json").read_text())
     assert check["policies"] == 4 and len(check["full_wer"]) == len(check["subset_wer"]) == 4
     assert -1.0 <= check["spearman"] <= 1.0 and "Spearman" in r.stdout
+
+
+class _Constant(RandomAgent):
+    def __init__(self, action):
+        super().__init__()
+        self.action = action
+
+    def act(self, state, episode):
+        return self.action
+
+
+def test_relative_actions_centre_on_the_even_fraction(overfit):
+    model = overfit[0]
+    space = _space(model, 2.0, which="lstm")
+    approx = Approximator(model, space.layers)
+    uniform = {l.name: space.rank_of(l, space.uniform_action()) for l in space.layers}
+    policy, steps = run_episode(space, _Constant(0.5), approx, 0)
+    # 0.5 everywhere is the uniform policy, up to the snapping of ranks to multiples of 8
+    assert all(abs((policy[n] or space.limits[n]) - (uniform[n] or space.limits[n])) <= 8 for n in policy)
+    assert space.cost.total(policy) <= space.budget * (1 + 1e-9)
+    assert all(abs(a - 0.5) < 0.2 for _, a in steps)
+    small, _ = run_episode(space, _Constant(0.0), approx, 0)
+    assert space.cost.total(small) < 0.8 * space.cost.total(policy)  # 0 asks for a third of the even fraction
+    checked = 0
+    for layer in space.layers:
+        even = space.even_action(0, {})
+        for a in (0.2, 0.5, 0.8):
+            rank = space.rank_of(layer, space.absolute(a, even))
+            if rank is None or rank == space.limits[layer.name]:
+                continue  # dense: where a rank would save no parameters, the layer stays dense
+            back = space.relative(layer, rank, even)
+            assert abs(back - a) < 8 / space.limits[layer.name] / (2 * np.log(3.0) * 0.1) + 1e-6
+            checked += 1
+    assert checked >= len(space.layers)

@@ -1,13 +1,15 @@
 """Agents that pick a keep fraction per layer. Each has `act(state, episode)` -> action in [0, 1]
-(a keep fraction, before the budget wall), `observe(steps, reward, episode)` at the end of an episode with the
-(state, clipped action) of every step, and `state_dict` / `load_state_dict` for resume.
+(relative to the even fraction, or absolute where `absolute`; see space.py; before the budget
+wall), `observe(steps, reward, episode)` at the end of an episode with the (state, clipped action)
+of every step, and `state_dict` / `load_state_dict` for resume.
 
 - ddpg: AMC's actor-critic (warm-up of random episodes, truncated-normal exploration decaying per
   episode, replay buffer, soft target updates; every step gets the episode's reward minus a moving
   average, discount 1).
 - reinforce: an LSTM controller reading the layers in order, Gaussian actions, moving-average baseline.
-- random: uniform random fractions. uniform: one fraction for all layers (the hand-picked policy).
-The greedy-by-sensitivity baseline is not an episode-by-episode agent; see run.greedy_policy.
+- random: uniform random relative actions (log-uniform keep fractions around the even one).
+- uniform: one absolute fraction for all layers (the hand-picked policy).
+The greedy-by-sensitivity baseline is not an episode-by-episode agent; see run.greedy_search.
 """
 import copy
 
@@ -24,6 +26,8 @@ def _mlp(n_in, hidden=300):
 
 
 class RandomAgent:
+    absolute = False  # acts relative to the even fraction (space.py)
+
     def __init__(self, seed=0):
         self.rng = np.random.default_rng(seed)
 
@@ -41,6 +45,8 @@ class RandomAgent:
 
 
 class UniformAgent(RandomAgent):
+    absolute = True
+
     def __init__(self, action, seed=0):
         super().__init__(seed)
         self.action = action
@@ -50,6 +56,8 @@ class UniformAgent(RandomAgent):
 
 
 class DDPGAgent:
+    absolute = False
+
     def __init__(self, episodes, seed=0, warmup=None, sigma0=0.5, sigma_decay=0.95, lr_actor=1e-4,
                  lr_critic=1e-3, tau=0.01, batch=64, buffer=2000, hidden=300, updates_per_step=1):
         torch.manual_seed(seed)
@@ -127,6 +135,7 @@ class DDPGAgent:
 class ReinforceAgent:
     """An LSTM controller (ENAS/NAS style): it reads each layer's state with the previous action and
     emits the mean of a Gaussian keep fraction; trained by REINFORCE with a moving-average baseline."""
+    absolute = False
 
     def __init__(self, episodes, seed=0, hidden=64, lr=3e-3, sigma=0.15):
         torch.manual_seed(seed)

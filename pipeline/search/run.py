@@ -87,14 +87,17 @@ def reward_of(name, wer, cost, reference, base_wer, tolerance):
 
 
 def run_episode(space, agent, approx, episode):
-    """One walk over the layers: (policy, [(state, action after the wall)])."""
+    """One walk over the layers: (policy, [(state, the agent's action after the wall)]). Agents act
+    relative to the even fraction (space.py); the uniform agent's action is absolute."""
     decided, steps, prev = {}, [], 1.0
     for i, layer in enumerate(space.layers):
-        s = space.state(i, decided, prev, approx)
-        rank = space.wall(i, decided, space.rank_of(layer, agent.act(s, episode)))
+        even = space.even_action(i, decided)
+        s = space.state(i, decided, prev, approx, even)
+        a = agent.act(s, episode)
+        rank = space.wall(i, decided, space.rank_of(layer, a if agent.absolute else space.absolute(a, even)))
         decided[layer.name] = rank
         prev = space.action_of(layer, rank)
-        steps.append((s, prev))
+        steps.append((s, prev if agent.absolute else space.relative(layer, rank, even)))
     return decided, steps
 
 

@@ -2,9 +2,13 @@
 wall that keeps every episode on target, and a dense twin of the model whose weights can be set to
 any rank-r approximation in milliseconds (so each evaluation needs no re-factorisation).
 
-A policy is {layer name: rank or None (dense)}. An action in [0, 1] maps to a keep fraction in
-[min_fraction, 1] of a layer's rank limit (its current rank if it is factored already, else
-min(m, n)), snapped to a multiple of 8.
+A policy is {layer name: rank or None (dense)}. An absolute action in [0, 1] maps to a keep fraction
+in [min_fraction, 1] of a layer's rank limit (its current rank if it is factored already, else
+min(m, n)), snapped to a multiple of 8. The agents act in relative terms: 0.5 is the even fraction,
+the one fraction for this layer and all after it that spends the budget still left; 0 and 1 are that
+fraction divided and multiplied by SPREAD (log scale). So an untrained or random agent proposes
+policies around the uniform one, and the wall rarely has to crush the last layers to their floor
+(with absolute actions a random episode spent the budget early and left the decoder at 10% rank).
 """
 import math
 from dataclasses import replace
@@ -20,7 +24,8 @@ from pipeline.lowrank.modules import LowRankLinear, LowRankLSTM, dense_weight
 from pipeline.model.asr import ASRModel
 
 ENERGY_FRACTIONS = (0.125, 0.25, 0.5, 0.75)
-STATE_DIM = 14
+STATE_DIM = 15
+SPREAD = 3.0
 
 
 def searchable(model, which="all"):
@@ -157,6 +162,31 @@ class RankSpace:
         f = 1.0 if rank is None else rank / self.limits[layer.name]
         return min(1.0, max(0.0, (f - self.min_fraction) / (1.0 - self.min_fraction)))
 
+    def even_action(self, i, decided):
+        """The largest single absolute action for layers i.. that, with `decided`, meets the budget."""
+        rest = self.layers[i:]
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if self.cost.total({**decided, **{l.name: self.rank_of(l, mid) for l in rest}}) <= self.budget:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def _fraction(self, action):
+        return self.min_fraction + (1.0 - self.min_fraction) * action
+
+    def absolute(self, relative, even):
+        """The absolute action of a relative one, given the even absolute action."""
+        f = self._fraction(even) * SPREAD ** (2.0 * relative - 1.0)
+        return min(1.0, max(0.0, (f - self.min_fraction) / (1.0 - self.min_fraction)))
+
+    def relative(self, layer, rank, even):
+        """The relative action that a rank corresponds to (what the agent learns from after the wall)."""
+        f = 1.0 if rank is None else rank / self.limits[layer.name]
+        return min(1.0, max(0.0, 0.5 + np.log(f / self._fraction(even)) / (2.0 * np.log(SPREAD))))
+
     def candidates(self, layer):
         """Every distinct rank the layer can take, smallest first (None = dense last)."""
         ranks = {self.rank_of(layer, k / 128) for k in range(129)}
@@ -174,8 +204,8 @@ class RankSpace:
                 return r
         return self.smallest[layer.name]
 
-    def state(self, i, decided, prev_action, approx):
-        """Features of layer i given the ranks decided so far, each in [0, 1]."""
+    def state(self, i, decided, prev_action, approx, even):
+        """Features of layer i given the ranks decided so far and the even action, each in [0, 1]."""
         l = self.layers[i]
         top = max(max(x.shape) for x in self.layers)
         rest_dense = {x.name: None for x in self.layers[i:]}
@@ -187,15 +217,8 @@ class RankSpace:
                          l.kind == "linear", l.shape[0] / top, l.shape[1] / top, self.shares[l.name], *energy,
                          min(1.0, self.cost.total({**decided, **rest_dense}) / ref),
                          max(0.0, self.budget - self.cost.total({**decided, **rest_small})) / ref,
-                         prev_action], dtype=np.float32)
+                         prev_action, even], dtype=np.float32)
 
     def uniform_action(self):
-        """The largest single action for every layer that meets the budget (bisection)."""
-        lo, hi = 0.0, 1.0
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.cost.total({l.name: self.rank_of(l, mid) for l in self.layers}) <= self.budget:
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        """The largest single absolute action for every layer that meets the budget."""
+        return self.even_action(0, {})

@@ -3,8 +3,8 @@
 Method: stratified systematic sampling. Utterances are grouped by speaker; within a speaker they are
 sorted by duration and every k-th one is taken (k = 1 / fraction, a seeded random start per
 speaker), so every voice and the whole duration range are kept in proportion. The subset is then
-checked: random policies (through the same budget wall as the search, at targets spread over
-1.5-4x) are scored on the full manifest and on the subset, and the Spearman rank correlation of the
+checked: random policies (the random agent's, through the same budget wall as the search, at
+targets spread over 1.5-4x) are scored on the full manifest and on the subset, and the Spearman rank correlation of the
 two WER lists is stored beside the subset (`<out>.json`). Both score lists are cached
 (`<out>.check-full.jsonl`, `<out>.check-subset.jsonl`), so a killed check resumes.
 """
@@ -68,14 +68,16 @@ def spearman(a, b):
 
 
 def random_policies(model, n, seed=0):
-    """n policies of random keep fractions under the params budget of targets spread over 1.5-4x."""
+    """n policies of the random agent (relative actions, the budget wall) under the params budget of
+    targets spread over 1.5-4x: the kind of policy a search compares."""
     rng = np.random.default_rng(seed)
     out, cost = [], _params_cost(model)
     for target in np.linspace(1.5, 4.0, n):
         space = RankSpace(model, cost, float(target))
         decided = {}
         for i, layer in enumerate(space.layers):
-            decided[layer.name] = space.wall(i, decided, space.rank_of(layer, rng.uniform()))
+            action = space.absolute(rng.uniform(), space.even_action(i, decided))
+            decided[layer.name] = space.wall(i, decided, space.rank_of(layer, action))
         out.append(decided)
     return out
 
