@@ -83,6 +83,11 @@ def test_approximator_at_full_rank_is_the_model_and_follows_ranks(overfit):
         twin_out = approx.apply(policy).encode(feats, lengths)[0]
         factored = factorize(copy.deepcopy(model), policy)
         assert float((twin_out - factored.encode(feats, lengths)[0]).abs().max()) < 1e-4
+        # a policy that names one layer leaves no trace of the one before (greedy's probes rely on it)
+        one = dict([next(iter(policy.items()))])
+        alone = factorize(copy.deepcopy(model), one).encode(feats, lengths)[0]
+        assert float((approx.apply(one).encode(feats, lengths)[0] - alone).abs().max()) < 1e-4
+        assert float((approx.apply({}).encode(feats, lengths)[0] - ref).abs().max()) < 1e-5
 
 
 def test_dense_twin_of_a_factored_model_computes_the_same(overfit):

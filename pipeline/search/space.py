@@ -89,10 +89,11 @@ class Approximator:
         return 1.0 if rank is None else float(self.svd[name][2][rank - 1])
 
     def apply(self, policy):
-        """Sets every layer of the policy; returns the twin (which now computes the factored model)."""
+        """Sets every layer to its rank in the policy, the layers it does not name to their original
+        weights; returns the twin (which now computes the factored model)."""
         with torch.no_grad():
-            for name, rank in policy.items():
-                ps, qt, _ = self.svd[name]
+            for name, (ps, qt, _) in self.svd.items():
+                rank = policy.get(name)
                 w = self.original[name] if rank is None else ps[:, :rank] @ qt[:rank]
                 _weight_param(self.twin, name).copy_(w)
         return self.twin
