@@ -14,6 +14,7 @@ Prints, per target, the full-dev WER of each method and the relative gain over u
 >= 10%) and over random.
 """
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -61,14 +62,15 @@ def main():
         jobs = [(a, "wer") for a in args.agents]
         jobs += [("ddpg", r) for r in args.rewards if r != "wer" and target in args.reward_targets]
         for agent, reward in jobs:
-            episodes = 1 if agent in ("uniform", "greedy") else args.episodes
+            single = agent in ("uniform", "greedy")  # one policy each: no episodes to spread over workers
+            episodes = 1 if single else args.episodes
             run = Path(args.runs) / f"{target}-{agent}-{reward}"
             cfg = _config(target, agent, reward, episodes, seed=0)
             t = time.perf_counter()
             r = search(args.model, run, cfg, args.subset, resume=(run / "state.pt").exists(), progress=True,
-                       workers=None if agent in ("uniform", "greedy") else args.workers)
+                       workers=None if single else args.workers)
             seconds = time.perf_counter() - t
-            model = factorize(load_checkpoint(args.model)[0], r["best"]["ranks"])
+            model = factorize(copy.deepcopy(base), r["best"]["ranks"])
             m, _ = evaluate(model, cmvn, dev, progress=False)
             results.append({"target": target, "agent": agent, "reward": reward, "episodes": episodes,
                             "evaluations": r["evaluations"], "subset_wer": r["best"]["wer"], "dev_wer": m["wer"],

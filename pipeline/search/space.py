@@ -152,7 +152,7 @@ class RankSpace:
         the layer's limit; snapped to a multiple of 8; None (dense) where a dense layer's factors
         would not save parameters."""
         limit = self.limits[layer.name]
-        f = self.min_fraction + (1.0 - self.min_fraction) * min(1.0, max(0.0, action))
+        f = self._fraction(min(1.0, max(0.0, action)))
         rank = limit if f >= 1.0 else min(limit, max(SNAP, SNAP * round(f * limit / SNAP)))
         if layer.rank is None and not saves_parameters(layer.shape, rank):
             return None
@@ -160,8 +160,7 @@ class RankSpace:
 
     def action_of(self, layer, rank):
         """The action a rank corresponds to (what the agent learns from after the wall)."""
-        f = 1.0 if rank is None else rank / self.limits[layer.name]
-        return min(1.0, max(0.0, (f - self.min_fraction) / (1.0 - self.min_fraction)))
+        return self._action(1.0 if rank is None else rank / self.limits[layer.name])
 
     def even_action(self, i, decided):
         """The largest single absolute action for layers i.. that, with `decided`, meets the budget."""
@@ -178,10 +177,13 @@ class RankSpace:
     def _fraction(self, action):
         return self.min_fraction + (1.0 - self.min_fraction) * action
 
+    def _action(self, fraction):
+        """The absolute action of a keep fraction (its inverse), clipped to [0, 1]."""
+        return min(1.0, max(0.0, (fraction - self.min_fraction) / (1.0 - self.min_fraction)))
+
     def absolute(self, relative, even):
         """The absolute action of a relative one, given the even absolute action."""
-        f = self._fraction(even) * SPREAD ** (2.0 * relative - 1.0)
-        return min(1.0, max(0.0, (f - self.min_fraction) / (1.0 - self.min_fraction)))
+        return self._action(self._fraction(even) * SPREAD ** (2.0 * relative - 1.0))
 
     def relative(self, layer, rank, even):
         """The relative action that a rank corresponds to (what the agent learns from after the wall)."""
