@@ -5,6 +5,7 @@
 
 #include "build_info.h"
 #include "cpu_features.h"
+#include "decoder.h"
 #include "lstm.h"
 
 namespace py = pybind11;
@@ -70,6 +71,64 @@ lrk::StackWeights stack_weights(const py::list& cells, int directions) {
   }
   s.validate();  // std::invalid_argument reaches Python as ValueError
   return s;
+}
+
+py::handle item(const py::dict& d, const char* key, const std::string& where) {
+  if (!d.contains(key)) throw py::key_error(where + ": missing '" + key + "'");
+  return d[key];
+}
+
+// A (matrix, bias) pair: the matrix as matrix() takes it, the bias a vector or None.
+lrk::LinearWeights linear_weights(py::handle obj, const std::string& where) {
+  py::tuple pair = obj.cast<py::tuple>();
+  if (pair.size() != 2) throw py::value_error(where + ": a linear layer is a (matrix, bias) pair");
+  lrk::LinearWeights l;
+  l.w = matrix(pair[0], where + " matrix");
+  if (!pair[1].is_none()) l.bias = values(as_floats(pair[1], 1, where + " bias"));
+  return l;
+}
+
+// d: {"embedding": (V, E), "lstm": cells as LstmStack takes them, "key", "query", "loc", "energy",
+// "out", "ctc": (matrix, bias) pairs, "loc_conv": (channels, kernel), "sos", "eos", "blank": ints}.
+lrk::DecoderWeights decoder_weights(const py::dict& d) {
+  lrk::DecoderWeights w;
+  FloatArray emb = as_floats(item(d, "embedding", "decoder"), 2, "decoder['embedding']");
+  w.embedding = values(emb);
+  w.embed = int(emb.shape(1));
+  w.lstm = stack_weights(item(d, "lstm", "decoder").cast<py::list>(), 1);
+  w.key = linear_weights(item(d, "key", "decoder"), "decoder['key']");
+  w.query = linear_weights(item(d, "query", "decoder"), "decoder['query']");
+  w.loc_conv = values(as_floats(item(d, "loc_conv", "decoder"), 2, "decoder['loc_conv']"));
+  w.loc = linear_weights(item(d, "loc", "decoder"), "decoder['loc']");
+  w.energy = linear_weights(item(d, "energy", "decoder"), "decoder['energy']");
+  w.out = linear_weights(item(d, "out", "decoder"), "decoder['out']");
+  w.ctc = linear_weights(item(d, "ctc", "decoder"), "decoder['ctc']");
+  w.sos = item(d, "sos", "decoder").cast<int>();
+  w.eos = item(d, "eos", "decoder").cast<int>();
+  w.blank = item(d, "blank", "decoder").cast<int>();
+  w.validate();
+  return w;
+}
+
+FloatArray encoder_states(const lrk::AttentionDecoder& self, py::handle enc_obj) {
+  FloatArray enc = FloatArray::ensure(enc_obj);
+  if (!enc || enc.ndim() != 2 || enc.shape(1) != self.enc_dim() || enc.shape(0) < 1)
+    throw py::value_error("decoder: enc must be (frames >= 1, " + std::to_string(self.enc_dim()) + ")");
+  return enc;
+}
+
+py::object greedy(lrk::AttentionDecoder& self, py::handle enc_obj, bool return_logp) {
+  FloatArray enc = encoder_states(self, enc_obj);
+  std::vector<float> logp;
+  std::vector<int> tokens;
+  {
+    py::gil_scoped_release nogil;
+    tokens = self.greedy(enc.data(), int(enc.shape(0)), return_logp ? &logp : nullptr);
+  }
+  if (!return_logp) return py::cast(tokens);
+  FloatArray lp({py::ssize_t(logp.size() / self.vocab()), py::ssize_t(self.vocab())});
+  std::copy(logp.begin(), logp.end(), lp.mutable_data());
+  return py::make_tuple(tokens, lp);
 }
 
 FloatArray forward(lrk::LstmStack& self, py::handle x_obj) {
@@ -172,6 +231,24 @@ PYBIND11_MODULE(_native, m) {
     lrk::write_weights(path, stack_weights(cells, directions));
   }, py::arg("path"), py::arg("cells"), py::arg("directions"),
         "Writes an LSTM stack's weights in the file format lowrank_bench reads (csrc/lstm_weights.h).");
+
+  py::class_<lrk::AttentionDecoder>(m, "AttentionDecoder",
+                                    "Greedy attention decoding on packed weights (see csrc/decoder.h).")
+      .def(py::init([](const py::dict& weights, const std::string& isa, float max_len_ratio, float ctc_len_ratio,
+                       int ctc_len_margin, int min_len) {
+             return new lrk::AttentionDecoder(decoder_weights(weights),
+                                              {max_len_ratio, ctc_len_ratio, ctc_len_margin, min_len}, isa);
+           }),
+           py::arg("weights"), py::arg("isa") = "auto", py::arg("max_len_ratio") = 1.5f,
+           py::arg("ctc_len_ratio") = 1.5f, py::arg("ctc_len_margin") = 5, py::arg("min_len") = 8)
+      .def("greedy", &greedy, py::arg("enc"), py::arg("return_logp") = false,
+           "Encoder states (frames, enc_dim) -> output tokens (EOS excluded); with return_logp, also each "
+           "step's log-probabilities (steps, vocab).")
+      .def("max_steps", [](lrk::AttentionDecoder& self, py::handle enc_obj) {
+             FloatArray enc = encoder_states(self, enc_obj);
+             return self.max_steps(enc.data(), int(enc.shape(0)));
+           }, py::arg("enc"), "The output-length cap of an utterance.")
+      .def_property_readonly("isa", &lrk::AttentionDecoder::isa);
 
   py::class_<lrk::LstmStack>(m, "LstmStack", "An LSTM stack on packed weights (see csrc/lstm.h).")
       .def(py::init([](const py::list& cells, int directions, const std::string& isa) {

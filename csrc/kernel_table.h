@@ -20,6 +20,10 @@ struct Kernels {
   // Element-wise, any n; exposed so that tests can check the approximations.
   void (*sigmoid)(const float* x, float* y, size_t n);
   void (*tanh)(const float* x, float* y, size_t n);
+  // Location-aware attention energies (csrc/decoder.h): e[t] = v . tanh(keys[t] + q + sum_c f[c][t] L[c])
+  // for t < frames; keys (frames x ap), q, v, L (channels x ap) zero-padded to ap, a multiple of `width`.
+  void (*attention_energies)(const float* keys, const float* q, const float* f, int ldf, const float* loc,
+                             int channels, const float* v, int ap, int frames, float* e);
   // Roofline probes: read bandwidth over a buffer of `bytes` (GB/s) and peak FMA throughput (GFLOP/s).
   double (*read_gbps)(size_t bytes, double min_seconds);
   double (*peak_gflops)(double min_seconds);

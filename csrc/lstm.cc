@@ -3,10 +3,6 @@
 #include <algorithm>
 #include <stdexcept>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
-
 namespace lrk {
 namespace {
 
@@ -23,29 +19,7 @@ void fill_rows(float* y, int rows, int ld, const FloatBuffer& row) {
   for (int r = 0; r < rows; ++r) std::copy(row.begin(), row.end(), y + size_t(r) * ld);
 }
 
-// Denormal floats (from saturated gates and decayed cell states) cost x86 cores ~100 cycles per
-// operation; their values (< 1.2e-38) do not matter to an LSTM, so computing flushes them to zero
-// and the caller's floating-point mode is restored afterwards.
-class FlushDenormals {
- public:
-#if defined(__x86_64__) || defined(__i386__)
-  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
-  ~FlushDenormals() { _mm_setcsr(saved_); }
-
- private:
-  unsigned saved_;
-#endif
-};
-
 }  // namespace
-
-void LstmStack::Matrix::apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy,
-                              bool accumulate, FloatBuffer& tmp) const {
-  if (rank == 0) return kern.matmul(x, rows, ldx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
-  tmp.resize(size_t(rows) * v.mp);
-  kern.matmul(x, rows, ldx, v.data.data(), v.mp, v.k, tmp.data(), v.mp, false);
-  kern.matmul(tmp.data(), rows, v.mp, a.data.data(), a.mp, a.k, y, ldy, accumulate);
-}
 
 LstmStack::LstmStack(const StackWeights& w, const std::string& isa) : kern_(kernels(isa)) {
   w.validate();
@@ -55,20 +29,8 @@ LstmStack::LstmStack(const StackWeights& w, const std::string& isa) : kern_(kern
   hidden_ = w.cells[0].hidden;
   hp_ = round_up(hidden_, kern_.width);
   const std::vector<int> rows = gate_rows(hidden_, hp_);
-  auto matrix = [&](const MatrixWeights& m) {
-    Matrix out;
-    out.rank = m.rank;
-    out.floats = m.floats();
-    if (m.rank == 0) {
-      out.a = pack(kern_, m.w.data(), m.rows, m.cols, m.cols, rows);
-    } else {
-      out.v = pack(kern_, m.v.data(), m.rank, m.cols, m.cols);
-      out.a = pack(kern_, m.u.data(), m.rows, m.rank, m.rank, rows);
-    }
-    return out;
-  };
   for (const CellWeights& c : w.cells) {
-    Cell cell{matrix(c.ih), matrix(c.hh), FloatBuffer(rows.size(), 0.0f)};
+    Cell cell{Matrix::make(kern_, c.ih, rows), Matrix::make(kern_, c.hh, rows), FloatBuffer(rows.size(), 0.0f)};
     for (size_t i = 0; i < rows.size(); ++i)
       if (rows[i] >= 0) cell.bias[i] = c.bias[rows[i]];
     cells_.push_back(std::move(cell));

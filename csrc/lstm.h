@@ -8,6 +8,7 @@
 
 #include "lstm_kernels.h"
 #include "lstm_weights.h"
+#include "matrix.h"
 
 namespace lrk {
 
@@ -34,14 +35,6 @@ class LstmStack {
   size_t input_macs() const;
 
  private:
-  // One matrix, dense (a) or factored (a = U, v = V), and the product it applies.
-  struct Matrix {
-    int rank = 0;
-    size_t floats = 0;  // of the unpadded weights: bytes streamed and multiply-adds per frame
-    Packed a, v;
-    void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy, bool accumulate,
-               FloatBuffer& tmp) const;
-  };
   struct Cell {
     Matrix ih, hh;
     FloatBuffer bias;  // 4 * hp, padded like the gates

@@ -202,6 +202,25 @@ void cell(const float* gates, int ldg, int rows, int hp, float* c, float* h, int
   }
 }
 
+// ---- location-aware attention -----------------------------------------------------------------
+
+// e[t] = v . tanh(keys[t] + q + sum_c f[c][t] L[c]) for t < frames, each row of z kept in registers
+// blocks of W: the keys (frames x ap), q, v and L[c] (channels x ap) padded with zeros to ap.
+void attention_energies(const float* keys, const float* q, const float* f, int ldf, const float* loc, int channels,
+                        const float* v, int ap, int frames, float* e) {
+  for (int t = 0; t < frames; ++t) {
+    const float* kt = keys + size_t(t) * ap;
+    V acc = Simd::zero();
+    for (int a = 0; a < ap; a += W) {
+      V z = Simd::add(Simd::load(kt + a), Simd::load(q + a));
+      for (int c = 0; c < channels; ++c)
+        z = Simd::fma(Simd::set1(f[size_t(c) * ldf + t]), Simd::load(loc + size_t(c) * ap + a), z);
+      acc = Simd::fma(tanh_v(z), Simd::load(v + a), acc);
+    }
+    e[t] = Simd::sum(acc);
+  }
+}
+
 // ---- roofline probes ---------------------------------------------------------------------------
 
 inline double now() {
@@ -267,7 +286,8 @@ double peak_gflops(double min_seconds) {
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
-const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &read_gbps, &peak_gflops};
+const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &attention_energies, &read_gbps,
+                        &peak_gflops};
 
 }  // namespace LRK_ISA_NS
 }  // namespace lrk

@@ -1,5 +1,6 @@
-"""The C++ LSTM kernels (`pipeline._native`) on PyTorch modules: the encoder's LSTM stack of a dense or
-factored checkpoint runs natively, and its weights go to a file that `lowrank_bench` reads on a device."""
+"""The C++ kernels (`pipeline._native`) on PyTorch modules: the encoder's LSTM stack and the greedy
+attention decoder of a dense or factored checkpoint run natively, and the encoder's weights go to a
+file that `lowrank_bench` reads on a device."""
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from torch import nn
 from pipeline import _native
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
+from pipeline.model.decode import DecodeConfig
+from pipeline.model.vocab import BLANK, EOS, SOS, decode as ids_to_text
 
 
 def _array(t):
@@ -20,7 +23,12 @@ def _matrix(m):
     """A dense weight as one array; a factored one as its (U, V) pair."""
     if isinstance(m, torch.Tensor):
         return _array(m)
-    return _array(m.weight) if m.rank is None else (_array(m.U), _array(m.V))
+    return _array(m.weight) if getattr(m, "rank", None) is None else (_array(m.U), _array(m.V))
+
+
+def _linear(m):
+    """An nn.Linear or LowRankLinear as the (matrix, bias or None) pair the decoder takes."""
+    return _matrix(m), None if m.bias is None else _array(m.bias)
 
 
 def lstm_cells(mod):
@@ -65,6 +73,16 @@ def stack(obj, isa="auto"):
     return _native.LstmStack(cells, dirs, isa)
 
 
+def decoder(model, cfg=DecodeConfig(), isa="auto"):
+    """A native `AttentionDecoder` of the model's decoder (and CTC head, which caps the output length)."""
+    dec, att = model.decoder, model.decoder.attention
+    weights = {"embedding": _array(dec.embed.weight), "lstm": lstm_cells(dec.lstm)[0],
+               "key": _linear(att.key), "query": _linear(att.query), "loc_conv": _array(att.loc_conv.weight[:, 0]),
+               "loc": _linear(att.loc), "energy": _linear(att.energy), "out": _linear(dec.out),
+               "ctc": _linear(model.ctc), "sos": SOS, "eos": EOS, "blank": BLANK}
+    return _native.AttentionDecoder(weights, isa, cfg.max_len_ratio, cfg.ctc_len_ratio, cfg.ctc_len_margin)
+
+
 def write_weights(path, obj):
     """The weights file `lowrank_bench --weights` reads (format in csrc/lstm_weights.h)."""
     cells, dirs = _cells_of(obj)
@@ -79,6 +97,13 @@ def encode_native(model, feats, native_stack=None):
     x, _ = enc.subsample(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
     native_stack = native_stack or stack(enc)
     return torch.from_numpy(native_stack.forward(np.ascontiguousarray(x[0].numpy())))
+
+
+def transcribe_native(model, feats, native_stack, native_decoder):
+    """One utterance's features (T, n_mels) -> its greedy transcript, everything after the
+    convolutional subsampling in C++."""
+    enc = encode_native(model, feats, native_stack).numpy()
+    return ids_to_text(native_decoder.greedy(enc))
 
 
 ROOT = Path(__file__).resolve().parent.parent

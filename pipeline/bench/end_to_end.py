@@ -1,6 +1,6 @@
 """End-to-end latency of a checkpoint on a fixed set of utterances: features, encoder and greedy
-decoding, in PyTorch, in onnxruntime (the exported graphs) or with the encoder's LSTM stack in the
-native kernel (the rest in PyTorch). Warm-up, repetitions, median and p90 per utterance set, real-time
+decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (the encoder's LSTM stack and
+the greedy attention decoder in C++; features and the convolutional subsampling in PyTorch). Warm-up, repetitions, median and p90 per utterance set, real-time
 factor and the process's peak memory, with the thread count pinned.
 
 On a remote target (ssh, adb, qemu) only the native encoder stack runs there, through `lowrank_bench`
@@ -22,7 +22,7 @@ from pipeline.data.features import fbank
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.model.decode import greedy, greedy_from_encoder
+from pipeline.model.decode import greedy
 
 
 def fixed_utterances(manifest, n):
@@ -46,12 +46,8 @@ def _runtime_fn(runtime, checkpoint, model, cmvn):
     if runtime == "native":
         from pipeline import native
 
-        st = native.stack(model.encoder)
-
-        def run(audio, sr):
-            enc = native.encode_native(model, cmvn(fbank(audio, sr)), st)[None]
-            return greedy_from_encoder(model, enc, torch.tensor([enc.shape[1]]), torch.ones(enc.shape[:2], dtype=torch.bool))[0]
-        return run
+        st, dec = native.stack(model.encoder), native.decoder(model)
+        return lambda audio, sr: native.transcribe_native(model, cmvn(fbank(audio, sr)), st, dec)
     if runtime == "onnx":
         from export.onnx_export import export
         from export.runner import OnnxAsr

@@ -1,0 +1,87 @@
+"""End-to-end native transcription of checkpoints side by side, split into its stages: features
+(PyTorch), convolutional subsampling (PyTorch), the encoder's LSTM stack (C++) and the greedy
+attention decoder (C++); milliseconds over a fixed utterance set, 1 thread, median of the
+repetitions, each checkpoint's total as a speedup over the first's.
+
+    python benchmarks/native_e2e_bench.py --models assets/baseline/model.safetensors runs/compress/final.safetensors \
+        [--manifest corpus/default/test.jsonl] [--utterances 10] [--reps 5] [--json results/native_e2e.json]
+"""
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from pipeline import native
+from pipeline.atomic import write_json
+from pipeline.bench.end_to_end import _audio, fixed_utterances
+from pipeline.data.features import fbank
+from pipeline.lowrank import cost_table
+from pipeline.machine import cpu_name
+from pipeline.model.checkpoint import load_checkpoint
+
+STAGES = ("features", "subsampling", "encoder_lstm", "decoder")
+
+
+@torch.no_grad()
+def stage_ms(model, cmvn, audio, st, dec):
+    """Milliseconds per stage over the utterance set, once."""
+    ms = dict.fromkeys(STAGES, 0.0)
+    for a, sr in audio:
+        t0 = time.perf_counter()
+        f = cmvn(fbank(a, sr))
+        t1 = time.perf_counter()
+        x, _ = model.encoder.subsample(f[None], torch.tensor([f.shape[0]]))
+        x = np.ascontiguousarray(x[0].numpy())
+        t2 = time.perf_counter()
+        enc = st.forward(x)
+        t3 = time.perf_counter()
+        dec.greedy(enc)
+        t4 = time.perf_counter()
+        for k, (s, e) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+            ms[k] += 1e3 * (e - s)
+    return ms
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--manifest", default="corpus/default/test.jsonl")
+    ap.add_argument("--utterances", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    audio = _audio(fixed_utterances(args.manifest, args.utterances))
+    seconds = sum(len(a) / sr for a, sr in audio)
+    loaded = []
+    for path in args.models:
+        model, cmvn, _ = load_checkpoint(path)
+        loaded.append((path, model.eval(), cmvn, native.stack(model.encoder), native.decoder(model)))
+    runs = {path: [] for path in args.models}
+    for rep in range(args.reps + 1):  # interleaved, so that every model sees the machine at the same speed
+        for path, model, cmvn, st, dec in loaded:
+            ms = stage_ms(model, cmvn, audio, st, dec)
+            if rep:  # the first pass warms up
+                runs[path].append(ms)
+    rows, first = [], None
+    print(f"{cpu_name()}, 1 thread, {len(audio)} utterances ({seconds:.1f} s of audio), median of {args.reps}")
+    print(f"{'model':48} {'LSTM x':>7} " + " ".join(f"{k:>12}" for k in STAGES) + f" {'total':>8} {'speedup':>8}")
+    for path, model, *_ in loaded:
+        med = {k: statistics.median(r[k] for r in runs[path]) for k in STAGES}
+        total = statistics.median(sum(r.values()) for r in runs[path])
+        first = first or total
+        lstm_x = cost_table(model)[1]["lstm_compression"]
+        rows.append({"model": path, "lstm_compression": lstm_x, "stages_ms": med, "total_ms": total,
+                     "speedup": first / total})
+        print(f"{path[-48:]:48} {lstm_x:7.2f} " + " ".join(f"{med[k]:12.1f}" for k in STAGES)
+              + f" {total:8.1f} {first / total:8.2f}")
+    if args.json:
+        write_json(args.json, {"machine": f"{cpu_name()}, 1 thread", "manifest": args.manifest,
+                               "utterances": len(audio), "audio_seconds": seconds, "reps": args.reps, "runs": rows,
+                               "command": "python benchmarks/native_e2e_bench.py --models " + " ".join(args.models)})
+
+
+if __name__ == "__main__":
+    main()

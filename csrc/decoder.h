@@ -1,0 +1,79 @@
+// Greedy decoding with the attention decoder of pipeline/model/asr.py (an LSTM over the previous
+// character and context, location-aware attention, an output projection) on packed weights: the
+// whole output loop in C++, one utterance at a time, every projection dense or factored. The
+// output length is capped as pipeline/model/decode.py caps it, from the CTC head's best path.
+// Not thread-safe: one decoder per thread (it owns its scratch buffers).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "lstm.h"
+#include "matrix.h"
+
+namespace lrk {
+
+// y = x W^T (+ bias): W dense or factored; an empty bias is none.
+struct LinearWeights {
+  MatrixWeights w;
+  std::vector<float> bias;
+};
+
+struct DecoderWeights {
+  std::vector<float> embedding;  // vocab x embed
+  int embed = 0;
+  StackWeights lstm;             // one direction; its input: the embedding, then the context
+  LinearWeights key, query;      // att x enc_dim (bias), att x hidden (none)
+  std::vector<float> loc_conv;   // channels x kernel (odd): convolution over the previous weights
+  LinearWeights loc, energy;     // att x channels (none), 1 x att (bias)
+  LinearWeights out, ctc;        // vocab x (hidden + enc_dim), vocab x enc_dim (both with bias)
+  int sos = 0, eos = 0, blank = 0;
+  // Throws std::invalid_argument naming the field whose shape disagrees with the others.
+  void validate() const;
+};
+
+// decode.py's DecodeConfig caps: max(min_len, frames x max_len_ratio), and at most
+// ctc_len_ratio x the CTC best path's length + ctc_len_margin (ctc_len_ratio 0: no CTC cap).
+struct DecodeLimits {
+  float max_len_ratio = 1.5f, ctc_len_ratio = 1.5f;
+  int ctc_len_margin = 5, min_len = 8;
+};
+
+class AttentionDecoder {
+ public:
+  AttentionDecoder(const DecoderWeights& weights, const DecodeLimits& limits = {}, const std::string& isa = "auto");
+
+  // enc (frames x enc_dim) -> the greedy output tokens, EOS excluded; logp, if given, receives each
+  // step's log-probabilities (steps x vocab).
+  std::vector<int> greedy(const float* enc, int frames, std::vector<float>* logp = nullptr);
+  // The output-length cap of an utterance.
+  int max_steps(const float* enc, int frames);
+
+  int enc_dim() const { return enc_dim_; }
+  int vocab() const { return vocab_; }
+  const char* isa() const { return kern_.isa; }
+
+ private:
+  struct Linear {
+    Matrix m;
+    FloatBuffer bias;  // padded to m.out_padded(); zeros when the layer has none
+    void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, FloatBuffer& tmp) const;
+  };
+  Linear linear(const LinearWeights& w) const;
+  void attend(int frames);
+
+  const Kernels& kern_;
+  DecodeLimits limits_;
+  int vocab_, embed_, enc_dim_, hidden_, channels_, kernel_, sos_, eos_, blank_;
+  std::vector<float> embedding_;
+  LstmStack lstm_;
+  Linear key_, query_, out_, ctc_;
+  // Dense, padded to the keys' width: the location projection's columns (channels x ap) and the
+  // energy vector; the convolution (channels x kernel).
+  FloatBuffer loc_t_, energy_v_, conv_;
+  float energy_bias_ = 0;
+  // Per utterance: keys (frames x ap), enc^T packed for the context product; per step: the rest.
+  FloatBuffer keys_, x_, q_, qa_, padded_, locf_, e_, weights_, context_, logits_, tmp_;
+  Packed enc_t_;
+};
+
+}  // namespace lrk
