@@ -197,6 +197,21 @@ def test_missing_subset_and_changed_config_on_resume(search_files, tmp_path):
     assert run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "2")).returncode == 0
     r = run_cli(*_search_args(search_files, out, "--target-compression", "3", "--episodes", "2", "--resume"))
     assert r.returncode != 0 and "target_compression" in r.stderr
+    saved = torch.load(out / "state.pt", weights_only=False)  # a saved agent of another state size
+    first = next(iter(saved["agent"]["nets"][0]))
+    saved["agent"]["nets"][0][first] = torch.zeros(3, 3)
+    torch.save(saved, out / "state.pt")
+    r = run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "3", "--resume"))
+    assert r.returncode == 2 and "state.pt: the saved ddpg agent does not fit" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("episodes", [20, 60, 200])
+def test_ddpg_exploration_decays_to_its_floor_at_the_last_episode(episodes):
+    from pipeline.search.agents import DDPGAgent
+
+    agent = DDPGAgent(episodes)
+    assert agent.sigma(agent.warmup) == pytest.approx(0.5)
+    assert agent.sigma(episodes - 1) == pytest.approx(0.05)
 
 
 def test_search_config_defaults():

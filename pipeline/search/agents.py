@@ -4,7 +4,7 @@ wall), `observe(steps, reward, episode)` at the end of an episode with the (stat
 of every step, and `state_dict` / `load_state_dict` for resume.
 
 - ddpg: AMC's actor-critic (warm-up of random episodes, truncated-normal exploration decaying per
-  episode, replay buffer, soft target updates; every step gets the episode's reward minus a moving
+  episode to a floor at the last, replay buffer, soft target updates; every step gets the episode's reward minus a moving
   average, discount 1).
 - reinforce: an LSTM controller reading the layers in order, Gaussian actions, moving-average baseline.
 - random: uniform random relative actions (log-uniform keep fractions around the even one).
@@ -58,12 +58,16 @@ class UniformAgent(RandomAgent):
 class DDPGAgent:
     absolute = False
 
-    def __init__(self, episodes, seed=0, warmup=None, sigma0=0.5, sigma_decay=0.95, lr_actor=1e-4,
+    def __init__(self, episodes, seed=0, warmup=None, sigma0=0.5, sigma_end=0.05, lr_actor=1e-4,
                  lr_critic=1e-3, tau=0.01, batch=64, buffer=2000, hidden=300, updates_per_step=1):
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.warmup = min(100, max(1, episodes // 4)) if warmup is None else warmup
-        self.sigma0, self.sigma_decay, self.tau, self.batch, self.buffer = sigma0, sigma_decay, tau, batch, buffer
+        # Exploration decays geometrically from sigma0 after the warm-up to sigma_end at the last
+        # episode: AMC's fixed 0.95 per episode left sigma ~0.003 for the last 60 of 200 episodes,
+        # which then proposed the same few policies again and again.
+        self.sigma_decay = (sigma_end / sigma0) ** (1 / max(1, episodes - 1 - self.warmup))
+        self.sigma0, self.tau, self.batch, self.buffer = sigma0, tau, batch, buffer
         self.updates_per_step = updates_per_step
         self.actor = nn.Sequential(*_mlp(STATE_DIM, hidden), nn.Sigmoid())
         self.critic = _mlp(STATE_DIM + 1, hidden)
@@ -78,12 +82,16 @@ class DDPGAgent:
             return float(self.rng.uniform(0.0, 1.0))
         with torch.no_grad():
             mu = float(self.actor(torch.from_numpy(state)[None])[0, 0])
-        sigma = self.sigma0 * self.sigma_decay ** (episode - self.warmup)
+        sigma = self.sigma(episode)
         for _ in range(100):  # truncated normal on [0, 1]
             a = self.rng.normal(mu, sigma)
             if 0.0 <= a <= 1.0:
                 return float(a)
         return float(np.clip(mu, 0.0, 1.0))
+
+    def sigma(self, episode):
+        """The exploration noise of an episode after the warm-up."""
+        return self.sigma0 * self.sigma_decay ** (episode - self.warmup)
 
     def observe(self, steps, reward, episode):
         self.moving_average = reward if self.moving_average is None else \

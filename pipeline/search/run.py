@@ -163,7 +163,11 @@ def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progres
     st = {"episode": 0, "log": []}
     if resume:
         saved = torch.load(out / "state.pt", weights_only=False)
-        agent.load_state_dict(saved["agent"])
+        try:
+            agent.load_state_dict(saved["agent"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:  # e.g. another state size (space.STATE_DIM)
+            raise PipelineError(f"{out / 'state.pt'}: the saved {cfg.agent} agent does not fit this version's "
+                                f"({str(e).splitlines()[0][:200]}); start a new search folder") from e
         st = saved["progress"]
     bar = tqdm(total=cfg.episodes, initial=st["episode"], desc=f"search ({cfg.agent})", unit="episode",
                disable=not progress)
