@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.errors import PipelineError
+from pipeline.search.agents import RandomAgent
 from pipeline.search.evaluator import SubsetEvaluator
+from pipeline.search.run import run_episode
 from pipeline.search.space import Approximator, CostModel, RankSpace, searchable
 
 MAX_FRACTION = 0.15
@@ -67,19 +69,12 @@ def spearman(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def random_policies(model, n, seed=0):
-    """n policies of the random agent (relative actions, the budget wall) under the params budget of
+def random_policies(model, n, seed=0, approx=None):
+    """n episodes of the random agent (relative actions, the budget wall) under the params budget of
     targets spread over 1.5-4x: the kind of policy a search compares."""
-    rng = np.random.default_rng(seed)
-    out, cost = [], _params_cost(model)
-    for target in np.linspace(1.5, 4.0, n):
-        space = RankSpace(model, cost, float(target))
-        decided = {}
-        for i, layer in enumerate(space.layers):
-            action = space.absolute(rng.uniform(), space.even_action(i, decided))
-            decided[layer.name] = space.wall(i, decided, space.rank_of(layer, action))
-        out.append(decided)
-    return out
+    agent, cost = RandomAgent(seed), _params_cost(model)
+    approx = approx or Approximator(model, searchable(model))
+    return [run_episode(RankSpace(model, cost, float(t)), agent, approx, 0)[0] for t in np.linspace(1.5, 4.0, n)]
 
 
 def _params_cost(model):
@@ -90,8 +85,8 @@ def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, p
     """Writes the subset manifest `out` and its check `<out>.json`; returns the check."""
     out = Path(out)
     subset = stratified(rows, fraction, seed)
-    policies = random_policies(model, n_policies, seed)
     approx = Approximator(model, searchable(model))
+    policies = random_policies(model, n_policies, seed, approx)
     full = SubsetEvaluator(approx, cmvn, rows, out.with_suffix(".check-full.jsonl"))
     part = SubsetEvaluator(approx, cmvn, subset, out.with_suffix(".check-subset.jsonl"))
     full_wer, part_wer = [], []
