@@ -1,6 +1,6 @@
-"""End-to-end native transcription of checkpoints side by side, split into its stages: features
-(PyTorch), convolutional subsampling (PyTorch), the encoder's LSTM stack (C++) and the greedy
-attention decoder (C++); milliseconds over a fixed utterance set, 1 thread, median of the
+"""End-to-end native transcription (`pipeline.native.NativeAsr`, all in C++) of checkpoints side by
+side, split into its stages: filterbank features with CMVN, the convolutional subsampling, the
+encoder's LSTM stack and the greedy attention decoder; milliseconds over a fixed utterance set, 1 thread, median of the
 repetitions, each checkpoint's total as a speedup over the first's.
 
     python benchmarks/native_e2e_bench.py --models assets/baseline/model.safetensors runs/compress/final.safetensors \
@@ -16,7 +16,7 @@ import torch
 from pipeline import native
 from pipeline.atomic import write_json
 from pipeline.bench.end_to_end import _audio, fixed_utterances
-from pipeline.data.features import fbank
+from pipeline.data.audio import SAMPLE_RATE, resample
 from pipeline.lowrank import cost_table
 from pipeline.machine import cpu_name
 from pipeline.model.checkpoint import load_checkpoint
@@ -24,20 +24,18 @@ from pipeline.model.checkpoint import load_checkpoint
 STAGES = ("features", "subsampling", "encoder_lstm", "decoder")
 
 
-@torch.no_grad()
-def stage_ms(model, cmvn, audio, st, dec):
+def stage_ms(asr, audio):
     """Milliseconds per stage over the utterance set, once."""
     ms = dict.fromkeys(STAGES, 0.0)
-    for a, sr in audio:
+    for a in audio:
         t0 = time.perf_counter()
-        f = cmvn(fbank(a, sr))
+        f = asr.frontend.features(a)
         t1 = time.perf_counter()
-        x, _ = model.encoder.subsample(f[None], torch.tensor([f.shape[0]]))
-        x = np.ascontiguousarray(x[0].numpy())
+        x = asr.frontend.subsample(f)
         t2 = time.perf_counter()
-        enc = st.forward(x)
+        enc = asr.stack.forward(x)
         t3 = time.perf_counter()
-        dec.greedy(enc)
+        asr.decoder.greedy(enc)
         t4 = time.perf_counter()
         for k, (s, e) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
             ms[k] += 1e3 * (e - s)
@@ -53,22 +51,22 @@ def main():
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    audio = _audio(fixed_utterances(args.manifest, args.utterances))
-    seconds = sum(len(a) / sr for a, sr in audio)
+    audio = [np.ascontiguousarray(resample(a, sr)) for a, sr in _audio(fixed_utterances(args.manifest, args.utterances))]
+    seconds = sum(len(a) for a in audio) / SAMPLE_RATE
     loaded = []
     for path in args.models:
         model, cmvn, _ = load_checkpoint(path)
-        loaded.append((path, model.eval(), cmvn, native.stack(model.encoder), native.decoder(model)))
+        loaded.append((path, model, native.NativeAsr(model, cmvn)))
     runs = {path: [] for path in args.models}
     for rep in range(args.reps + 1):  # interleaved, so that every model sees the machine at the same speed
-        for path, model, cmvn, st, dec in loaded:
-            ms = stage_ms(model, cmvn, audio, st, dec)
+        for path, _, asr in loaded:
+            ms = stage_ms(asr, audio)
             if rep:  # the first pass warms up
                 runs[path].append(ms)
     rows, first = [], None
     print(f"{cpu_name()}, 1 thread, {len(audio)} utterances ({seconds:.1f} s of audio), median of {args.reps}")
     print(f"{'model':48} {'LSTM x':>7} " + " ".join(f"{k:>12}" for k in STAGES) + f" {'total':>8} {'speedup':>8}")
-    for path, model, *_ in loaded:
+    for path, model, _ in loaded:
         med = {k: statistics.median(r[k] for r in runs[path]) for k in STAGES}
         total = statistics.median(sum(r.values()) for r in runs[path])
         first = first or total

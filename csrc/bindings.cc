@@ -6,6 +6,7 @@
 #include "build_info.h"
 #include "cpu_features.h"
 #include "decoder.h"
+#include "frontend.h"
 #include "lstm.h"
 
 namespace py = pybind11;
@@ -108,6 +109,59 @@ lrk::DecoderWeights decoder_weights(const py::dict& d) {
   w.blank = item(d, "blank", "decoder").cast<int>();
   w.validate();
   return w;
+}
+
+// d: {"window", "mel" (mel_bins x bins), "mean", "std", "conv1_w", "conv1_b", "conv2_w", "conv2_b": arrays
+// (the convolutions' weights flattened in PyTorch's order), "channels", "time_stride", "frame_length",
+// "frame_shift", "fft_size": ints, "preemphasis": float}.
+lrk::FrontendWeights frontend_weights(const py::dict& d) {
+  lrk::FrontendWeights w;
+  auto vec = [&](const char* key) { return values(as_floats(item(d, key, "frontend"), 1, std::string("frontend['") + key + "']")); };
+  FloatArray mel = as_floats(item(d, "mel", "frontend"), 2, "frontend['mel']");
+  w.mel = values(mel);
+  w.mel_bins = int(mel.shape(0));
+  w.window = vec("window");
+  w.mean = vec("mean");
+  w.std = vec("std");
+  w.conv1_w = vec("conv1_w");
+  w.conv1_b = vec("conv1_b");
+  w.conv2_w = vec("conv2_w");
+  w.conv2_b = vec("conv2_b");
+  w.channels = item(d, "channels", "frontend").cast<int>();
+  w.time_stride = item(d, "time_stride", "frontend").cast<int>();
+  w.frame_length = item(d, "frame_length", "frontend").cast<int>();
+  w.frame_shift = item(d, "frame_shift", "frontend").cast<int>();
+  w.fft_size = item(d, "fft_size", "frontend").cast<int>();
+  w.preemphasis = item(d, "preemphasis", "frontend").cast<float>();
+  w.validate();
+  return w;
+}
+
+FloatArray frontend_features(lrk::Frontend& self, py::handle samples_obj) {
+  FloatArray x = as_floats(samples_obj, 1, "features: samples");
+  const int frames = self.feature_frames(int(x.shape(0)));
+  if (frames == 0) throw py::value_error("features: audio shorter than one frame");
+  FloatArray y({frames, self.mel_bins()});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    self.features(x.data(), int(x.shape(0)), yp);
+  }
+  return y;
+}
+
+FloatArray frontend_subsample(lrk::Frontend& self, py::handle feats_obj) {
+  FloatArray f = as_floats(feats_obj, 2, "subsample: features");
+  if (f.shape(1) != self.mel_bins()) throw py::value_error("subsample: features must have " + std::to_string(self.mel_bins()) + " bins");
+  const int out = self.output_frames(int(f.shape(0)));
+  if (out == 0) throw py::value_error("subsample: " + std::to_string(f.shape(0)) + " frames are too few");
+  FloatArray y({out, self.output_size()});
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    self.subsample(f.data(), int(f.shape(0)), yp);
+  }
+  return y;
 }
 
 FloatArray encoder_states(const lrk::AttentionDecoder& self, py::handle enc_obj) {
@@ -231,6 +285,17 @@ PYBIND11_MODULE(_native, m) {
     lrk::write_weights(path, stack_weights(cells, directions));
   }, py::arg("path"), py::arg("cells"), py::arg("directions"),
         "Writes an LSTM stack's weights in the file format lowrank_bench reads (csrc/lstm_weights.h).");
+
+  py::class_<lrk::Frontend>(m, "Frontend", "Filterbanks, CMVN and the convolutional subsampling (see csrc/frontend.h).")
+      .def(py::init([](const py::dict& weights, const std::string& isa) {
+             return new lrk::Frontend(frontend_weights(weights), isa);
+           }),
+           py::arg("weights"), py::arg("isa") = "auto")
+      .def("features", &frontend_features, py::arg("samples"),
+           "16 kHz mono samples in [-1, 1] -> normalised log-mel features (frames, mel_bins).")
+      .def("subsample", &frontend_subsample, py::arg("features"),
+           "Features (frames, mel_bins) -> the encoder LSTM stack's input (frames', output_size).")
+      .def_property_readonly("output_size", &lrk::Frontend::output_size);
 
   py::class_<lrk::AttentionDecoder>(m, "AttentionDecoder",
                                     "Greedy attention decoding on packed weights (see csrc/decoder.h).")

@@ -1,6 +1,7 @@
-"""The C++ kernels (`pipeline._native`) on PyTorch modules: the encoder's LSTM stack and the greedy
-attention decoder of a dense or factored checkpoint run natively, and the encoder's weights go to a
-file that `lowrank_bench` reads on a device."""
+"""The C++ kernels (`pipeline._native`) on PyTorch modules: a dense or factored checkpoint runs
+natively from samples to transcript (`NativeAsr`: filterbanks, CMVN and the convolutional
+subsampling, the encoder's LSTM stack, the greedy attention decoder), and the encoder's weights go
+to a file that `lowrank_bench` reads on a device."""
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from torch import nn
 from pipeline import _native
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
+from pipeline.data.audio import SAMPLE_RATE, resample
+from pipeline.data.features import FeatureConfig
 from pipeline.model.decode import DecodeConfig
 from pipeline.model.vocab import BLANK, EOS, SOS, decode as ids_to_text
 
@@ -99,11 +102,38 @@ def encode_native(model, feats, native_stack=None):
     return torch.from_numpy(native_stack.forward(np.ascontiguousarray(x[0].numpy())))
 
 
-def transcribe_native(model, feats, native_stack, native_decoder):
-    """One utterance's features (T, n_mels) -> its greedy transcript, everything after the
-    convolutional subsampling in C++."""
-    enc = encode_native(model, feats, native_stack).numpy()
-    return ids_to_text(native_decoder.greedy(enc))
+def frontend(model, cmvn, cfg=FeatureConfig(), isa="auto"):
+    """A native `Frontend`: features.py's Kaldi filterbanks, the CMVN and the model's subsampling."""
+    import torchaudio.compliance.kaldi as kaldi
+
+    length, shift = (int(SAMPLE_RATE * ms / 1000) for ms in (cfg.frame_length_ms, cfg.frame_shift_ms))
+    fft = 1 << (length - 1).bit_length()  # kaldi.fbank rounds the window to a power of two
+    # kaldi.fbank's defaults: povey window, mel banks from 20 Hz to Nyquist, then a zero Nyquist column
+    window = torch.hann_window(length, periodic=False, dtype=torch.float32).pow(0.85)
+    mel = torch.nn.functional.pad(kaldi.get_mel_banks(cfg.num_mel_bins, fft, float(SAMPLE_RATE), 20.0, 0.0, 100.0,
+                                                      -500.0, 1.0)[0], (0, 1))
+    sub = model.encoder.subsample
+    conv1, conv2 = sub.conv[0], sub.conv[2]
+    weights = {"window": _array(window), "mel": _array(mel), "mean": _array(cmvn.mean), "std": _array(cmvn.std),
+               "conv1_w": _array(conv1.weight).reshape(-1), "conv1_b": _array(conv1.bias),
+               "conv2_w": _array(conv2.weight).reshape(-1), "conv2_b": _array(conv2.bias),
+               "channels": conv1.out_channels, "time_stride": sub.t2, "frame_length": length, "frame_shift": shift,
+               "fft_size": fft, "preemphasis": 0.97}
+    return _native.Frontend(weights, isa)
+
+
+class NativeAsr:
+    """A checkpoint in C++ from samples to greedy transcript: `transcribe(audio, sr)`."""
+
+    def __init__(self, model, cmvn, isa="auto"):
+        self.frontend = frontend(model, cmvn, isa=isa)
+        self.stack = stack(model.encoder, isa)
+        self.decoder = decoder(model, isa=isa)
+
+    def transcribe(self, audio, sr=SAMPLE_RATE):
+        audio = np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr))
+        enc = self.stack.forward(self.frontend.subsample(self.frontend.features(audio)))
+        return ids_to_text(self.decoder.greedy(enc))
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """End-to-end latency of a checkpoint on a fixed set of utterances: features, encoder and greedy
-decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (the encoder's LSTM stack and
-the greedy attention decoder in C++; features and the convolutional subsampling in PyTorch). Warm-up, repetitions, median and p90 per utterance set, real-time
+decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (all of it in C++:
+`pipeline.native.NativeAsr`). Warm-up, repetitions, median and p90 per utterance set, real-time
 factor and the process's peak memory, with the thread count pinned.
 
 On a remote target (ssh, adb, qemu) only the native encoder stack runs there, through `lowrank_bench`
@@ -46,8 +46,7 @@ def _runtime_fn(runtime, checkpoint, model, cmvn):
     if runtime == "native":
         from pipeline import native
 
-        st, dec = native.stack(model.encoder), native.decoder(model)
-        return lambda audio, sr: native.transcribe_native(model, cmvn(fbank(audio, sr)), st, dec)
+        return native.NativeAsr(model, cmvn).transcribe
     if runtime == "onnx":
         from export.onnx_export import export
         from export.runner import OnnxAsr

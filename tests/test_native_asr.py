@@ -1,20 +1,67 @@
-"""The native greedy attention decoder (csrc/decoder.h) against PyTorch's: the same transcripts and
-step log-probabilities on real utterances, dense and factored, on every SIMD path this CPU runs."""
+"""The native model (pipeline.native.NativeAsr) against PyTorch: the front end (csrc/frontend.h:
+Kaldi filterbanks, CMVN, the convolutional subsampling) and the greedy attention decoder
+(csrc/decoder.h) on real utterances, dense and factored, on every SIMD path this CPU runs."""
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import SMALL
+
 from pipeline import _native, native
+from pipeline.data.audio import load_audio
+from pipeline.data.features import fbank
 from pipeline.lowrank import factorize
+from pipeline.model.asr import ASRModel
 from pipeline.model.decode import DecodeConfig, greedy, max_steps
-from pipeline.model.vocab import SOS
+from pipeline.model.vocab import SOS, decode as ids_to_text
 
 ISAS = _native.available_isas()
 # Every decoder projection factored (and the CTC head, which caps the output length).
 DECODER_RANKS = {"decoder.lstm.l0.ih": 24, "decoder.lstm.l0.hh": 16, "decoder.attention.key": 8,
                  "decoder.attention.query": 8, "decoder.attention.loc": 3, "decoder.out": 12, "ctc": 12}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_native_features_match_kaldi_fbank(overfit, isa):
+    """Normalised log-mel features: the DFT as a float32 product differs from torch's FFT only where
+    a mel band's power is near zero, which the log magnifies."""
+    model, cmvn, rows, *_ = overfit
+    fe = native.frontend(model, cmvn, isa=isa)
+    for r in rows:
+        audio, sr = load_audio(r["audio_filepath"])
+        diff = np.abs(fe.features(audio) - cmvn(fbank(audio, sr)).numpy())
+        assert diff.max() <= 1e-2 and diff.mean() <= 1e-5
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("subsampling", [2, 4])
+def test_native_subsampling_matches_torch(overfit, isa, subsampling):
+    _, cmvn, _, batch, _, _ = overfit
+    torch.manual_seed(1)
+    model = ASRModel(replace(SMALL, subsampling=subsampling)).eval()
+    fe = native.frontend(model, cmvn, isa=isa)
+    feats, lengths = batch[0], batch[1]
+    for i in range(feats.shape[0]):
+        f = feats[i, : lengths[i]]
+        with torch.no_grad():
+            want = model.encoder.subsample(f[None], lengths[i:i + 1])[0][0].numpy()
+        got = fe.subsample(f.numpy())
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4
+
+
+def test_native_asr_transcribes_real_audio_like_torch(overfit):
+    """From samples to text, all in C++: the overfit model's exact transcripts, at 16 kHz and from 8 kHz audio."""
+    model, cmvn, rows, _, _, hyps = overfit
+    asr = native.NativeAsr(model, cmvn)
+    for r, want in zip(rows, hyps):
+        audio, sr = load_audio(r["audio_filepath"])
+        assert asr.transcribe(audio, sr) == want
+    audio, sr = load_audio(rows[0]["audio_filepath"])
+    f = cmvn(fbank(audio[::2].copy(), sr // 2))
+    assert asr.transcribe(audio[::2].copy(), sr // 2) == greedy(model, f[None], torch.tensor([f.shape[0]]))[0]
 
 
 def torch_steps(model, enc, n):
@@ -36,15 +83,15 @@ def test_native_decoder_matches_torch_greedy(overfit, isa, factored):
     if factored:
         model = factorize(copy.deepcopy(model), DECODER_RANKS)
     feats, lengths = batch[0], batch[1]
-    st, dec = native.stack(model.encoder), native.decoder(model, isa=isa)
+    dec = native.decoder(model, isa=isa)
     assert dec.isa == isa
     for i in range(len(rows)):
         f = feats[i, : lengths[i]]
         with torch.no_grad():
             want = greedy(model, f[None], lengths[i:i + 1])[0]
             enc = model.encode(f[None], lengths[i:i + 1])[0]
-        assert native.transcribe_native(model, f, st, dec) == want
         tokens, logp = dec.greedy(enc[0].numpy(), return_logp=True)
+        assert ids_to_text(tokens) == want
         assert len(tokens) + 1 >= logp.shape[0] >= len(tokens)
         assert np.abs(logp - torch_steps(model, enc, logp.shape[0])).max() <= 1e-4
         assert dec.max_steps(enc[0].numpy()) == int(max_steps(model, enc, lengths.new_tensor([enc.shape[1]]),
@@ -62,8 +109,15 @@ def test_native_decoder_caps_the_output_length(overfit):
     assert len(dec.greedy(enc[0].numpy())) == dec.max_steps(enc[0].numpy()) == 45  # 30 frames x 1.5
 
 
-def test_native_decoder_bad_inputs_give_clear_errors(overfit):
-    model = overfit[0]
+def test_native_bad_inputs_give_clear_errors(overfit):
+    model, cmvn = overfit[0], overfit[1]
+    fe = native.frontend(model, cmvn)
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        fe.features(np.zeros(399, np.float32))
+    with pytest.raises(ValueError, match="too few"):
+        fe.subsample(np.zeros((6, 80), np.float32))
+    with pytest.raises(ValueError, match="80 bins"):
+        fe.subsample(np.zeros((60, 40), np.float32))
     dec = native.decoder(model)
     with pytest.raises(ValueError, match="enc must be"):
         dec.greedy(np.zeros((5, model.encoder.out_dim + 1), np.float32))
