@@ -26,7 +26,8 @@ void bias_relu(float* y, int rows, int ldy, int n, const FloatBuffer& bias) {
 
 void FrontendWeights::validate() const {
   const size_t bins = size_t(fft_size) / 2 + 1;
-  check(frame_length > 0 && frame_shift > 0 && fft_size >= frame_length, "frame", "needs 0 < length <= fft size, shift > 0");
+  check(frame_length > 0 && frame_shift > 0 && fft_size >= frame_length && (fft_size & (fft_size - 1)) == 0, "frame",
+        "needs 0 < length <= fft size (a power of two), shift > 0");
   check(window.size() == size_t(frame_length), "window", "needs frame_length values");
   check(mel_bins >= 3 && mel.size() == size_t(mel_bins) * bins, "mel", "needs mel_bins (>= 3) x (fft_size / 2 + 1) values");
   check(mean.size() == size_t(mel_bins) && std.size() == size_t(mel_bins), "cmvn", "needs mel_bins means and stds");
@@ -49,15 +50,21 @@ Frontend::Frontend(const FrontendWeights& w, const std::string& isa) : kern_(ker
   f1_ = conv_out(mel_bins_, 2);
   f2_ = conv_out(f1_, 2);
   check(f2_ > 0, "mel", "too few mel bins for two convolutions");
-  std::vector<float> dft(size_t(2) * bins_ * length_);  // rows k: w[n] cos(2 pi k n / N); rows bins + k: the sines
-  const double step = 2.0 * M_PI / w.fft_size;
-  for (int k = 0; k < bins_; ++k)
-    for (int n = 0; n < length_; ++n) {
-      const double a = step * double((size_t(k) * n) % size_t(w.fft_size));
-      dft[size_t(k) * length_ + n] = float(w.window[n] * std::cos(a));
-      dft[size_t(bins_ + k) * length_ + n] = float(w.window[n] * std::sin(a));
-    }
-  dft_ = pack(kern_, dft.data(), 2 * bins_, length_, length_);
+  fft_ = w.fft_size;
+  window_.assign(w.window.begin(), w.window.end());
+  twiddles_.resize(size_t(fft_));
+  for (int j = 0; j < fft_ / 2; ++j) {
+    twiddles_[2 * j] = float(std::cos(2.0 * M_PI * j / fft_));
+    twiddles_[2 * j + 1] = float(-std::sin(2.0 * M_PI * j / fft_));
+  }
+  int bits = 0;
+  while ((1 << bits) < fft_) ++bits;
+  bitrev_.resize(size_t(fft_));
+  for (int i = 0; i < fft_; ++i) {
+    int r = 0;
+    for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+    bitrev_[i] = r;
+  }
   mel_ = pack(kern_, w.mel.data(), mel_bins_, bins_, bins_);
   conv1_ = pack(kern_, w.conv1_w.data(), channels_, 9, 9);
   std::vector<float> w2(w.conv2_w.size());  // PyTorch's (out, c, i, j) as (out, i, j, c): channels contiguous
@@ -88,14 +95,12 @@ void Frontend::features(const float* samples, int n, float* out) {
     for (int j = 0; j < length_; ++j) x[j] -= mean;
     for (int j = length_ - 1; j > 0; --j) x[j] -= preemphasis_ * x[j - 1];
     x[0] -= preemphasis_ * x[0];
+    for (int j = 0; j < length_; ++j) x[j] *= window_[j];
   }
-  spec_.resize(size_t(T) * dft_.mp);
-  kern_.matmul(frames_.data(), T, length_, dft_.data.data(), dft_.mp, length_, spec_.data(), dft_.mp, false);
   power_.resize(size_t(T) * bins_);
-  for (int t = 0; t < T; ++t) {
-    const float* s = spec_.data() + size_t(t) * dft_.mp;
-    for (int k = 0; k < bins_; ++k) power_[size_t(t) * bins_ + k] = s[k] * s[k] + s[bins_ + k] * s[bins_ + k];
-  }
+  fft_scratch_.resize(size_t(2) * fft_ * kern_.width);
+  kern_.power_spectra(frames_.data(), T, length_, length_, fft_, twiddles_.data(), bitrev_.data(), fft_scratch_.data(),
+                      power_.data(), bins_);
   mels_.resize(size_t(T) * mel_.mp);
   kern_.matmul(power_.data(), T, bins_, mel_.data.data(), mel_.mp, bins_, mels_.data(), mel_.mp, false);
   for (int t = 0; t < T; ++t)

@@ -1,9 +1,8 @@
 // The model's front end on packed weights: Kaldi-compatible log-mel filterbanks (as
 // torchaudio.compliance.kaldi.fbank computes them with pipeline/data/features.py's settings: no
-// dither, DC offset removed, pre-emphasis, the window, power spectrum, mel banks, log), global CMVN,
-// and the two-convolution subsampling of pipeline/model/asr.py (ConvSubsampling). The spectrum is a
-// product with the windowed DFT matrix (only the frame's samples, not the zero padding), which the
-// GEMM kernel runs faster than a scalar FFT. Not thread-safe: one front end per thread.
+// dither, DC offset removed, pre-emphasis, the window, power spectrum by FFT, mel banks, log), global
+// CMVN, and the two-convolution subsampling of pipeline/model/asr.py (ConvSubsampling). Not
+// thread-safe: one front end per thread.
 #pragma once
 #include <string>
 #include <vector>
@@ -44,9 +43,11 @@ class Frontend {
   const Kernels& kern_;
   int length_, shift_, bins_, mel_bins_, channels_, stride_, f1_, f2_;
   float preemphasis_;
-  Packed dft_, mel_, conv1_, conv2_;  // windowed cos and sin rows; mel banks; convolutions
-  FloatBuffer mean_, std_, bias1_, bias2_;
-  FloatBuffer frames_, spec_, power_, mels_, cols_, y1_, y2_;  // scratch
+  int fft_;
+  Packed mel_, conv1_, conv2_;  // mel banks; convolutions
+  FloatBuffer window_, twiddles_, mean_, std_, bias1_, bias2_;
+  std::vector<int> bitrev_;
+  FloatBuffer frames_, fft_scratch_, power_, mels_, cols_, y1_, y2_;  // scratch
 };
 
 }  // namespace lrk

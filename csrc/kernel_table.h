@@ -24,6 +24,10 @@ struct Kernels {
   // for t < frames; keys (frames x ap), q, v, L (channels x ap) zero-padded to ap, a multiple of `width`.
   void (*attention_energies)(const float* keys, const float* q, const float* f, int ldf, const float* loc,
                              int channels, const float* v, int ap, int frames, float* e);
+  // |DFT|^2, bins 0..n/2, of `rows` real frames of `length` samples zero-padded to n (a power of two);
+  // tw: n/2 twiddles e^(-2 pi i j / n) as (re, im); rev: bit-reversed indices; scratch: 2 n width floats.
+  void (*power_spectra)(const float* x, int rows, int ldx, int length, int n, const float* tw, const int* rev,
+                        float* scratch, float* out, int ldo);
   // Roofline probes: read bandwidth over a buffer of `bytes` (GB/s) and peak FMA throughput (GFLOP/s).
   double (*read_gbps)(size_t bytes, double min_seconds);
   double (*peak_gflops)(double min_seconds);

@@ -202,6 +202,49 @@ void cell(const float* gates, int ldg, int rows, int hp, float* c, float* h, int
   }
 }
 
+// ---- power spectra ------------------------------------------------------------------------------
+
+// |DFT|^2, bins 0..n/2, of `rows` real frames (`length` samples each, row stride ldx, zero-padded to
+// n, a power of two): radix-2 decimation in time, one frame per SIMD lane, so every butterfly is
+// a few vector operations whatever the frame. tw: n/2 twiddles e^(-2 pi i j / n) as (re, im) pairs;
+// rev: the n bit-reversed indices; scratch: 2 n W floats; out: row stride ldo.
+void power_spectra(const float* x, int rows, int ldx, int length, int n, const float* tw, const int* rev,
+                   float* scratch, float* out, int ldo) {
+  float* re = scratch;
+  float* im = scratch + size_t(n) * W;
+  for (int r0 = 0; r0 < rows; r0 += W) {
+    const int lanes = rows - r0 < W ? rows - r0 : W;
+    for (int p = 0; p < n; ++p) {
+      const int q = rev[p];
+      for (int l = 0; l < W; ++l) re[size_t(p) * W + l] = l < lanes && q < length ? x[size_t(r0 + l) * ldx + q] : 0.0f;
+    }
+    for (size_t i = 0; i < size_t(n) * W; ++i) im[i] = 0.0f;
+    for (int half = 1; half < n; half *= 2) {
+      const int step = n / (2 * half);
+      for (int k = 0; k < half; ++k) {
+        const V wr = Simd::set1(tw[2 * k * step]), wi = Simd::set1(tw[2 * k * step + 1]);
+        for (int a = k; a < n; a += 2 * half) {
+          float *ar = re + size_t(a) * W, *ai = im + size_t(a) * W;
+          float *br = ar + size_t(half) * W, *bi = ai + size_t(half) * W;
+          const V xr = Simd::load(br), xi = Simd::load(bi);
+          const V tr = Simd::fnma(xi, wi, Simd::mul(xr, wr)), ti = Simd::fma(xr, wi, Simd::mul(xi, wr));
+          const V yr = Simd::load(ar), yi = Simd::load(ai);
+          Simd::store(br, Simd::sub(yr, tr));
+          Simd::store(bi, Simd::sub(yi, ti));
+          Simd::store(ar, Simd::add(yr, tr));
+          Simd::store(ai, Simd::add(yi, ti));
+        }
+      }
+    }
+    for (int k = 0; k <= n / 2; ++k) {
+      float p[W];
+      const V vr = Simd::load(re + size_t(k) * W), vi = Simd::load(im + size_t(k) * W);
+      Simd::store(p, Simd::fma(vr, vr, Simd::mul(vi, vi)));
+      for (int l = 0; l < lanes; ++l) out[size_t(r0 + l) * ldo + k] = p[l];
+    }
+  }
+}
+
 // ---- location-aware attention -----------------------------------------------------------------
 
 // e[t] = v . tanh(keys[t] + q + sum_c f[c][t] L[c]) for t < frames, each row of z kept in registers
@@ -286,8 +329,8 @@ double peak_gflops(double min_seconds) {
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
-const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &attention_energies, &read_gbps,
-                        &peak_gflops};
+const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &attention_energies, &power_spectra,
+                        &read_gbps, &peak_gflops};
 
 }  // namespace LRK_ISA_NS
 }  // namespace lrk

@@ -26,8 +26,8 @@ DECODER_RANKS = {"decoder.lstm.l0.ih": 24, "decoder.lstm.l0.hh": 16, "decoder.at
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_native_features_match_kaldi_fbank(overfit, isa):
-    """Normalised log-mel features: the DFT as a float32 product differs from torch's FFT only where
-    a mel band's power is near zero, which the log magnifies."""
+    """Normalised log-mel features: the float32 FFTs differ only where a mel band's power is near
+    zero, which the log magnifies."""
     model, cmvn, rows, *_ = overfit
     fe = native.frontend(model, cmvn, isa=isa)
     for r in rows:
