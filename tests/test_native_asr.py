@@ -2,13 +2,15 @@
 Kaldi filterbanks, CMVN, the convolutional subsampling) and the greedy attention decoder
 (csrc/decoder.h) on real utterances, dense and factored, on every SIMD path this CPU runs."""
 import copy
+import json
+import subprocess
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL
+from conftest import QEMU, SMALL
 
 from pipeline import _native, native
 from pipeline.data.audio import load_audio
@@ -130,3 +132,23 @@ def test_native_bad_inputs_give_clear_errors(overfit):
     broken.decoder.out = torch.nn.Linear(10, model.cfg.vocab_size)
     with pytest.raises(ValueError, match="decoder out: shape"):
         native.decoder(broken)
+
+
+def _kernel_check(binary, prefix=()):
+    res = subprocess.run([*prefix, str(binary)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)["paths"]
+
+
+def test_decoder_and_frontend_kernels_of_every_path(host_build):
+    paths = _kernel_check(host_build / "kernel_check")
+    assert set(paths) == set(ISAS)
+    for errors in paths.values():
+        assert max(errors.values()) <= 1e-6, paths
+
+
+def test_decoder_and_frontend_kernels_on_aarch64_under_qemu(aarch64_build):
+    paths = _kernel_check(aarch64_build / "kernel_check", prefix=QEMU)
+    assert set(paths) == {"neon", "scalar"}
+    for errors in paths.values():
+        assert max(errors.values()) <= 1e-6, paths

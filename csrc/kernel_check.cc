@@ -1,0 +1,86 @@
+// Checks the decoder and front-end kernels of every path this CPU runs (attention energies, power
+// spectra) against plain double-precision references on random inputs, and prints the worst
+// relative errors as JSON: how the NEON path is checked under qemu, where no Python runs.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lstm_kernels.h"
+
+namespace {
+
+double energies_error(const lrk::Kernels& k, std::mt19937& rng) {
+  std::normal_distribution<float> g(0.0f, 0.5f);
+  const int frames = 37, channels = 5, att = 2 * k.width + 3, ap = lrk::round_up(att, k.width);
+  std::vector<float> keys(size_t(frames) * ap, 0.0f), q(ap, 0.0f), v(ap, 0.0f), loc(size_t(channels) * ap, 0.0f),
+      f(size_t(channels) * frames), e(frames);
+  for (int a = 0; a < att; ++a) {
+    q[a] = g(rng);
+    v[a] = g(rng);
+    for (int t = 0; t < frames; ++t) keys[size_t(t) * ap + a] = g(rng);
+    for (int c = 0; c < channels; ++c) loc[size_t(c) * ap + a] = g(rng);
+  }
+  for (float& x : f) x = g(rng);
+  k.attention_energies(keys.data(), q.data(), f.data(), frames, loc.data(), channels, v.data(), ap, frames, e.data());
+  double worst = 0;
+  for (int t = 0; t < frames; ++t) {
+    double want = 0, scale = 0;
+    for (int a = 0; a < att; ++a) {
+      double z = double(keys[size_t(t) * ap + a]) + q[a];
+      for (int c = 0; c < channels; ++c) z += double(f[size_t(c) * frames + t]) * loc[size_t(c) * ap + a];
+      want += std::tanh(z) * v[a];
+      scale += std::fabs(v[a]);
+    }
+    worst = std::fmax(worst, std::fabs(e[t] - want) / scale);
+  }
+  return worst;
+}
+
+double spectra_error(const lrk::Kernels& k, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int n = 64, length = 50, rows = 2 * k.width + 1, bins = n / 2 + 1;
+  std::vector<float> x(size_t(rows) * length), tw(n), scratch(size_t(2) * n * k.width), out(size_t(rows) * bins);
+  std::vector<int> rev(n);
+  for (float& s : x) s = u(rng);
+  for (int j = 0; j < n / 2; ++j) {
+    tw[2 * j] = float(std::cos(2 * M_PI * j / n));
+    tw[2 * j + 1] = float(-std::sin(2 * M_PI * j / n));
+  }
+  for (int i = 0; i < n; ++i)
+    for (int b = 0; b < 6; ++b) rev[i] |= ((i >> b) & 1) << (5 - b);
+  k.power_spectra(x.data(), rows, length, length, n, tw.data(), rev.data(), scratch.data(), out.data(), bins);
+  double worst = 0;
+  for (int r = 0; r < rows; ++r) {
+    double energy = 0;
+    for (int j = 0; j < length; ++j) energy += double(x[size_t(r) * length + j]) * x[size_t(r) * length + j];
+    for (int b = 0; b < bins; ++b) {
+      double re = 0, im = 0;
+      for (int j = 0; j < length; ++j) {
+        re += x[size_t(r) * length + j] * std::cos(2 * M_PI * b * j / n);
+        im -= x[size_t(r) * length + j] * std::sin(2 * M_PI * b * j / n);
+      }
+      worst = std::fmax(worst, std::fabs(out[size_t(r) * bins + b] - (re * re + im * im)) / (energy * length));
+    }
+  }
+  return worst;
+}
+
+}  // namespace
+
+int main() {
+  std::string json = "{\"paths\": {";
+  bool first = true;
+  for (const std::string& isa : lrk::available_isas()) {
+    const lrk::Kernels& k = lrk::kernels(isa);
+    std::mt19937 rng(7);
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%s\"%s\": {\"attention_energies\": %.3g, \"power_spectra\": %.3g}", first ? "" : ", ",
+                  isa.c_str(), energies_error(k, rng), spectra_error(k, rng));
+    json += buf;
+    first = false;
+  }
+  std::printf("%s}}\n", json.c_str());
+  return 0;
+}
