@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from pipeline import _native
-from pipeline.errors import PipelineError
-from pipeline.lowrank.modules import LowRankLSTM, cell_name
 from pipeline.data.audio import SAMPLE_RATE, resample
 from pipeline.data.features import FeatureConfig
+from pipeline.errors import PipelineError
+from pipeline.lowrank.modules import LowRankLSTM, cell_name
 from pipeline.model.decode import DecodeConfig
 from pipeline.model.vocab import BLANK, EOS, SOS, decode as ids_to_text
 

@@ -4,8 +4,8 @@ wall), `observe(steps, reward, episode)` at the end of an episode with the (stat
 of every step, and `state_dict` / `load_state_dict` for resume.
 
 - ddpg: AMC's actor-critic (warm-up of random episodes, truncated-normal exploration decaying per
-  episode to a floor at the last, replay buffer, soft target updates; every step gets the episode's reward minus a moving
-  average, discount 1).
+  episode to a floor at the last, replay buffer, soft target updates; every step gets the episode's
+  reward minus a moving average, discount 1).
 - reinforce: an LSTM controller reading the layers in order, Gaussian actions, moving-average baseline.
 - random: uniform random relative actions (log-uniform keep fractions around the even one).
 - uniform: one absolute fraction for all layers (the hand-picked policy).
