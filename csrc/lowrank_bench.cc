@@ -1,13 +1,17 @@
-// lowrank_bench: latency of an LSTM stack on this device, without Python (what a phone or board runs).
+// lowrank_bench: latency of an LSTM stack, or of the whole model, on this device, without Python
+// (what a phone or board runs).
 //
 //   lowrank_bench (--weights FILE | --synthetic L,DIRS,IN,H,RANK_IH,RANK_HH) [--mode utterance|stream]
 //                 [--frames N] [--batch B] [--reps N] [--warmup N] [--isa NAME] [--input FILE] [--dump FILE]
 //                 [--roofline BYTES]
+//   lowrank_bench --model FILE.lrkm --audio FILE [--reps N] [--warmup N] [--isa NAME]
 //
-// Prints one JSON object: per-frame latency statistics (us), the weight bytes streamed per frame,
-// and the build and CPU report. --input reads batch x frames x input float32 values (else a fixed
-// pseudo-random input); --dump writes the outputs of the last run as float32. Rank 0 means dense.
-// --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
+// Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
+// frame, and the build and CPU report; --input reads batch x frames x input float32 values (else a
+// fixed pseudo-random input); --dump writes the outputs of the last run as float32; rank 0 means
+// dense; --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
+// A model (csrc/model_file.h) on one utterance (a 16 kHz mono 16-bit PCM .wav, or raw float32
+// samples at 16 kHz): the transcript and the milliseconds of each stage and in all.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -20,6 +24,7 @@
 #include <vector>
 #include <time.h>
 
+#include "asr.h"
 #include "build_info.h"
 #include "lstm.h"
 
@@ -73,7 +78,7 @@ lrk::StackWeights synthetic(const std::string& spec) {
 }
 
 struct Args {
-  std::string weights, synthetic, mode = "utterance", isa = "auto", input, dump;
+  std::string weights, synthetic, model, audio, mode = "utterance", isa = "auto", input, dump;
   int frames = 200, batch = 1, reps = 30, warmup = 3;
   long roofline = 0;
 };
@@ -86,6 +91,8 @@ Args parse(int argc, char** argv) {
     const std::string v = argv[++i];
     if (k == "--weights") a.weights = v;
     else if (k == "--synthetic") a.synthetic = v;
+    else if (k == "--model") a.model = v;
+    else if (k == "--audio") a.audio = v;
     else if (k == "--mode") a.mode = v;
     else if (k == "--isa") a.isa = v;
     else if (k == "--input") a.input = v;
@@ -97,7 +104,9 @@ Args parse(int argc, char** argv) {
     else if (k == "--roofline") a.roofline = std::atol(v.c_str());
     else throw std::invalid_argument("unknown option " + k);
   }
-  if (a.weights.empty() == a.synthetic.empty()) throw std::invalid_argument("give exactly one of --weights, --synthetic");
+  if (int(!a.weights.empty()) + int(!a.synthetic.empty()) + int(!a.model.empty()) != 1)
+    throw std::invalid_argument("give exactly one of --weights, --synthetic, --model");
+  if (a.model.empty() != a.audio.empty()) throw std::invalid_argument("--model and --audio go together");
   if (a.mode != "utterance" && a.mode != "stream") throw std::invalid_argument("--mode is utterance or stream");
   if (a.frames < 1 || a.batch < 1 || a.reps < 1 || a.warmup < 0)
     throw std::invalid_argument("--frames, --batch and --reps must be >= 1, --warmup >= 0");
@@ -109,11 +118,80 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5))];
 }
 
+uint32_t le32(const unsigned char* p) { return p[0] | p[1] << 8 | p[2] << 16 | uint32_t(p[3]) << 24; }
+
+// A .wav file (RIFF, PCM 16-bit, mono, 16 kHz) or raw float32 samples, as floats in [-1, 1].
+std::vector<float> read_audio(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(path + ": cannot open audio file");
+  std::vector<unsigned char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (b.size() >= 12 && std::memcmp(b.data(), "RIFF", 4) == 0 && std::memcmp(b.data() + 8, "WAVE", 4) == 0) {
+    bool fmt_ok = false;
+    for (size_t p = 12; p + 8 <= b.size();) {
+      const uint32_t size = le32(&b[p + 4]);
+      const size_t body = p + 8;
+      if (body + size > b.size()) throw std::runtime_error(path + ": truncated wav chunk");
+      if (std::memcmp(&b[p], "fmt ", 4) == 0) {
+        const int format = b[body] | b[body + 1] << 8, channels = b[body + 2] | b[body + 3] << 8;
+        const int bits = b[body + 14] | b[body + 15] << 8;
+        if (format != 1 || channels != 1 || le32(&b[body + 4]) != 16000 || bits != 16)
+          throw std::runtime_error(path + ": field fmt: needs PCM, 1 channel, 16000 Hz, 16 bits");
+        fmt_ok = true;
+      } else if (std::memcmp(&b[p], "data", 4) == 0) {
+        if (!fmt_ok) throw std::runtime_error(path + ": data chunk before the fmt chunk");
+        std::vector<float> x(size / 2);
+        for (size_t i = 0; i < x.size(); ++i) x[i] = float(int16_t(b[body + 2 * i] | b[body + 2 * i + 1] << 8)) / 32768.0f;
+        return x;
+      }
+      p = body + size + (size & 1);
+    }
+    throw std::runtime_error(path + ": no data chunk");
+  }
+  if (b.empty() || b.size() % 4) throw std::runtime_error(path + ": neither a wav file nor raw float32 samples");
+  std::vector<float> x(b.size() / 4);
+  std::memcpy(x.data(), b.data(), b.size());
+  return x;
+}
+
+// The whole model on one utterance: the transcript of the last run and median stage times.
+int run_model(const Args& a) {
+  lrk::Asr asr(lrk::read_model(a.model), a.isa);
+  const std::vector<float> audio = read_audio(a.audio);
+  lrk::Asr::Result r;
+  for (int i = 0; i < a.warmup; ++i) r = asr.transcribe(audio.data(), int(audio.size()));
+  std::vector<std::vector<double>> ms(5);
+  for (int i = 0; i < a.reps; ++i) {
+    r = asr.transcribe(audio.data(), int(audio.size()));
+    double total = 0;
+    for (int s = 0; s < 4; ++s) {
+      ms[s].push_back(r.ms[s]);
+      total += r.ms[s];
+    }
+    ms[4].push_back(total);
+  }
+  std::string text;  // JSON-escaped
+  for (char c : r.text) {
+    if (c == '"' || c == '\\') text += '\\';
+    text += c;
+  }
+  const double seconds = double(audio.size()) / 16000.0;
+  std::printf("{\"mode\": \"model\", \"isa\": \"%s\", \"reps\": %d, \"text\": \"%s\", \"samples\": %zu, "
+              "\"audio_seconds\": %.4f, \"frames\": %d, \"encoder_frames\": %d, \"output_tokens\": %zu, \"ms\": {",
+              asr.isa(), a.reps, text.c_str(), audio.size(), seconds, r.frames, r.encoder_frames, r.tokens.size());
+  for (int s = 0; s < 4; ++s) std::printf("\"%s\": %.3f, ", lrk::Asr::kStages[s], percentile(ms[s], 0.5));
+  std::printf("\"total\": %.3f}, \"total_ms\": {\"median\": %.3f, \"p90\": %.3f, \"min\": %.3f}, \"rtf\": %.5f",
+              percentile(ms[4], 0.5), percentile(ms[4], 0.5), percentile(ms[4], 0.9), percentile(ms[4], 0.0),
+              percentile(ms[4], 0.5) / 1e3 / seconds);
+  std::printf(", \"build\": %s}\n", lrk::report_json().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
+    if (!a.model.empty()) return run_model(a);
     lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : lrk::read_weights(a.weights), a.isa);
     const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
     std::vector<float> x(n_in);

@@ -7,7 +7,8 @@ dense baseline; ranks only shrink), fine-tunes the best policy on `train`, and s
 
 Run folder: `config.json`; `baseline_dev.json`; `iter-<k>/search/` (a search run), `iter-<k>/finetune/`
 (its state and `model.safetensors`), `iter-<k>/dev.json`; then `final.safetensors`, `export/` (ONNX,
-int8, .ort), `native/encoder.lrkw`, `scores.json` (WER per split), `bench.json` (latency per runtime),
+int8, .ort), `native/encoder.lrkw` and `native/model.lrkm` (the encoder stack, and the whole model,
+for `lowrank_bench` on a device), `scores.json` (WER per split), `bench.json` (latency per runtime),
 `report.md` and its plots. Every stage leaves its result file last and is skipped when that file is
 there; the stages inside (search, fine-tuning) resume themselves, so `--resume` redoes nothing.
 """
@@ -202,12 +203,14 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
         from export.onnx_export import export
 
         export(final, out / "export", int8=True, ort_format=True, log=lambda *_: None)
-    native = out / "native" / "encoder.lrkw"
-    if not native.exists():
-        from pipeline.native import write_weights
+    native = out / "native"
+    if not (native / "model.lrkm").exists():
+        from pipeline.native import write_model, write_weights
 
-        native.parent.mkdir(parents=True, exist_ok=True)
-        write_weights(native, load_checkpoint(final)[0].encoder)
+        model, cmvn, _ = load_checkpoint(final)
+        native.mkdir(parents=True, exist_ok=True)
+        write_weights(native / "encoder.lrkw", model.encoder)
+        write_model(native / "model.lrkm", model, cmvn)
     bench_path = out / "bench.json"
     if not bench_path.exists():
         from pipeline.bench.end_to_end import bench

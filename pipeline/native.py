@@ -1,7 +1,8 @@
 """The C++ kernels (`pipeline._native`) on PyTorch modules: a dense or factored checkpoint runs
 natively from samples to transcript (`NativeAsr`: filterbanks, CMVN and the convolutional
-subsampling, the encoder's LSTM stack, the greedy attention decoder), and the encoder's weights go
-to a file that `lowrank_bench` reads on a device."""
+subsampling, the encoder's LSTM stack, the greedy attention decoder); the encoder's weights, or the
+whole model, go to a file that `lowrank_bench` reads on a device."""
+import struct
 import subprocess
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import torch
 from torch import nn
 
 from pipeline import _native
+from pipeline.atomic import atomic_path
 from pipeline.data.audio import SAMPLE_RATE, resample
 from pipeline.data.features import FeatureConfig
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
 from pipeline.model.decode import DecodeConfig
-from pipeline.model.vocab import BLANK, EOS, SOS, decode as ids_to_text
+from pipeline.model.vocab import BLANK, EOS, SOS, TOKENS, decode as ids_to_text
 
 
 def _array(t):
@@ -78,12 +80,16 @@ def stack(obj, isa="auto"):
 
 def decoder(model, cfg=DecodeConfig(), isa="auto"):
     """A native `AttentionDecoder` of the model's decoder (and CTC head, which caps the output length)."""
+    return _native.AttentionDecoder(_decoder_weights(model), isa, cfg.max_len_ratio, cfg.ctc_len_ratio,
+                                    cfg.ctc_len_margin)
+
+
+def _decoder_weights(model):
     dec, att = model.decoder, model.decoder.attention
-    weights = {"embedding": _array(dec.embed.weight), "lstm": lstm_cells(dec.lstm)[0],
-               "key": _linear(att.key), "query": _linear(att.query), "loc_conv": _array(att.loc_conv.weight[:, 0]),
-               "loc": _linear(att.loc), "energy": _linear(att.energy), "out": _linear(dec.out),
-               "ctc": _linear(model.ctc), "sos": SOS, "eos": EOS, "blank": BLANK}
-    return _native.AttentionDecoder(weights, isa, cfg.max_len_ratio, cfg.ctc_len_ratio, cfg.ctc_len_margin)
+    return {"embedding": _array(dec.embed.weight), "lstm": lstm_cells(dec.lstm)[0],
+            "key": _linear(att.key), "query": _linear(att.query), "loc_conv": _array(att.loc_conv.weight[:, 0]),
+            "loc": _linear(att.loc), "energy": _linear(att.energy), "out": _linear(dec.out),
+            "ctc": _linear(model.ctc), "sos": SOS, "eos": EOS, "blank": BLANK}
 
 
 def write_weights(path, obj):
@@ -104,6 +110,10 @@ def encode_native(model, feats, native_stack=None):
 
 def frontend(model, cmvn, cfg=FeatureConfig(), isa="auto"):
     """A native `Frontend`: features.py's Kaldi filterbanks, the CMVN and the model's subsampling."""
+    return _native.Frontend(_frontend_weights(model, cmvn, cfg), isa)
+
+
+def _frontend_weights(model, cmvn, cfg):
     import torchaudio.compliance.kaldi as kaldi
 
     length, shift = (int(SAMPLE_RATE * ms / 1000) for ms in (cfg.frame_length_ms, cfg.frame_shift_ms))
@@ -119,7 +129,7 @@ def frontend(model, cmvn, cfg=FeatureConfig(), isa="auto"):
                "conv2_w": _array(conv2.weight).reshape(-1), "conv2_b": _array(conv2.bias),
                "channels": conv1.out_channels, "time_stride": sub.t2, "frame_length": length, "frame_shift": shift,
                "fft_size": fft, "preemphasis": 0.97}
-    return _native.Frontend(weights, isa)
+    return weights
 
 
 class NativeAsr:
@@ -134,6 +144,51 @@ class NativeAsr:
         audio = np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr))
         enc = self.stack.forward(self.frontend.subsample(self.frontend.features(audio)))
         return ids_to_text(self.decoder.greedy(enc))
+
+
+def write_model(path, model, cmvn, cfg=DecodeConfig()):
+    """The whole model in the file `lowrank_bench --model` reads (format in csrc/model_file.h)."""
+    entries = {}
+
+    def matrix(name, m):
+        if isinstance(m, tuple):
+            entries[name + ".U"], entries[name + ".V"] = m
+        else:
+            entries[name] = m
+
+    def cells(prefix, cell_list):
+        entries[prefix + ".cells"] = np.array([len(cell_list)], np.int32)
+        for k, c in enumerate(cell_list):
+            matrix(f"{prefix}.{k}.ih", c["ih"])
+            matrix(f"{prefix}.{k}.hh", c["hh"])
+            entries[f"{prefix}.{k}.bias"] = c["bias"]
+
+    fw = _frontend_weights(model, cmvn, FeatureConfig())
+    for k in ("window", "mel", "mean", "std", "conv1_w", "conv1_b", "conv2_w", "conv2_b"):
+        entries["frontend." + k] = fw[k]
+    entries["frontend.ints"] = np.array([fw[k] for k in ("frame_length", "frame_shift", "fft_size", "channels",
+                                                          "time_stride")], np.int32)
+    entries["frontend.preemphasis"] = np.array([fw["preemphasis"]], np.float32)
+    enc_cells, dirs = encoder_cells(model.encoder)
+    entries["encoder.directions"] = np.array([dirs], np.int32)
+    cells("encoder", enc_cells)
+    dw = _decoder_weights(model)
+    entries["decoder.embedding"] = dw["embedding"]
+    cells("decoder.lstm", dw["lstm"])
+    for k in ("key", "query", "loc", "energy", "out", "ctc"):
+        matrix("decoder." + k, dw[k][0])
+        if dw[k][1] is not None:
+            entries[f"decoder.{k}.bias"] = dw[k][1]
+    entries["decoder.loc_conv"] = dw["loc_conv"]
+    entries["decoder.tokens"] = np.array([SOS, EOS, BLANK], np.int32)
+    entries["decoder.limits"] = np.array([cfg.max_len_ratio, cfg.ctc_len_ratio, cfg.ctc_len_margin, 8], np.float32)
+    entries["vocab"] = np.array([ord(t) if len(t) == 1 else 0 for t in TOKENS], np.int32)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(b"LRKM" + struct.pack("<II", 1, len(entries)))
+        for name, a in entries.items():
+            a = np.ascontiguousarray(a, np.int32 if a.dtype == np.int32 else np.float32)
+            f.write(struct.pack("<I", len(name)) + name.encode() + (b"i" if a.dtype == np.int32 else b"f"))
+            f.write(struct.pack(f"<I{a.ndim}I", a.ndim, *a.shape) + a.astype("<" + a.dtype.str[1:]).tobytes())
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -65,6 +65,7 @@ def write_report(out, scores, bench, history, base, stopped, cfg, final_from):
     for h in history:
         k = h["iteration"]
         lines += [f"Iteration {k}: ![search](iter-{k}/search/search.png) ![ranks](iter-{k}/search/best_ranks.png)"]
-    lines += ["", "Artefacts: `final.safetensors`, `export/` (ONNX fp32, int8, .ort), `native/encoder.lrkw`."]
+    lines += ["", "Artefacts: `final.safetensors`, `export/` (ONNX fp32, int8, .ort), `native/model.lrkm` (the whole "
+              "model for `lowrank_bench --model` on a device) and `native/encoder.lrkw`."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

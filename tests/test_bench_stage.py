@@ -84,6 +84,21 @@ def test_ssh_target_against_a_real_sshd(sshd, tmp_path):
     assert Runner(sshd).remote_bin == runner.remote_bin  # installed once, found again
 
 
+def test_bench_run_whole_model_on_ssh_and_qemu_targets(overfit, sshd, tmp_path):
+    """On a remote target the whole model runs natively (`lowrank_bench --model`) and transcribes
+    real utterances as PyTorch does; qemu's timings are flagged as emulated."""
+    from pipeline.atomic import write_jsonl
+    from pipeline.bench.end_to_end import bench
+    from pipeline.model.checkpoint import save_checkpoint
+
+    model, cmvn, rows, _, _, hyps = overfit
+    save_checkpoint(tmp_path / "m.safetensors", model, cmvn)
+    write_jsonl(tmp_path / "m.jsonl", rows[:2])
+    for target, emulated in ((sshd, False), ("qemu-aarch64", True)):
+        r = bench(tmp_path / "m.safetensors", tmp_path / "m.jsonl", "native", target, utterances=2, reps=1)
+        assert r["transcripts"] == hyps[:2] and r["emulated"] == emulated and r["median_ms"] > 0
+
+
 def test_unreachable_ssh_target(monkeypatch):
     monkeypatch.setenv("PIPELINE_SSH_OPTS", "-o ConnectTimeout=3")
     with pytest.raises(PipelineError, match=r"ssh://root@127.0.0.1:\d+: unreachable"):

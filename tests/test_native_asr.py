@@ -152,3 +152,38 @@ def test_decoder_and_frontend_kernels_on_aarch64_under_qemu(aarch64_build):
     assert set(paths) == {"neon", "scalar"}
     for errors in paths.values():
         assert max(errors.values()) <= 1e-6, paths
+
+
+def test_model_file_runs_standalone(overfit, host_build, tmp_path):
+    """The whole model in one file, run by lowrank_bench without Python: NativeAsr's transcripts, from
+    a wav file and from raw float32 samples; bad files are clear errors naming the file."""
+    import soundfile as sf
+
+    model, cmvn, rows, *_ = overfit
+    native.write_model(tmp_path / "m.lrkm", model, cmvn)
+    asr = native.NativeAsr(model, cmvn)
+    binary = str(host_build / "lowrank_bench")
+
+    def run(*args):
+        return subprocess.run([binary, "--model", *map(str, args), "--reps", "1"], capture_output=True, text=True,
+                              timeout=120)
+
+    for r in rows[:2]:
+        audio, sr = load_audio(r["audio_filepath"])
+        sf.write(tmp_path / "a.wav", audio, sr, subtype="PCM_16")
+        audio.astype("<f4").tofile(tmp_path / "a.f32")
+        for path in (tmp_path / "a.wav", tmp_path / "a.f32"):
+            res = run(tmp_path / "m.lrkm", "--audio", path)
+            assert res.returncode == 0, res.stderr
+            report = json.loads(res.stdout)
+            assert report["text"] == asr.transcribe(audio, sr) and report["total_ms"]["median"] > 0
+    sf.write(tmp_path / "8k.wav", audio[::2], sr // 2, subtype="PCM_16")
+    res = run(tmp_path / "m.lrkm", "--audio", tmp_path / "8k.wav")
+    assert res.returncode == 2 and "8k.wav: field fmt" in res.stderr
+    data = (tmp_path / "m.lrkm").read_bytes()
+    (tmp_path / "cut.lrkm").write_bytes(data[: len(data) // 2])
+    res = run(tmp_path / "cut.lrkm", "--audio", tmp_path / "a.f32")
+    assert res.returncode == 2 and "cut.lrkm: truncated" in res.stderr
+    (tmp_path / "bad.lrkm").write_bytes(b"LRKW" + data[4:])
+    res = run(tmp_path / "bad.lrkm", "--audio", tmp_path / "a.f32")
+    assert res.returncode == 2 and "bad.lrkm: not a model file" in res.stderr

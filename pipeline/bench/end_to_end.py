@@ -3,11 +3,12 @@ decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (all of i
 `pipeline.native.NativeAsr`). Warm-up, repetitions, median and p90 per utterance set, real-time
 factor and the process's peak memory, with the thread count pinned.
 
-On a remote target (ssh, adb, qemu) only the native encoder stack runs there, through `lowrank_bench`
-on the model's weights, for the same numbers of frames.
+On a remote target (ssh, adb, qemu) the whole model runs there natively, through `lowrank_bench
+--model` on the model file (`pipeline.native.write_model`) and each utterance's samples.
 """
 import math
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench.targets import Runner, parse_target, temp_weights_path
+from pipeline.bench.targets import Runner, parse_target
 from pipeline.data.audio import load_audio
 from pipeline.data.features import fbank
 from pipeline.data.manifest import read_manifest
@@ -84,23 +85,27 @@ def bench(checkpoint, manifest, runtime="native", target="local", threads=1, utt
 
 
 def _remote(model, cmvn, audio, seconds, t, runtime, reps):
-    """The native encoder LSTM stack on the target for the utterances' encoder frame counts."""
-    from pipeline.native import write_weights
+    """The whole model natively on the target (`lowrank_bench --model`), utterance by utterance; the
+    set's median and p90 are the sums of the utterances'."""
+    from pipeline.data.audio import resample
+    from pipeline.native import write_model
 
     if runtime != "native":
         raise PipelineError(f"--target {t.spec}: only --runtime native runs on a remote target (lowrank_bench)")
-    frames = [int(model.encoder.subsample.out_lengths(torch.tensor([fbank(a, sr).shape[0]]))) for a, sr in audio]
-    path = temp_weights_path()
+    runner, tmp = Runner(t), Path(tempfile.mkdtemp(prefix="bench-remote-"))
     try:
-        write_weights(path, model.encoder)
-        runner = Runner(t)
+        write_model(tmp / "model.lrkm", model, cmvn)
         med = p90 = 0.0
-        for n in frames:  # lowrank_bench reports per-frame statistics of each utterance; summed over the set
-            us = runner.bench(["--mode", "utterance", "--frames", n, "--reps", reps], weights=path)["us_per_frame"]
-            med, p90 = med + us["median"] * n / 1e3, p90 + us["p90"] * n / 1e3
+        hyps = []
+        for k, (a, sr) in enumerate(audio):
+            path = tmp / f"utt{k}.f32"
+            np.ascontiguousarray(resample(a, sr), dtype="<f4").tofile(path)
+            r = runner.model(tmp / "model.lrkm", path, reps=reps)
+            med, p90 = med + r["total_ms"]["median"], p90 + r["total_ms"]["p90"]
+            hyps.append(r["text"])
     finally:
-        path.unlink(missing_ok=True)
-    return _summary(med, p90, seconds, "native (encoder LSTM stack only)", t.spec, 1, audio, reps, t.emulated, {})
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _summary(med, p90, seconds, "native", t.spec, 1, audio, reps, t.emulated, {"transcripts": hyps})
 
 
 def _summary(median_ms, p90_ms, seconds, runtime, target, threads, rows, reps, emulated, extra):

@@ -4,7 +4,8 @@ adb, or the aarch64 build under qemu (correct results, timings flagged as emulat
     local | ssh://user@host[:port] | adb[:serial] | qemu-aarch64
 
 Each target runs the standalone `lowrank_bench` built for its architecture (copied once per kernel
-version) on a weights file or a synthetic stack, and returns its JSON report. Extra options for ssh
+version) on a weights file or a synthetic stack, or on a whole model file and an utterance, and
+returns its JSON report. Extra options for ssh
 and scp (a key, a known-hosts file) come from the environment variable PIPELINE_SSH_OPTS.
 """
 import hashlib
@@ -147,17 +148,33 @@ class Runner:
     # -- benchmark --
     def bench(self, args, weights=None):
         """The JSON report of `lowrank_bench ARGS` (plus `--weights FILE` when given) on the target."""
+        report = self._run(args, {"--weights": weights} if weights else {})
+        try:
+            report["us_per_frame"]["median"]
+        except (KeyError, TypeError):
+            raise PipelineError(f"{self.t.spec}: lowrank_bench returned no latency report (got {report!r:.120})") from None
+        return report
+
+    def model(self, model_file, audio_file, reps=5, warmup=1):
+        """The JSON report of `lowrank_bench --model --audio` (the whole model on one utterance)."""
+        report = self._run(["--reps", reps, "--warmup", warmup], {"--model": model_file, "--audio": audio_file})
+        if not isinstance(report.get("total_ms"), dict) or "text" not in report:
+            raise PipelineError(f"{self.t.spec}: lowrank_bench returned no model report (got {report!r:.120})")
+        return report
+
+    def _run(self, args, files):
+        """lowrank_bench ARGS with each FLAG FILE of `files` (copied to the device first), parsed."""
         args = [str(a) for a in args]
         if self.t.kind in ("local", "qemu"):
-            cmd = ([*QEMU] if self.t.kind == "qemu" else []) + [str(self.binary)]
-            cmd += args + (["--weights", str(weights)] if weights else [])
+            cmd = ([*QEMU] if self.t.kind == "qemu" else []) + [str(self.binary)] + args
+            cmd += [str(x) for flag, path in files.items() for x in (flag, path)]
             res = _run(cmd, self.t, "lowrank_bench")
         else:
-            remote_args = args
-            if weights:
-                remote_w = f"{Path(self.remote_bin).parent}/weights-{os.getpid()}.bin"
-                self._copy(weights, remote_w)
-                remote_args = args + ["--weights", remote_w]
+            remote_args = list(args)
+            for flag, path in files.items():
+                remote = f"{Path(self.remote_bin).parent}/{flag.strip('-')}-{os.getpid()}{Path(path).suffix}"
+                self._copy(path, remote)
+                remote_args += [flag, remote]
             res = self._shell(" ".join(shlex.quote(a) for a in [self.remote_bin, *remote_args]), "lowrank_bench")
         if res.returncode != 0:
             msg = (res.stderr.strip() or res.stdout.strip())[:300]
@@ -166,8 +183,7 @@ class Runner:
             raise PipelineError(f"{self.t.spec}: lowrank_bench failed: {msg}")
         try:
             report = json.loads(res.stdout)
-            report["us_per_frame"]["median"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except json.JSONDecodeError:
             raise PipelineError(f"{self.t.spec}: lowrank_bench returned no latency report "
                                 f"(got {res.stdout.strip()[:120]!r})") from None
         report["emulated"] = self.t.emulated
