@@ -85,6 +85,15 @@ def cmd_export(args):
     meta = export(_model_path(args), args.out, int8=args.int8, ort_format=args.ort, lowering=args.lowering)
     print(f"wrote {args.out}: " + ", ".join(sorted(meta["files"].values())) + ", model.json")
     print(f"encoder max abs difference to PyTorch on a test input: {parity(_model_path(args), args.out):.2e}")
+    if args.native:
+        from pathlib import Path
+
+        from pipeline.model.checkpoint import load_checkpoint
+        from pipeline.native import write_model
+
+        model, cmvn, _ = load_checkpoint(_model_path(args))
+        write_model(Path(args.out) / "model.lrkm", model, cmvn)
+        print(f"wrote {Path(args.out) / 'model.lrkm'}: the whole model for `lowrank_bench --model` on a device")
 
 
 def cmd_transcribe(args):
@@ -105,6 +114,16 @@ def cmd_transcribe(args):
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
     cfg = _decode_config(args)
+    if args.native:
+        from pipeline.native import NativeAsr
+
+        if cfg.beam > 1 or cfg.decoder != "attention" or cfg.ctc_weight:
+            raise PipelineError("--native decodes greedily with the attention decoder: drop --beam, --decoder ctc "
+                                "and --ctc-weight")
+        asr = NativeAsr(model, cmvn, cfg)
+        for f in args.files:
+            print(f"{f}\t{asr.transcribe(*load_audio(f, allow_multichannel=True))}", flush=True)
+        return
     for f in args.files:
         audio, sr = load_audio(f, allow_multichannel=True)
         feats = cmvn(fbank(audio, sr)).unsqueeze(0)
@@ -294,6 +313,7 @@ def make_parser():
     tr = sub.add_parser("transcribe", help="print one transcript per audio file")
     decode_args(tr)
     tr.add_argument("--onnx", metavar="DIR", help="decode with onnxruntime from an export directory instead")
+    tr.add_argument("--native", action="store_true", help="run the whole model in C++ (greedy attention decoding)")
     tr.add_argument("--variant", default="fp32", choices=["fp32", "int8", "ort", "int8_ort"],
                     help="which exported files --onnx uses")
     tr.add_argument("files", nargs="+")
@@ -316,6 +336,7 @@ def make_parser():
     ex.add_argument("--out", required=True, help="export directory")
     ex.add_argument("--int8", action="store_true", help="also dynamically quantised int8 models")
     ex.add_argument("--ort", action="store_true", help="also the ORT format for mobile")
+    ex.add_argument("--native", action="store_true", help="also model.lrkm, the whole model for lowrank_bench --model")
     ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
                     help="low-rank LSTM lowering; auto measures both per layer")
     ex.set_defaults(func=cmd_export)

@@ -135,10 +135,10 @@ def _frontend_weights(model, cmvn, cfg):
 class NativeAsr:
     """A checkpoint in C++ from samples to greedy transcript: `transcribe(audio, sr)`."""
 
-    def __init__(self, model, cmvn, isa="auto"):
+    def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto"):
         self.frontend = frontend(model, cmvn, isa=isa)
         self.stack = stack(model.encoder, isa)
-        self.decoder = decoder(model, isa=isa)
+        self.decoder = decoder(model, cfg, isa=isa)
 
     def transcribe(self, audio, sr=SAMPLE_RATE):
         audio = np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr))

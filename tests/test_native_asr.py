@@ -187,3 +187,19 @@ def test_model_file_runs_standalone(overfit, host_build, tmp_path):
     (tmp_path / "bad.lrkm").write_bytes(b"LRKW" + data[4:])
     res = run(tmp_path / "bad.lrkm", "--audio", tmp_path / "a.f32")
     assert res.returncode == 2 and "bad.lrkm: not a model file" in res.stderr
+
+
+def test_transcribe_and_export_native_from_the_command_line(search_files, overfit, tmp_path):
+    from conftest import run_cli
+
+    rows = overfit[2][:2]
+    ckpt, files = str(search_files / "model.safetensors"), [r["audio_filepath"] for r in rows]
+    torch_run = run_cli("transcribe", "--model", ckpt, *files)
+    native_run = run_cli("transcribe", "--native", "--model", ckpt, *files)
+    assert torch_run.returncode == native_run.returncode == 0, native_run.stderr
+    assert native_run.stdout == torch_run.stdout and len(native_run.stdout.splitlines()) == 2
+    bad = run_cli("transcribe", "--native", "--beam", "3", "--model", ckpt, *files)
+    assert bad.returncode == 2 and "--native decodes greedily" in bad.stderr
+    res = run_cli("export", "--native", "--model", ckpt, "--out", str(tmp_path / "ex"))
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "ex" / "model.lrkm").stat().st_size > 0
