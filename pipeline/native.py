@@ -124,12 +124,11 @@ def _frontend_weights(model, cmvn, cfg):
                                                       -500.0, 1.0)[0], (0, 1))
     sub = model.encoder.subsample
     conv1, conv2 = sub.conv[0], sub.conv[2]
-    weights = {"window": _array(window), "mel": _array(mel), "mean": _array(cmvn.mean), "std": _array(cmvn.std),
-               "conv1_w": _array(conv1.weight).reshape(-1), "conv1_b": _array(conv1.bias),
-               "conv2_w": _array(conv2.weight).reshape(-1), "conv2_b": _array(conv2.bias),
-               "channels": conv1.out_channels, "time_stride": sub.t2, "frame_length": length, "frame_shift": shift,
-               "fft_size": fft, "preemphasis": 0.97}
-    return weights
+    return {"window": _array(window), "mel": _array(mel), "mean": _array(cmvn.mean), "std": _array(cmvn.std),
+            "conv1_w": _array(conv1.weight).reshape(-1), "conv1_b": _array(conv1.bias),
+            "conv2_w": _array(conv2.weight).reshape(-1), "conv2_b": _array(conv2.bias),
+            "channels": conv1.out_channels, "time_stride": sub.t2, "frame_length": length, "frame_shift": shift,
+            "fft_size": fft, "preemphasis": 0.97}
 
 
 class NativeAsr:

@@ -160,7 +160,7 @@ class RankSpace:
 
     def action_of(self, layer, rank):
         """The action a rank corresponds to (what the agent learns from after the wall)."""
-        return self._action(1.0 if rank is None else rank / self.limits[layer.name])
+        return self._action(self._kept(layer, rank))
 
     def even_action(self, i, decided):
         """The largest single absolute action for layers i.. that, with `decided`, meets the budget."""
@@ -173,6 +173,10 @@ class RankSpace:
             else:
                 hi = mid
         return lo
+
+    def _kept(self, layer, rank):
+        """The keep fraction of a rank (1 for dense)."""
+        return 1.0 if rank is None else rank / self.limits[layer.name]
 
     def _fraction(self, action):
         return self.min_fraction + (1.0 - self.min_fraction) * action
@@ -187,8 +191,7 @@ class RankSpace:
 
     def relative(self, layer, rank, even):
         """The relative action that a rank corresponds to (what the agent learns from after the wall)."""
-        f = 1.0 if rank is None else rank / self.limits[layer.name]
-        return min(1.0, max(0.0, 0.5 + np.log(f / self._fraction(even)) / (2.0 * np.log(SPREAD))))
+        return min(1.0, max(0.0, 0.5 + np.log(self._kept(layer, rank) / self._fraction(even)) / (2.0 * np.log(SPREAD))))
 
     def candidates(self, layer):
         """Every distinct rank the layer can take, smallest first (None = dense last)."""
