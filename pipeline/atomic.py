@@ -1,6 +1,7 @@
 """Atomic writes: a file is either absent or whole, never half-written."""
 import contextlib
 import errno
+import glob
 import json
 import os
 import tempfile
@@ -20,7 +21,9 @@ def atomic_path(path):
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        _remove_orphans(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + path.suffix,
+                                   dir=path.parent)
     except OSError as e:
         if _is_disk_full(e, path.parent):
             raise _disk_full(path, e) from e
@@ -36,6 +39,26 @@ def atomic_path(path):
         if full:
             raise _disk_full(path, e) from e
         raise
+
+
+def _remove_orphans(path):
+    """Delete temporaries of `path` whose writer is gone (a killed run cannot clean up after
+    itself). The writer's pid is in the name; a live writer's file is left alone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(path.suffix)}"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _is_disk_full(err, directory):

@@ -161,7 +161,7 @@ def test_kill_during_latency_table_resumes_without_repeating_a_run(tmp_path):
     args = ["bench", "table", "--model", str(tmp_path / "m.safetensors"), "--frames", "10", "--reps", "1"]
 
     def tables():
-        return list((tmp_path / "cache" / "latency").glob("*.json"))
+        return [p for p in (tmp_path / "cache" / "latency").glob("*.json") if not p.name.startswith(".")]
 
     def runs_done():
         try:
@@ -176,6 +176,22 @@ def test_kill_during_latency_table_resumes_without_repeating_a_run(tmp_path):
     table = json.loads(tables()[0].read_text())
     assert all(len(v) == RUNS for v in table["us_per_frame"].values())
     assert table["calibration"] and not list((tmp_path / "cache").rglob("*.tmp*"))
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    from pipeline.atomic import write_json
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "t.json"
+    orphan = tmp_path / f".t.json.{dead.pid}.abc.tmp.json"
+    live = tmp_path / f".t.json.{os.getpid()}.abc.tmp.json"
+    other = tmp_path / f".u.json.{dead.pid}.abc.tmp.json"
+    for p in (orphan, live, other):
+        p.write_text("{")
+    write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert not orphan.exists() and live.exists() and other.exists()
 
 
 @pytest.fixture
