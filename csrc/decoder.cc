@@ -119,19 +119,13 @@ void AttentionDecoder::attend(int frames) {
   const int T = frames, K = kernel_, half = K / 2, ap = key_.m.out_padded();
   qa_.resize(size_t(ap));
   query_.apply(kern_, q_.data(), 1, hidden_, qa_.data(), tmp_);
-  padded_.assign(size_t(T) + K - 1, 0.0f);  // the convolution's zero padding
+  const int tp = (T + kern_.width - 1) / kern_.width * kern_.width;  // the convolution's vectors overrun T
+  padded_.assign(size_t(tp) + K - 1, 0.0f);                           // the convolution's zero padding
   std::copy_n(weights_.data(), T, padded_.data() + half);
-  locf_.assign(size_t(channels_) * T, 0.0f);
-  for (int c = 0; c < channels_; ++c) {  // contiguous in t, which compilers vectorise
-    float* f = locf_.data() + size_t(c) * T;
-    for (int j = 0; j < K; ++j) {
-      const float wj = conv_[size_t(c) * K + j];
-      const float* src = padded_.data() + j;
-      for (int t = 0; t < T; ++t) f[t] += wj * src[t];
-    }
-  }
+  locf_.resize(size_t(channels_) * tp);
+  kern_.location_conv(padded_.data(), T, conv_.data(), channels_, K, locf_.data(), tp);
   e_.resize(size_t(T));
-  kern_.attention_energies(keys_.data(), qa_.data(), locf_.data(), T, loc_t_.data(), channels_, energy_v_.data(), ap,
+  kern_.attention_energies(keys_.data(), qa_.data(), locf_.data(), tp, loc_t_.data(), channels_, energy_v_.data(), ap,
                            T, e_.data());
   const float top = *std::max_element(e_.begin(), e_.end()) + energy_bias_;
   double sum = 0;

@@ -24,6 +24,9 @@ struct Kernels {
   // for t < frames; keys (frames x ap), q, v, L (channels x ap) zero-padded to ap, a multiple of `width`.
   void (*attention_energies)(const float* keys, const float* q, const float* f, int ldf, const float* loc,
                              int channels, const float* v, int ap, int frames, float* e);
+  // The attention's location features: f[c][t] = sum_j w[c][j] x[t + j] for c < channels and t < frames
+  // rounded up to `width`; x must be readable (zero-padded) to that many + kernel - 1 values, ldf >= it.
+  void (*location_conv)(const float* x, int frames, const float* w, int channels, int kernel, float* f, int ldf);
   // |DFT|^2, bins 0..n/2, of `rows` real frames of `length` samples zero-padded to n (a power of two);
   // tw: n/2 twiddles e^(-2 pi i j / n) as (re, im); rev: bit-reversed indices; scratch: 2 n width floats.
   void (*power_spectra)(const float* x, int rows, int ldx, int length, int n, const float* tw, const int* rev,

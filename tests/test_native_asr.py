@@ -137,7 +137,9 @@ def test_native_bad_inputs_give_clear_errors(overfit):
 def _kernel_check(binary, prefix=()):
     res = subprocess.run([*prefix, str(binary)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)["paths"]
+    paths = json.loads(res.stdout)["paths"]
+    assert all(set(errors) == {"attention_energies", "location_conv", "power_spectra"} for errors in paths.values())
+    return paths
 
 
 def test_decoder_and_frontend_kernels_of_every_path(host_build):
