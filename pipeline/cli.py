@@ -194,8 +194,10 @@ def cmd_bench(args):
     table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps)
     n = table.measure(model, progress=not args.json)
     if args.action == "table":
-        print(f"{table.path}: {len(table.entries)} points ({n} measured now); this model's encoder: "
-              f"{table.predict(model):.1f} us per encoder frame predicted")
+        enc = table.predict(model)
+        dec = f", its decoder LSTM {table.predict(model, 1.0) - enc:.1f} us per output step" if args.runtime == "native" else ""
+        print(f"{table.path}: {len(table.entries)} points ({n} measured now); predicted for this model: the encoder "
+              f"{enc:.1f} us per encoder frame{dec}")
         return
     pairs = validate(model, table, args.policies, args.seed, args.target, log=(lambda *_: None) if args.json else print)
     worst = max(abs(p["error"]) for p in pairs)

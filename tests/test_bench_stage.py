@@ -127,6 +127,10 @@ def test_latency_table_is_cached_and_invalidated_by_the_kernel_version(tmp_path,
     again = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
     assert again.measure(model, progress=False) == 0 and again.predict(model) == pytest.approx(table.predict(model))
     assert again.predict(model) > 0 and len(encoder_cells(model)) == 2 * SMALL.enc_layers
+    stream = [k for k in table.entries if k.startswith("stream:")]  # the decoder's cells, one step at a time
+    assert stream and all(k.startswith(f"stream:{SMALL.embed_dim + 2 * SMALL.enc_hidden},{SMALL.dec_hidden},")
+                          for k in stream)
+    assert again.predict(model, 0.5) > again.predict(model)
     monkeypatch.setattr(latency_table, "kernel_version", lambda: "another-kernel")
     changed = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
     assert changed.path != table.path and changed.measure(model, progress=False) == first

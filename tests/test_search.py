@@ -14,6 +14,7 @@ import torch
 from conftest import run_cli
 from pipeline.errors import PipelineError
 from pipeline.lowrank import factorize, uniform_ranks
+from pipeline.model.config import ModelConfig
 from pipeline.search.agents import DDPGAgent, RandomAgent, ReinforceAgent
 from pipeline.search.run import SearchConfig, run_episode
 from pipeline.search.space import STATE_DIM, Approximator, CostModel, RankSpace, dense_twin, searchable
@@ -225,8 +226,12 @@ def test_latency_cost_matches_the_table_and_speedup_episodes_meet_it(overfit, tm
     model = overfit[0]
     table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
     table.measure(model, progress=False)
-    cost = CostModel(model, searchable(model), "latency", table)
-    assert cost.reference == pytest.approx(table.predict(model))
+    encoder_only = CostModel(model, searchable(model), "latency", table)
+    assert encoder_only.reference == pytest.approx(table.predict(model))
+    cost = CostModel(model, searchable(model), "latency", table, steps_per_frame=0.4)
+    assert cost.reference == pytest.approx(table.predict(model, 0.4)) and cost.reference > encoder_only.reference
+    decoder = {"decoder.lstm.l0.ih": 32, "decoder.lstm.l0.hh": 32}
+    assert cost.total(decoder) < cost.reference and encoder_only.total(decoder) == encoder_only.reference
     space = RankSpace(model, cost, 1.3)
     approx = Approximator(model, space.layers)
     agent = RandomAgent(seed=3)
@@ -234,7 +239,16 @@ def test_latency_cost_matches_the_table_and_speedup_episodes_meet_it(overfit, tm
         policy, _ = run_episode(space, agent, approx, ep)
         assert cost.total(policy) <= space.budget * (1 + 1e-9)
         factored = factorize(copy.deepcopy(model), policy)
-        assert cost.total(policy) == pytest.approx(table.predict(factored), rel=1e-6)
+        assert cost.total(policy) == pytest.approx(table.predict(factored, 0.4), rel=1e-6)
+
+
+def test_steps_per_frame_counts_characters_and_the_end_token():
+    from pipeline.bench.latency_table import steps_per_frame
+
+    rows = [{"text": "abc", "duration": 1.0}, {"text": "a b", "duration": 1.0}]
+    assert steps_per_frame(rows, ModelConfig(subsampling=2)) == pytest.approx(8 / 100)
+    with pytest.raises(PipelineError, match="no audio"):
+        steps_per_frame([{"text": "a", "duration": 0.0}], ModelConfig())
 
 
 def test_subset_command_writes_a_checked_subset(search_files, tiny_corpus, tmp_path):

@@ -4,6 +4,12 @@ measured on a target with the native kernel (`lowrank_bench`, whole-utterance mo
 on this machine with onnxruntime (one thread, each cell in its faster lowering). It predicts a whole encoder's
 latency as the sum of its cells, interpolating linearly between grid ranks.
 
+With the native kernel it also holds the decoder's LSTM cells measured one step at a time
+(`lowrank_bench --mode stream`: the input projection is a matrix-vector product there too), so that
+a search can count the decoder's LSTM at its share of the end-to-end time: microseconds per output
+step times output steps per encoder frame (`predict(model, steps_per_frame)`). That part is not
+calibrated: a decoder's LSTM runs one cell per step, as measured.
+
 A stack runs ~10% faster than the sum of its cells measured one by one (measured here), so the
 table also holds, per stack shape, a calibration: the ratio of measured to summed latency of three
 random rank policies of the model (drawn from a seed of their own, so validation never sees them),
@@ -26,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_json
 from pipeline.bench.targets import CACHE, Runner, kernel_version, parse_target, temp_weights_path
+from pipeline.data.features import FeatureConfig
 from pipeline.errors import PipelineError
 from pipeline.lowrank import factorize, layers
 from pipeline.lowrank.factorize import SNAP
@@ -33,6 +40,7 @@ from pipeline.lowrank.factorize import SNAP
 STEP = 32   # grid ranks: multiples of the widest kernel panel (32 rows with AVX-512), where costs step
 DENSE = 0
 RUNS = 3
+UTTERANCE, STREAM = "utterance", "stream"  # how a cell runs: encoder (all frames at once) or decoder (per step)
 CALIBRATION_POLICIES, CALIBRATION_SEED = 3, 1_000_003  # validate() draws its policies from other seeds
 
 
@@ -43,15 +51,30 @@ def grid(limit):
 
 
 def encoder_cells(model):
-    """[(name, input size, hidden, rank_ih, rank_hh)] of the encoder's LSTM cells in stack order; rank 0 = dense."""
+    """[(cell, input size, hidden, rank_ih, rank_hh)] of the encoder's LSTM cells in stack order: the
+    cell's matrices are the layers `cell`.ih and `cell`.hh; rank 0 = dense."""
     ranks = {l.name: l.rank for l in layers(model)}
-    out = []
-    for i, layer in enumerate(model.encoder.lstms):
-        for d, mod in layer.items():
-            name = f"encoder.lstms.{i}.{d}"
-            out.append((name, mod.input_size, mod.hidden_size, ranks[f"{name}.l0.ih"] or DENSE,
-                        ranks[f"{name}.l0.hh"] or DENSE))
-    return out
+    cells = [(f"encoder.lstms.{i}.{d}.l0", mod.input_size, mod.hidden_size)
+             for i, layer in enumerate(model.encoder.lstms) for d, mod in layer.items()]
+    return [(n, inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cells]
+
+
+def decoder_cells(model):
+    """The decoder's LSTM cells, as encoder_cells gives the encoder's."""
+    ranks = {l.name: l.rank for l in layers(model)}
+    lstm = model.decoder.lstm
+    cells = [(f"decoder.lstm.l{i}", lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size)
+             for i in range(lstm.num_layers)]
+    return [(n, inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cells]
+
+
+def steps_per_frame(rows, cfg):
+    """Decoder steps (characters and the end token) per encoder frame over manifest rows (with text
+    and duration): how many times the decoder's LSTM runs for each frame the encoder's runs."""
+    frames = sum(r["duration"] for r in rows) * 1000.0 / FeatureConfig().frame_shift_ms / cfg.subsampling
+    if frames <= 0:
+        raise PipelineError("steps per frame: the manifest holds no audio")
+    return sum(len(r["text"]) + 1 for r in rows) / frames
 
 
 class LatencyTable:
@@ -74,15 +97,17 @@ class LatencyTable:
         self._runner = None
 
     @staticmethod
-    def _key(inp, hidden, r_ih, r_hh):
-        return f"{inp},{hidden},{r_ih},{r_hh}"
+    def _key(inp, hidden, r_ih, r_hh, mode=UTTERANCE):
+        return ("" if mode == UTTERANCE else f"{mode}:") + f"{inp},{hidden},{r_ih},{r_hh}"
 
     def measure(self, model, progress=True):
-        """Measures every grid point of every cell shape of `model` not in the cache yet, then the
-        calibration of the model's stack shape; returns how many runs it made."""
-        cells = encoder_cells(model)
-        shapes = sorted({(inp, h) for _, inp, h, _, _ in cells})
-        points = [(inp, h, a, b) for inp, h in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
+        """Measures every grid point of every cell shape of `model` (the decoder's too, with the native
+        kernel) not in the cache yet, then the calibration of the model's stack shape; returns how many
+        runs it made."""
+        shapes = sorted({(inp, h, UTTERANCE) for _, inp, h, _, _ in encoder_cells(model)})
+        if self.runtime == "native":
+            shapes += sorted({(inp, h, STREAM) for _, inp, h, _, _ in decoder_cells(model)})
+        points = [(inp, h, a, b, mode) for inp, h, mode in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
         todo = [(p, r) for r in range(RUNS) for p in points if len(self.entries.get(self._key(*p), [])) <= r]
         for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec}, {self.runtime})", unit="run",
                          disable=not progress):
@@ -100,14 +125,14 @@ class LatencyTable:
                                                    for m, us in zip(models, measured)]
         self._save()
 
-    def _point_us(self, inp, hidden, r_ih, r_hh):
+    def _point_us(self, inp, hidden, r_ih, r_hh, mode):
         """One cell alone: lowrank_bench on synthetic weights, or onnxruntime in its faster lowering."""
         if self.runtime == "onnx":
             from export.onnx_export import lowering_seconds
 
             return 1e6 * min(lowering_seconds(_cell(inp, hidden, r_ih, r_hh), self.frames).values()) / self.frames
         self._runner = self._runner or Runner(self.target)
-        return self._runner.bench(["--synthetic", f"1,1,{inp},{hidden},{r_ih},{r_hh}", "--mode", "utterance",
+        return self._runner.bench(["--synthetic", f"1,1,{inp},{hidden},{r_ih},{r_hh}", "--mode", mode,
                                    "--frames", self.frames, "--reps", self.reps])["us_per_frame"]["median"]
 
     def _save(self):
@@ -122,8 +147,8 @@ class LatencyTable:
         ratios = [c["measured_us"] / sum(self.cell(*cell) for cell in c["cells"]) for c in cal]
         return sum(ratios) / len(ratios) if ratios else 1.0
 
-    def cell(self, inp, hidden, r_ih, r_hh):
-        """Predicted us per frame of one cell: exact at grid ranks, linear in each rank between them."""
+    def cell(self, inp, hidden, r_ih, r_hh, mode=UTTERANCE):
+        """Predicted us per frame (or step) of one cell: exact at grid ranks, linear in each rank between them."""
         def around(r, limit):
             if r == DENSE:
                 return [(DENSE, 1.0)]
@@ -139,15 +164,23 @@ class LatencyTable:
         total = 0.0
         for a, wa in around(r_ih, min(4 * hidden, inp)):
             for b, wb in around(r_hh, hidden):
-                key = self._key(inp, hidden, a, b)
+                key = self._key(inp, hidden, a, b, mode)
                 if not self.entries.get(key):
                     raise PipelineError(f"{self.path}: no entry {key}; run `python -m pipeline bench table` first")
                 total += wa * wb * min(self.entries[key])
         return total
 
-    def predict(self, model):
-        """Predicted us per encoder frame of the model's whole encoder LSTM stack."""
-        return self.scale(model) * sum(self.cell(inp, h, a, b) for _, inp, h, a, b in encoder_cells(model))
+    def lstm_us(self, enc, dec, scale, steps_per_frame):
+        """us per encoder frame of encoder cells `enc` and decoder cells `dec`, each (input, hidden,
+        rank_ih, rank_hh): the encoder's sum times `scale`, plus `steps_per_frame` decoder steps."""
+        return (scale * sum(self.cell(*c) for c in enc)
+                + (steps_per_frame * sum(self.cell(*c, STREAM) for c in dec) if steps_per_frame else 0.0))
+
+    def predict(self, model, steps_per_frame=0.0):
+        """Predicted us per encoder frame of the model's encoder LSTM stack, plus its decoder's LSTM
+        at `steps_per_frame` output steps per encoder frame."""
+        return self.lstm_us([c[1:] for c in encoder_cells(model)], [c[1:] for c in decoder_cells(model)],
+                            self.scale(model), steps_per_frame)
 
 
 def _signature(model):
@@ -195,7 +228,7 @@ def random_policy(model, rng):
         for which, limit in (("ih", min(4 * h, inp)), ("hh", h)):
             if rng.random() < 0.15:
                 continue  # stays dense
-            policy[f"{name}.l0.{which}"] = rng.randrange(SNAP, limit + 1, SNAP)
+            policy[f"{name}.{which}"] = rng.randrange(SNAP, limit + 1, SNAP)
     return policy
 
 

@@ -122,14 +122,17 @@ def _config_file(out, cfg, model_path, subset_path, resume):
     write_json(path, want)
 
 
-def _cost_model(model, layer_list, cfg):
-    table = None
-    if cfg.cost == "latency":
-        from pipeline.bench.latency_table import LatencyTable
+def _cost_model(model, layer_list, cfg, rows):
+    """The native latency cost counts the decoder's LSTM at the subset's output steps per encoder
+    frame; onnxruntime's, the encoder stack alone."""
+    if cfg.cost != "latency":
+        return CostModel(model, layer_list, cfg.cost)
+    from pipeline.bench.latency_table import LatencyTable, steps_per_frame
 
-        table = LatencyTable(cfg.device, cfg.runtime)
-        table.measure(model)
-    return CostModel(model, layer_list, cfg.cost, table)
+    table = LatencyTable(cfg.device, cfg.runtime)
+    table.measure(model)
+    spf = steps_per_frame(rows, model.cfg) if cfg.runtime == "native" else 0.0
+    return CostModel(model, layer_list, cfg.cost, table, spf)
 
 
 def search(model_path, out, cfg, subset_path, resume=False, progress=True, ray=None, workers=None):
@@ -138,10 +141,11 @@ def search(model_path, out, cfg, subset_path, resume=False, progress=True, ray=N
         raise PipelineError(f"{subset_path}: evaluation subset not found; make it with `python -m pipeline subset`")
     _config_file(out, cfg, model_path, subset_path, resume)
     model, cmvn, _ = load_checkpoint(model_path)
-    cost = _cost_model(model, searchable(model, cfg.layers), cfg)
+    rows = read_manifest(subset_path)
+    cost = _cost_model(model, searchable(model, cfg.layers), cfg, rows)
     space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers)
     approx = Approximator(model, space.layers)
-    evaluate = SubsetEvaluator(approx, cmvn, read_manifest(subset_path), out / "cache.jsonl")
+    evaluate = SubsetEvaluator(approx, cmvn, rows, out / "cache.jsonl")
     base = evaluate({})["wer"]
     pool = _pool(model_path, subset_path, space, ray, workers)
     try:

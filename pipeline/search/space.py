@@ -101,16 +101,18 @@ class Approximator:
 
 class CostModel:
     """Cost of a policy: parameters or MACs of the searched matrices, or the latency table's prediction
-    of the encoder LSTM stack (us per frame). `reference` is the all-dense cost."""
+    of the LSTMs (us per encoder frame: the encoder stack, plus the decoder's LSTM at
+    `steps_per_frame` output steps per encoder frame). `reference` is the all-dense cost."""
 
-    def __init__(self, model, layer_list, kind="params", table=None):
-        self.kind, self.layers, self.table = kind, layer_list, table
+    def __init__(self, model, layer_list, kind="params", table=None, steps_per_frame=0.0):
+        self.kind, self.layers, self.table, self.steps_per_frame = kind, layer_list, table, steps_per_frame
         if kind == "latency":
             if table is None:
                 raise PipelineError("cost 'latency' needs a latency table (python -m pipeline bench table)")
-            from pipeline.bench.latency_table import encoder_cells
+            from pipeline.bench.latency_table import decoder_cells, encoder_cells
 
-            self.cells = [(name, inp, h) for name, inp, h, _, _ in encoder_cells(model)]
+            self.enc = [c[:3] for c in encoder_cells(model)]
+            self.dec = [c[:3] for c in decoder_cells(model)]
             self.fixed = {l.name: l.rank for l in layers(model)}
             self.scale = table.scale(model)
         elif kind not in ("params", "macs"):
@@ -122,8 +124,10 @@ class CostModel:
             from pipeline.bench.latency_table import DENSE
 
             ranks = {**self.fixed, **policy}
-            return self.scale * sum(self.table.cell(inp, h, ranks[f"{n}.l0.ih"] or DENSE, ranks[f"{n}.l0.hh"] or DENSE)
-                                    for n, inp, h in self.cells)
+
+            def cells(cs):
+                return [(inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cs]
+            return self.table.lstm_us(cells(self.enc), cells(self.dec), self.scale, self.steps_per_frame)
         return float(sum(layer_costs(replace(l, rank=policy.get(l.name, l.rank)))[self.kind] for l in self.layers))
 
 
