@@ -8,7 +8,6 @@ repetitions, each checkpoint's total as a speedup over the first's.
 """
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -25,20 +24,11 @@ STAGES = ("features", "subsampling", "encoder_lstm", "decoder")
 
 
 def stage_ms(asr, audio):
-    """Milliseconds per stage over the utterance set, once."""
+    """Milliseconds per stage over the utterance set, once, as lrk::Asr times them."""
     ms = dict.fromkeys(STAGES, 0.0)
     for a in audio:
-        t0 = time.perf_counter()
-        f = asr.frontend.features(a)
-        t1 = time.perf_counter()
-        x = asr.frontend.subsample(f)
-        t2 = time.perf_counter()
-        enc = asr.stack.forward(x)
-        t3 = time.perf_counter()
-        asr.decoder.greedy(enc)
-        t4 = time.perf_counter()
-        for k, (s, e) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
-            ms[k] += 1e3 * (e - s)
+        for k, v in asr.run(a)["ms"].items():
+            ms[k] += v
     return ms
 
 

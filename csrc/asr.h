@@ -31,7 +31,7 @@ class Asr {
   LstmStack encoder_;
   AttentionDecoder decoder_;
   std::vector<int> vocab_;
-  std::vector<float> feats_, x_, enc_;
+  FloatBuffer feats_, x_, enc_;
 };
 
 }  // namespace lrk

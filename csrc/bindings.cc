@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "asr.h"
 #include "build_info.h"
 #include "cpu_features.h"
 #include "decoder.h"
@@ -164,6 +165,24 @@ FloatArray frontend_subsample(lrk::Frontend& self, py::handle feats_obj) {
   return y;
 }
 
+py::dict transcribe(lrk::Asr& self, py::handle samples_obj) {
+  FloatArray x = as_floats(samples_obj, 1, "transcribe: samples");
+  lrk::Asr::Result r;
+  {
+    py::gil_scoped_release nogil;
+    r = self.transcribe(x.data(), int(x.shape(0)));
+  }
+  py::dict ms;
+  for (int k = 0; k < 4; ++k) ms[lrk::Asr::kStages[k]] = r.ms[k];
+  py::dict out;
+  out["text"] = r.text;
+  out["tokens"] = r.tokens;
+  out["ms"] = ms;
+  out["frames"] = r.frames;
+  out["encoder_frames"] = r.encoder_frames;
+  return out;
+}
+
 FloatArray encoder_states(const lrk::AttentionDecoder& self, py::handle enc_obj) {
   FloatArray enc = FloatArray::ensure(enc_obj);
   if (!enc || enc.ndim() != 2 || enc.shape(1) != self.enc_dim() || enc.shape(0) < 1)
@@ -314,6 +333,15 @@ PYBIND11_MODULE(_native, m) {
              return self.max_steps(enc.data(), int(enc.shape(0)));
            }, py::arg("enc"), "The output-length cap of an utterance.")
       .def_property_readonly("isa", &lrk::AttentionDecoder::isa);
+
+  py::class_<lrk::Asr>(m, "Asr", "The whole model of a model file, samples to text, each stage timed (see csrc/asr.h).")
+      .def(py::init([](const std::string& path, const std::string& isa) {
+             return new lrk::Asr(lrk::read_model(path), isa);
+           }),
+           py::arg("path"), py::arg("isa") = "auto")
+      .def("transcribe", &transcribe, py::arg("samples"),
+           "16 kHz mono samples in [-1, 1] -> {text, tokens, ms (per stage), frames, encoder_frames}.")
+      .def_property_readonly("isa", &lrk::Asr::isa);
 
   py::class_<lrk::LstmStack>(m, "LstmStack", "An LSTM stack on packed weights (see csrc/lstm.h).")
       .def(py::init([](const py::list& cells, int directions, const std::string& isa) {

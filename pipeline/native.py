@@ -4,6 +4,7 @@ subsampling, the encoder's LSTM stack, the greedy attention decoder); the encode
 whole model, go to a file that `lowrank_bench` reads on a device."""
 import struct
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pipeline.data.features import FeatureConfig
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
 from pipeline.model.decode import DecodeConfig
-from pipeline.model.vocab import BLANK, EOS, SOS, TOKENS, decode as ids_to_text
+from pipeline.model.vocab import BLANK, EOS, SOS, TOKENS
 
 
 def _array(t):
@@ -132,17 +133,22 @@ def _frontend_weights(model, cmvn, cfg):
 
 
 class NativeAsr:
-    """A checkpoint in C++ from samples to greedy transcript: `transcribe(audio, sr)`."""
+    """A checkpoint in C++ from samples to greedy transcript, as `lowrank_bench --model` runs it
+    (lrk::Asr on the model file): `transcribe(audio, sr)`; `run(samples)` also gives the tokens and
+    each stage's milliseconds."""
 
     def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto"):
-        self.frontend = frontend(model, cmvn, isa=isa)
-        self.stack = stack(model.encoder, isa)
-        self.decoder = decoder(model, cfg, isa=isa)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "model.lrkm"
+            write_model(path, model, cmvn, cfg)
+            self.asr = _native.Asr(str(path), isa)
+
+    def run(self, samples):
+        """16 kHz float32 samples -> {text, tokens, ms (per stage), frames, encoder_frames}."""
+        return self.asr.transcribe(samples)
 
     def transcribe(self, audio, sr=SAMPLE_RATE):
-        audio = np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr))
-        enc = self.stack.forward(self.frontend.subsample(self.frontend.features(audio)))
-        return ids_to_text(self.decoder.greedy(enc))
+        return self.run(np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr)))["text"]
 
 
 def write_model(path, model, cmvn, cfg=DecodeConfig()):
