@@ -123,15 +123,19 @@ void Frontend::subsample(const float* feats, int frames, float* out) {
   kern_.matmul(cols_.data(), rows1, 9, conv1_.data.data(), cp, 9, y1_.data(), cp, false);
   bias_relu(y1_.data(), rows1, cp, C, bias1_);
   const int k2 = C * 9, ld2 = conv2_.mp;
-  cols_.resize(size_t(f2_) * k2);
+  constexpr int kFrames = 8;  // output frames per product: its inputs stay in cache, the product is not tiny
+  cols_.resize(size_t(kFrames) * f2_ * k2);
   y2_.resize(size_t(t2) * f2_ * ld2);
-  for (int t = 0; t < t2; ++t) {  // second convolution, one output frame at a time: its inputs stay in cache
-    for (int f = 0; f < f2_; ++f)
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j)  // inputs ordered (i, j, c), as the packed weights are
-          std::copy_n(y1_.data() + (size_t(stride_ * t + i) * f1_ + 2 * f + j) * cp, C,
-                      cols_.data() + size_t(f) * k2 + (i * 3 + j) * C);
-    kern_.matmul(cols_.data(), f2_, k2, conv2_.data.data(), ld2, k2, y2_.data() + size_t(t) * f2_ * ld2, ld2, false);
+  for (int t0 = 0; t0 < t2; t0 += kFrames) {  // second convolution
+    const int nt = std::min(kFrames, t2 - t0);
+    for (int t = t0; t < t0 + nt; ++t)
+      for (int f = 0; f < f2_; ++f)
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j)  // inputs ordered (i, j, c), as the packed weights are
+            std::copy_n(y1_.data() + (size_t(stride_ * t + i) * f1_ + 2 * f + j) * cp, C,
+                        cols_.data() + (size_t(t - t0) * f2_ + f) * k2 + (i * 3 + j) * C);
+    kern_.matmul(cols_.data(), nt * f2_, k2, conv2_.data.data(), ld2, k2, y2_.data() + size_t(t0) * f2_ * ld2, ld2,
+                 false);
   }
   bias_relu(y2_.data(), t2 * f2_, ld2, C, bias2_);
   for (int t = 0; t < t2; ++t)  // (t, f, c) -> (t, c * f2 + f), as asr.py flattens channels and frequency
