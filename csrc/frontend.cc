@@ -87,16 +87,7 @@ void Frontend::features(const float* samples, int n, float* out) {
   if (T == 0) throw std::invalid_argument("features: audio shorter than one frame (" + std::to_string(length_) + " samples)");
   FlushDenormals ftz;
   frames_.resize(size_t(T) * length_);
-  for (int t = 0; t < T; ++t) {
-    float* x = frames_.data() + size_t(t) * length_;
-    double sum = 0;
-    for (int j = 0; j < length_; ++j) sum += x[j] = kScale * samples[size_t(t) * shift_ + j];
-    const float mean = float(sum / length_);
-    for (int j = 0; j < length_; ++j) x[j] -= mean;
-    for (int j = length_ - 1; j > 0; --j) x[j] -= preemphasis_ * x[j - 1];
-    x[0] -= preemphasis_ * x[0];
-    for (int j = 0; j < length_; ++j) x[j] *= window_[j];
-  }
+  kern_.prepare_frames(samples, T, shift_, length_, kScale, preemphasis_, window_.data(), frames_.data(), length_);
   power_.resize(size_t(T) * bins_);
   fft_scratch_.resize(size_t(2) * fft_ * kern_.width);
   kern_.power_spectra(frames_.data(), T, length_, length_, fft_, twiddles_.data(), bitrev_.data(), fft_scratch_.data(),

@@ -1,6 +1,7 @@
 // Checks the decoder and front-end kernels of every path this CPU runs (attention energies and
-// location convolution, power spectra) against plain double-precision references on random
-// inputs, and prints the worst relative errors as JSON: how the NEON path is checked under qemu, where no Python runs.
+// location convolution, framing, power spectra) against plain double-precision references on
+// random inputs, and prints the worst relative errors as JSON: how the NEON path is checked under
+// qemu, where no Python runs.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -61,6 +62,31 @@ double conv_error(const lrk::Kernels& k, std::mt19937& rng) {
   return worst;
 }
 
+double frames_error(const lrk::Kernels& k, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int rows = 3, shift = 7, length = 2 * k.width + 5;  // vectors and a tail
+  const float scale = 3.0f, p = 0.97f;
+  std::vector<float> x(size_t(rows - 1) * shift + length), w(length), out(size_t(rows) * length);
+  for (float& v : x) v = u(rng);
+  for (float& v : w) v = u(rng);
+  k.prepare_frames(x.data(), rows, shift, length, scale, p, w.data(), out.data(), length);
+  double worst = 0;
+  for (int t = 0; t < rows; ++t) {
+    const float* xt = x.data() + size_t(t) * shift;
+    double mean = 0, size = 0;
+    for (int j = 0; j < length; ++j) mean += double(scale) * xt[j] / length;
+    std::vector<double> y(length);
+    for (int j = 0; j < length; ++j) y[j] = double(scale) * xt[j] - mean;
+    for (int j = 0; j < length; ++j) size = std::fmax(size, std::fabs(y[j]));
+    for (int j = 0; j < length; ++j) {
+      const double want = w[j] * (y[j] - double(p) * y[j > 0 ? j - 1 : 0]);
+      const double err = std::fabs(out[size_t(t) * length + j] - want) / size;
+      if (err > worst) worst = err;
+    }
+  }
+  return worst;
+}
+
 double spectra_error(const lrk::Kernels& k, std::mt19937& rng) {
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   const int n = 64, length = 50, rows = 2 * k.width + 1, bins = n / 2 + 1;
@@ -98,11 +124,13 @@ int main() {
   for (const std::string& isa : lrk::available_isas()) {
     const lrk::Kernels& k = lrk::kernels(isa);
     std::mt19937 rng(7);
-    char buf[240];
-    const double energies = energies_error(k, rng), conv = conv_error(k, rng), spectra = spectra_error(k, rng);
+    char buf[300];
+    const double energies = energies_error(k, rng), conv = conv_error(k, rng), frames = frames_error(k, rng),
+                 spectra = spectra_error(k, rng);
     std::snprintf(buf, sizeof buf,
-                  "%s\"%s\": {\"attention_energies\": %.3g, \"location_conv\": %.3g, \"power_spectra\": %.3g}",
-                  first ? "" : ", ", isa.c_str(), energies, conv, spectra);
+                  "%s\"%s\": {\"attention_energies\": %.3g, \"location_conv\": %.3g, \"prepare_frames\": %.3g, "
+                  "\"power_spectra\": %.3g}",
+                  first ? "" : ", ", isa.c_str(), energies, conv, frames, spectra);
     json += buf;
     first = false;
   }

@@ -27,6 +27,10 @@ struct Kernels {
   // The attention's location features: f[c][t] = sum_j w[c][j] x[t + j] for c < channels and t < frames
   // rounded up to `width`; x must be readable (zero-padded) to that many + kernel - 1 values, ldf >= it.
   void (*location_conv)(const float* x, int frames, const float* w, int channels, int kernel, float* f, int ldf);
+  // Kaldi's framing for `rows` frames of x (frame t starts at t * shift): y = scale * x minus its mean,
+  // then out[t][j] = window[j] * (y[j] - preemph * y[j - 1]) (y[-1] = y[0]) for j < length.
+  void (*prepare_frames)(const float* x, int rows, int shift, int length, float scale, float preemph,
+                         const float* window, float* out, int ldo);
   // |DFT|^2, bins 0..n/2, of `rows` real frames of `length` samples zero-padded to n (a power of two);
   // tw: n/2 twiddles e^(-2 pi i j / n) as (re, im); rev: bit-reversed indices; scratch: 2 n width floats.
   void (*power_spectra)(const float* x, int rows, int ldx, int length, int n, const float* tw, const int* rev,

@@ -215,22 +215,54 @@ void cell(const float* gates, int ldg, int rows, int hp, float* c, float* h, int
 // n, a power of two): radix-2 decimation in time, one frame per SIMD lane, so every butterfly is
 // a few vector operations whatever the frame. tw: n/2 twiddles e^(-2 pi i j / n) as (re, im) pairs;
 // rev: the n bit-reversed indices; scratch: 2 n W floats; out: row stride ldo.
+// (y[j] - mean) - p (y[j-1] - mean) = y[j] - p y[j-1] - (1 - p) mean: one pass after the mean.
+void prepare_frames(const float* x, int rows, int shift, int length, float scale, float preemph,
+                    const float* window, float* out, int ldo) {
+  const V s = Simd::set1(scale), p = Simd::set1(preemph);
+  for (int t = 0; t < rows; ++t) {
+    const float* xt = x + size_t(t) * shift;
+    float* o = out + size_t(t) * ldo;
+    V acc = Simd::zero();
+    int j = 0;
+    for (; j + W <= length; j += W) acc = Simd::add(acc, Simd::load(xt + j));
+    float sum = Simd::sum(acc);
+    for (; j < length; ++j) sum += xt[j];
+    const float mean = scale * sum / float(length), offset = (1.0f - preemph) * mean;
+    const V off = Simd::set1(offset);
+    o[0] = window[0] * (scale * xt[0] - preemph * scale * xt[0] - offset);
+    for (j = 1; j + W <= length; j += W) {
+      const V y = Simd::mul(s, Simd::load(xt + j)), prev = Simd::mul(s, Simd::load(xt + j - 1));
+      Simd::store(o + j, Simd::mul(Simd::load(window + j), Simd::sub(Simd::fnma(p, prev, y), off)));
+    }
+    for (; j < length; ++j) o[j] = window[j] * (scale * xt[j] - preemph * scale * xt[j - 1] - offset);
+  }
+}
+
+// A real frame of n samples as a complex one of n/2 (even samples real, odd imaginary), transformed
+// and separated by the symmetry of real transforms: with Z its transform, the even samples' is
+// E[k] = (Z[k] + Z*[m]) / 2 and the odd samples' O[k] = (Z[k] - Z*[m]) / 2i, m = n/2 - k, and
+// X[k] = E[k] + e^(-2 pi i k / n) O[k]. Half the butterflies of the full complex transform, and rounding
+// relative to the frame's own energy. The n/2-point bit reversal is rev[p] / 2 for p < n/2.
 void power_spectra(const float* x, int rows, int ldx, int length, int n, const float* tw, const int* rev,
                    float* scratch, float* out, int ldo) {
+  const int M = n / 2;
   float* re = scratch;
-  float* im = scratch + size_t(n) * W;
+  float* im = scratch + size_t(M) * W;
   for (int r0 = 0; r0 < rows; r0 += W) {
     const int lanes = rows - r0 < W ? rows - r0 : W;
-    for (int p = 0; p < n; ++p) {
-      const int q = rev[p];
-      for (int l = 0; l < W; ++l) re[size_t(p) * W + l] = l < lanes && q < length ? x[size_t(r0 + l) * ldx + q] : 0.0f;
+    for (int p = 0; p < M; ++p) {
+      const int q = rev[p];  // even
+      for (int l = 0; l < W; ++l) {
+        const float* row = x + size_t(r0 + l) * ldx;
+        re[size_t(p) * W + l] = l < lanes && q < length ? row[q] : 0.0f;
+        im[size_t(p) * W + l] = l < lanes && q + 1 < length ? row[q + 1] : 0.0f;
+      }
     }
-    for (size_t i = 0; i < size_t(n) * W; ++i) im[i] = 0.0f;
-    for (int half = 1; half < n; half *= 2) {
-      const int step = n / (2 * half);
+    for (int half = 1; half < M; half *= 2) {
+      const int step = n / (2 * half);  // the n-point twiddle of the n/2-point transform's k * M / (2 half)
       for (int k = 0; k < half; ++k) {
         const V wr = Simd::set1(tw[2 * k * step]), wi = Simd::set1(tw[2 * k * step + 1]);
-        for (int a = k; a < n; a += 2 * half) {
+        for (int a = k; a < M; a += 2 * half) {
           float *ar = re + size_t(a) * W, *ai = im + size_t(a) * W;
           float *br = ar + size_t(half) * W, *bi = ai + size_t(half) * W;
           const V xr = Simd::load(br), xi = Simd::load(bi);
@@ -243,10 +275,18 @@ void power_spectra(const float* x, int rows, int ldx, int length, int n, const f
         }
       }
     }
-    for (int k = 0; k <= n / 2; ++k) {
+    const V half_v = Simd::set1(0.5f);
+    for (int k = 0; k <= M; ++k) {
+      const int kk = k % M, m = (M - k) % M;
+      const V a = Simd::load(re + size_t(kk) * W), b = Simd::load(im + size_t(kk) * W);
+      const V c = Simd::load(re + size_t(m) * W), d = Simd::load(im + size_t(m) * W);
+      const V er = Simd::mul(half_v, Simd::add(a, c)), ei = Simd::mul(half_v, Simd::sub(b, d));
+      const V orr = Simd::mul(half_v, Simd::add(b, d)), oi = Simd::mul(half_v, Simd::sub(c, a));
+      const V wr = Simd::set1(k < M ? tw[2 * k] : -1.0f), wi = Simd::set1(k < M ? tw[2 * k + 1] : 0.0f);
+      const V xr = Simd::add(er, Simd::fnma(wi, oi, Simd::mul(wr, orr)));
+      const V xi = Simd::add(ei, Simd::fma(wi, orr, Simd::mul(wr, oi)));
       float p[W];
-      const V vr = Simd::load(re + size_t(k) * W), vi = Simd::load(im + size_t(k) * W);
-      Simd::store(p, Simd::fma(vr, vr, Simd::mul(vi, vi)));
+      Simd::store(p, Simd::fma(xr, xr, Simd::mul(xi, xi)));
       for (int l = 0; l < lanes; ++l) out[size_t(r0 + l) * ldo + k] = p[l];
     }
   }
@@ -376,8 +416,9 @@ double peak_gflops(double min_seconds) {
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
-const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &attention_energies, &location_conv, &power_spectra,
-                        &read_gbps, &peak_gflops};
+const Kernels kTable = {Simd::name,          W,           P,          &matmul,         &cell,
+                        &sigmoid,            &tanh,       &attention_energies, &location_conv, &prepare_frames,
+                        &power_spectra,      &read_gbps,  &peak_gflops};
 
 }  // namespace LRK_ISA_NS
 }  // namespace lrk
