@@ -13,7 +13,7 @@ import torch
 from conftest import QEMU, SMALL
 
 from pipeline import _native, native
-from pipeline.data.audio import load_audio
+from pipeline.data.audio import load_audio, resample
 from pipeline.data.features import fbank
 from pipeline.lowrank import factorize
 from pipeline.model.asr import ASRModel
@@ -64,6 +64,10 @@ def test_native_asr_transcribes_real_audio_like_torch(overfit):
     audio, sr = load_audio(rows[0]["audio_filepath"])
     f = cmvn(fbank(audio[::2].copy(), sr // 2))
     assert asr.transcribe(audio[::2].copy(), sr // 2) == greedy(model, f[None], torch.tensor([f.shape[0]]))[0]
+    res = asr.run(resample(audio, sr).astype(np.float32))  # lrk::Asr's result: tokens, text, each stage's time
+    assert res["text"] == hyps[0] and ids_to_text(res["tokens"]) == hyps[0]
+    assert set(res["ms"]) == {"features", "subsampling", "encoder_lstm", "decoder"} and min(res["ms"].values()) > 0
+    assert res["frames"] == fbank(audio, sr).shape[0] and 0 < res["encoder_frames"] < res["frames"]
 
 
 def torch_steps(model, enc, n):
