@@ -24,8 +24,8 @@ struct Kernels {
   // for t < frames; keys (frames x ap), q, v, L (channels x ap) zero-padded to ap, a multiple of `width`.
   void (*attention_energies)(const float* keys, const float* q, const float* f, int ldf, const float* loc,
                              int channels, const float* v, int ap, int frames, float* e);
-  // The attention's location features: f[c][t] = sum_j w[c][j] x[t + j] for c < channels and t < frames
-  // rounded up to `width`; x must be readable (zero-padded) to that many + kernel - 1 values, ldf >= it.
+  // The attention's location features: f[c][t] = sum_j w[c][j] x[t + j] for c < channels and t < T,
+  // T = frames rounded up to `width`: x holds T + kernel - 1 values (zero-padded), ldf >= T.
   void (*location_conv)(const float* x, int frames, const float* w, int channels, int kernel, float* f, int ldf);
   // Kaldi's framing for `rows` frames of x (frame t starts at t * shift): y = scale * x minus its mean,
   // then out[t][j] = window[j] * (y[j] - preemph * y[j - 1]) (y[-1] = y[0]) for j < length.

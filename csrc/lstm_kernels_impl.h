@@ -209,12 +209,8 @@ void cell(const float* gates, int ldg, int rows, int hp, float* c, float* h, int
   }
 }
 
-// ---- power spectra ------------------------------------------------------------------------------
+// ---- framing ------------------------------------------------------------------------------------
 
-// |DFT|^2, bins 0..n/2, of `rows` real frames (`length` samples each, row stride ldx, zero-padded to
-// n, a power of two): radix-2 decimation in time, one frame per SIMD lane, so every butterfly is
-// a few vector operations whatever the frame. tw: n/2 twiddles e^(-2 pi i j / n) as (re, im) pairs;
-// rev: the n bit-reversed indices; scratch: 2 n W floats; out: row stride ldo.
 // (y[j] - mean) - p (y[j-1] - mean) = y[j] - p y[j-1] - (1 - p) mean: one pass after the mean.
 void prepare_frames(const float* x, int rows, int shift, int length, float scale, float preemph,
                     const float* window, float* out, int ldo) {
@@ -238,6 +234,13 @@ void prepare_frames(const float* x, int rows, int shift, int length, float scale
   }
 }
 
+// ---- power spectra ------------------------------------------------------------------------------
+
+// |DFT|^2, bins 0..n/2, of `rows` real frames (`length` samples each, row stride ldx, zero-padded to
+// n, a power of two): radix-2 decimation in time, one frame per SIMD lane, so every butterfly is
+// a few vector operations whatever the frame. tw: n/2 twiddles e^(-2 pi i j / n) as (re, im) pairs;
+// rev: the n bit-reversed indices; scratch: 2 n W floats; out: row stride ldo.
+//
 // A real frame of n samples as a complex one of n/2 (even samples real, odd imaginary), transformed
 // and separated by the symmetry of real transforms: with Z its transform, the even samples' is
 // E[k] = (Z[k] + Z*[m]) / 2 and the odd samples' O[k] = (Z[k] - Z*[m]) / 2i, m = n/2 - k, and
@@ -259,7 +262,7 @@ void power_spectra(const float* x, int rows, int ldx, int length, int n, const f
       }
     }
     for (int half = 1; half < M; half *= 2) {
-      const int step = n / (2 * half);  // the n-point twiddle of the n/2-point transform's k * M / (2 half)
+      const int step = n / (2 * half);  // twiddle k M / (2 half) of n/2 points is twiddle k step of n
       for (int k = 0; k < half; ++k) {
         const V wr = Simd::set1(tw[2 * k * step]), wi = Simd::set1(tw[2 * k * step + 1]);
         for (int a = k; a < M; a += 2 * half) {
@@ -297,8 +300,8 @@ void power_spectra(const float* x, int rows, int ldx, int length, int n, const f
 // e[t] = v . tanh(keys[t] + q + sum_c f[c][t] L[c]) for t < frames, each row of z kept in registers
 // blocks of W: the keys (frames x ap), q, v and L[c] (channels x ap) padded with zeros to ap.
 // Up to kBlock vectors of one frame's pre-activation at once: their FMA chains over the channels
-// are independent, so they overlap instead of waiting on each other's latency. The per-lane
-// arithmetic is the unblocked loop's, in the same order.
+// are independent, so they overlap instead of waiting on each other's latency; the blocking changes
+// neither the per-lane arithmetic nor its order.
 constexpr int kBlock = 8;
 
 template <int B>
@@ -321,7 +324,8 @@ void attention_energies(const float* keys, const float* q, const float* f, int l
     const float* kt = keys + size_t(t) * ap;
     V acc = Simd::zero();
     int a = 0;
-    for (; a + kBlock * W <= ap; a += kBlock * W) acc = energy_block<kBlock>(kt, q, f, ldf, t, loc, channels, v, ap, a, acc);
+    for (; a + kBlock * W <= ap; a += kBlock * W)
+      acc = energy_block<kBlock>(kt, q, f, ldf, t, loc, channels, v, ap, a, acc);
     for (; a < ap; a += W) acc = energy_block<1>(kt, q, f, ldf, t, loc, channels, v, ap, a, acc);
     e[t] = Simd::sum(acc);
   }
@@ -416,9 +420,8 @@ double peak_gflops(double min_seconds) {
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
-const Kernels kTable = {Simd::name,          W,           P,          &matmul,         &cell,
-                        &sigmoid,            &tanh,       &attention_energies, &location_conv, &prepare_frames,
-                        &power_spectra,      &read_gbps,  &peak_gflops};
+const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &attention_energies, &location_conv,
+                        &prepare_frames, &power_spectra, &read_gbps, &peak_gflops};
 
 }  // namespace LRK_ISA_NS
 }  // namespace lrk
