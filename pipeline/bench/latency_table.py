@@ -51,21 +51,27 @@ def grid(limit):
 
 
 def encoder_cells(model):
-    """[(cell, input size, hidden, rank_ih, rank_hh)] of the encoder's LSTM cells in stack order: the
-    cell's matrices are the layers `cell`.ih and `cell`.hh; rank 0 = dense."""
-    ranks = {l.name: l.rank for l in layers(model)}
-    cells = [(f"encoder.lstms.{i}.{d}.l0", mod.input_size, mod.hidden_size)
-             for i, layer in enumerate(model.encoder.lstms) for d, mod in layer.items()]
-    return [(n, inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cells]
+    """[(cell, input size, hidden)] of the encoder's LSTM cells in stack order; a cell's matrices are
+    the layers `cell`.ih and `cell`.hh."""
+    return [(f"encoder.lstms.{i}.{d}.l0", mod.input_size, mod.hidden_size)
+            for i, layer in enumerate(model.encoder.lstms) for d, mod in layer.items()]
 
 
 def decoder_cells(model):
     """The decoder's LSTM cells, as encoder_cells gives the encoder's."""
-    ranks = {l.name: l.rank for l in layers(model)}
     lstm = model.decoder.lstm
-    cells = [(f"decoder.lstm.l{i}", lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size)
-             for i in range(lstm.num_layers)]
-    return [(n, inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cells]
+    return [(f"decoder.lstm.l{i}", lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size)
+            for i in range(lstm.num_layers)]
+
+
+def at_ranks(cells, ranks):
+    """[(input size, hidden, rank_ih, rank_hh)] of `cells` at `ranks` ({layer name: rank, None: dense});
+    rank 0 = dense, as the table keys it."""
+    return [(inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cells]
+
+
+def _ranks(model):
+    return {l.name: l.rank for l in layers(model)}
 
 
 def steps_per_frame(rows, cfg):
@@ -104,9 +110,9 @@ class LatencyTable:
         """Measures every grid point of every cell shape of `model` (the decoder's too, with the native
         kernel) not in the cache yet, then the calibration of the model's stack shape; returns how many
         runs it made."""
-        shapes = sorted({(inp, h, UTTERANCE) for _, inp, h, _, _ in encoder_cells(model)})
+        shapes = sorted({(inp, h, UTTERANCE) for _, inp, h in encoder_cells(model)})
         if self.runtime == "native":
-            shapes += sorted({(inp, h, STREAM) for _, inp, h, _, _ in decoder_cells(model)})
+            shapes += sorted({(inp, h, STREAM) for _, inp, h in decoder_cells(model)})
         points = [(inp, h, a, b, mode) for inp, h, mode in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
         todo = [(p, r) for r in range(RUNS) for p in points if len(self.entries.get(self._key(*p), [])) <= r]
         for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec}, {self.runtime})", unit="run",
@@ -121,7 +127,7 @@ class LatencyTable:
 
     def set_calibration(self, models, measured):
         """Stores the measured latency of the calibration models (all of one stack shape)."""
-        self.calibration[_signature(models[0])] = [{"cells": [c[1:] for c in encoder_cells(m)], "measured_us": us}
+        self.calibration[_signature(models[0])] = [{"cells": at_ranks(encoder_cells(m), _ranks(m)), "measured_us": us}
                                                    for m, us in zip(models, measured)]
         self._save()
 
@@ -173,19 +179,22 @@ class LatencyTable:
     def lstm_us(self, enc, dec, scale, steps_per_frame):
         """us per encoder frame of encoder cells `enc` and decoder cells `dec`, each (input, hidden,
         rank_ih, rank_hh): the encoder's sum times `scale`, plus `steps_per_frame` decoder steps."""
-        return (scale * sum(self.cell(*c) for c in enc)
-                + (steps_per_frame * sum(self.cell(*c, STREAM) for c in dec) if steps_per_frame else 0.0))
+        enc_us = scale * sum(self.cell(*c) for c in enc)
+        if not steps_per_frame:  # the decoder's cells are not looked up: an onnxruntime table has none
+            return enc_us
+        return enc_us + steps_per_frame * sum(self.cell(*c, STREAM) for c in dec)
 
     def predict(self, model, steps_per_frame=0.0):
         """Predicted us per encoder frame of the model's encoder LSTM stack, plus its decoder's LSTM
         at `steps_per_frame` output steps per encoder frame."""
-        return self.lstm_us([c[1:] for c in encoder_cells(model)], [c[1:] for c in decoder_cells(model)],
+        ranks = _ranks(model)
+        return self.lstm_us(at_ranks(encoder_cells(model), ranks), at_ranks(decoder_cells(model), ranks),
                             self.scale(model), steps_per_frame)
 
 
 def _signature(model):
     """The encoder's cell shapes, which a calibration is for."""
-    return ";".join(f"{inp}x{h}" for _, inp, h, _, _ in encoder_cells(model))
+    return ";".join(f"{inp}x{h}" for _, inp, h in encoder_cells(model))
 
 
 def _cell(inp, hidden, r_ih, r_hh):
@@ -224,7 +233,7 @@ def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
 def random_policy(model, rng):
     """Random ranks for every encoder LSTM matrix: dense, or any multiple of 8 up to its limit."""
     policy = {}
-    for name, inp, h, _, _ in encoder_cells(model):
+    for name, inp, h in encoder_cells(model):
         for which, limit in (("ih", min(4 * h, inp)), ("hh", h)):
             if rng.random() < 0.15:
                 continue  # stays dense

@@ -111,8 +111,7 @@ class CostModel:
                 raise PipelineError("cost 'latency' needs a latency table (python -m pipeline bench table)")
             from pipeline.bench.latency_table import decoder_cells, encoder_cells
 
-            self.enc = [c[:3] for c in encoder_cells(model)]
-            self.dec = [c[:3] for c in decoder_cells(model)]
+            self.enc, self.dec = encoder_cells(model), decoder_cells(model)
             self.fixed = {l.name: l.rank for l in layers(model)}
             self.scale = table.scale(model)
         elif kind not in ("params", "macs"):
@@ -121,13 +120,11 @@ class CostModel:
 
     def total(self, policy):
         if self.kind == "latency":
-            from pipeline.bench.latency_table import DENSE
+            from pipeline.bench.latency_table import at_ranks
 
             ranks = {**self.fixed, **policy}
-
-            def cells(cs):
-                return [(inp, h, ranks[f"{n}.ih"] or DENSE, ranks[f"{n}.hh"] or DENSE) for n, inp, h in cs]
-            return self.table.lstm_us(cells(self.enc), cells(self.dec), self.scale, self.steps_per_frame)
+            return self.table.lstm_us(at_ranks(self.enc, ranks), at_ranks(self.dec, ranks), self.scale,
+                                      self.steps_per_frame)
         return float(sum(layer_costs(replace(l, rank=policy.get(l.name, l.rank)))[self.kind] for l in self.layers))
 
 
