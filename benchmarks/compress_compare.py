@@ -1,8 +1,13 @@
-"""Compression runs side by side (e.g. iterative against one-shot at the same target and the same
-fine-tuning steps in all): LSTM compression of the final model, its WER per split against the
-baseline's on the same utterances, and its native end-to-end speedup, from each run folder's files.
+"""Compression runs side by side (e.g. iterative against one-shot at the same target, with the same
+evaluations and fine-tuning steps in all): per row the iteration's target, the cost ratio its search reached, the
+LSTM compression, dev WER (the run's per-iteration dev utterances) and test WER (the run's
+final-score utterances) against the baseline's on the same utterances, and, for a run's final model,
+its native end-to-end speedup from the run's bench.json.
 
-    python benchmarks/compress_compare.py --runs runs/headline runs/oneshot [--json results/compress_compare.json]
+    python benchmarks/compress_compare.py --runs runs/speedup:3 runs/oneshot-speedup:1 [--json results/compress_compare.json]
+
+RUN names a finished run's final model; RUN:K its iteration K (once that iteration's dev score is
+there). Test scores missing from the run are computed here (2 threads) and cached in the run folder.
 """
 import argparse
 import json
@@ -10,48 +15,79 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import write_json
+from pipeline.compress import cached_scores
+from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
 from pipeline.lowrank import cost_table
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.checkpoint import load_checkpoint, sha256
 
 
-def summary(run):
-    """One run folder's figures; names the missing file when the run has not finished."""
+def _json(path):
+    if not path.exists():
+        raise PipelineError(f"{path}: missing; finish that stage first (`python -m pipeline compress "
+                            f"--out {path.parent} --resume`)")
+    return json.loads(path.read_text())
+
+
+def _iteration(run, k):
+    """(checkpoint, dev scores, search result, iteration) of iteration k, or of the final model."""
+    if k is None:
+        final_from = _json(run / "iterations.json")["final_from"]
+        if final_from is None:  # no iteration within the tolerance: the final model is the baseline
+            return run / "final.safetensors", _json(run / "baseline_dev.json"), {"best": {"cost_ratio": 1.0}, "target": 1.0}, None
+        k = final_from
+    it = run / f"iter-{k}"
+    return it / "finetune" / "model.safetensors", _json(it / "dev.json"), _json(it / "search" / "best.json"), k
+
+
+def summary(spec, baseline):
+    run, _, k = spec.partition(":")
     run = Path(run)
-    files = {}
-    for name in ("config.json", "iterations.json", "scores.json", "bench.json", "final.safetensors"):
-        if not (run / name).exists():
-            raise PipelineError(f"{run / name}: missing; finish the run first (`python -m pipeline compress "
-                                f"--out {run} --resume`)")
-        if name.endswith(".json"):
-            files[name] = json.loads((run / name).read_text())
-    cfg, its = files["config.json"]["compress"], files["iterations.json"]
-    bench = {r["label"]: r["median_ms"] for r in files["bench.json"]["runs"]}
-    wer = {split: {k: v["wer"] for k, v in s.items()} for split, s in files["scores.json"].items()}
-    return {"run": str(run), "iterations": cfg["iterations"], "finetune_steps": cfg["finetune_steps"],
-            "iterations_done": len(its["history"]), "final_from": its["final_from"], "stopped": its["stopped"],
-            "lstm_compression": cost_table(load_checkpoint(run / "final.safetensors")[0])[1]["lstm_compression"],
-            "wer": wer, "test_wer_ratio": wer["test"]["final"] / wer["test"]["baseline"],
-            "native_speedup": bench["dense (native)"] / bench["compressed (native)"]}
+    cfg = _json(run / "config.json")
+    if sha256(baseline) != cfg["model_sha256"]:
+        raise PipelineError(f"{run / 'config.json'}: model_sha256 is not that of {baseline}; pass --baseline")
+    ckpt, dev, search, k = _iteration(run, int(k) if k else None)
+    rows = evenly_spaced(read_manifest(Path(cfg["data"]) / "test.jsonl"), cfg["compress"]["score_utterances"])
+    threads = cfg["compress"]["threads"]
+    test_base = cached_scores(run / "score_baseline_test.json", baseline, rows, threads)
+    final_from = _json(run / "iterations.json")["final_from"] if (run / "iterations.json").exists() else -1
+    is_final = k == final_from
+    test = cached_scores(run / ("score_final_test.json" if is_final else f"iter-{k}/score_test.json"), ckpt, rows,
+                         threads)
+    speedup = None
+    if is_final and (run / "bench.json").exists():
+        bench = {r["label"]: r["median_ms"] for r in _json(run / "bench.json")["runs"]}
+        speedup = bench["dense (native)"] / bench["compressed (native)"]
+    c = cfg["compress"]
+    return {"run": spec, "iterations": c["iterations"], "episodes": c["episodes"],
+            "finetune_steps": c["finetune_steps"], "iteration": k,
+            "target": search["target"],
+            "target_kind": "compression" if c["target_compression"] else "speedup",
+            "cost_ratio": search["best"]["cost_ratio"],
+            "lstm_compression": cost_table(load_checkpoint(ckpt)[0])[1]["lstm_compression"],
+            "dev_wer": dev["wer"], "dev_wer_baseline": _json(run / "baseline_dev.json")["wer"],
+            "test_wer": test["wer"], "test_wer_baseline": test_base["wer"],
+            "test_wer_ratio": test["wer"] / test_base["wer"], "native_speedup": speedup}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--runs", nargs="+", required=True, help="RUN (its final model) or RUN:K (its iteration K)")
+    ap.add_argument("--baseline", default="assets/baseline/model.safetensors", help="the runs' starting checkpoint")
     ap.add_argument("--json")
     args = ap.parse_args()
     try:
-        rows = [summary(r) for r in args.runs]
-    except PipelineError as e:
+        rows = [summary(r, Path(args.baseline)) for r in args.runs]
+    except (PipelineError, ValueError) as e:
         sys.exit(f"error: {e}")
-    print(f"{'run':28} {'iters x steps':>13} {'final':>6} {'LSTM x':>7} {'dev WER':>15} {'test WER':>15} "
-          f"{'test ratio':>10} {'native x':>8}")
+    print(f"{'run':26} {'iters x episodes x steps':>24} {'target':>13} {'reached':>8} {'LSTM x':>7} "
+          f"{'dev WER':>15} {'test WER':>15} {'test ratio':>10} {'native x':>8}")
     for r in rows:
-        w = r["wer"]
-        print(f"{r['run'][-28:]:28} {r['iterations']:>5} x {r['finetune_steps']:<5} {str(r['final_from']):>6} "
-              f"{r['lstm_compression']:7.2f} {w['dev']['final']:7.4f}/{w['dev']['baseline']:.4f} "
-              f"{w['test']['final']:7.4f}/{w['test']['baseline']:.4f} {r['test_wer_ratio']:10.3f} "
-              f"{r['native_speedup']:8.2f}")
+        native = "" if r["native_speedup"] is None else f"{r['native_speedup']:.2f}"
+        print(f"{r['run'][-26:]:26} {r['iterations']:>6} x {r['episodes']:>5} x {r['finetune_steps']:<7} "
+              f"{r['target']:5.2f} {r['target_kind']:>7} {1 / r['cost_ratio']:7.2f}x {r['lstm_compression']:7.2f} "
+              f"{r['dev_wer']:7.4f}/{r['dev_wer_baseline']:.4f} {r['test_wer']:7.4f}/{r['test_wer_baseline']:.4f} "
+              f"{r['test_wer_ratio']:10.3f} {native:>8}")
     if args.json:
         write_json(args.json, {"runs": rows, "command": "python benchmarks/compress_compare.py --runs "
                                                         + " ".join(args.runs)})

@@ -77,7 +77,7 @@ def _check_config(out, want, resume):
     write_json(path, want)
 
 
-def _dev_wer(path, checkpoint, rows, threads):
+def cached_scores(path, checkpoint, rows, threads):
     """Full-manifest greedy scores of a checkpoint, cached in `path`."""
     if path.exists():
         return json.loads(path.read_text())
@@ -117,7 +117,7 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print,
         _check_config(out, {"compress": asdict(cfg), "model_sha256": sha256(model_path), "data": str(data)}, resume)
         dev_rows = evenly_spaced(read_manifest(data / "dev.jsonl"), cfg.dev_utterances)
         subset = _subset(data, out)
-        base = _dev_wer(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
+        base = cached_scores(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
         log(f"baseline: dev WER {base['wer']:.4f}")
     current, history, stopped = Path(model_path), [], None
     for k in range(cfg.iterations):
@@ -135,7 +135,7 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print,
             _finetune(it, model_path, train_rows, cfg, k, rank, world, progress)
         _barrier(world)
         if rank == 0:
-            dev = _dev_wer(it / "dev.json", tuned, dev_rows, cfg.threads)
+            dev = cached_scores(it / "dev.json", tuned, dev_rows, cfg.threads)
             row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
                    "subset_wer_before_finetune": result["best"]["wer"], "dev_wer": dev["wer"],
                    "dev_cer": dev["cer"], "checkpoint": str(tuned)}
@@ -196,8 +196,8 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
             manifest = data / f"{split}.jsonl"
             if manifest.exists():
                 rows = evenly_spaced(read_manifest(manifest), cfg.score_utterances)
-                s[split] = {"baseline": _dev_wer(out / f"score_baseline_{split}.json", baseline, rows, cfg.threads),
-                            "final": _dev_wer(out / f"score_final_{split}.json", final, rows, cfg.threads)}
+                s[split] = {"baseline": cached_scores(out / f"score_baseline_{split}.json", baseline, rows, cfg.threads),
+                            "final": cached_scores(out / f"score_final_{split}.json", final, rows, cfg.threads)}
         write_json(scores, s)
     if not (out / "export" / "model.json").exists():
         from export.onnx_export import export

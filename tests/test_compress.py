@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.slow
 
 ARGS = ["--target-compression", "2.5", "--iterations", "2", "--episodes", "3", "--finetune-steps", "3",
@@ -51,6 +53,7 @@ def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_
     assert set(scores) == {"dev", "test", "test_real"}
     report = (whole / "report.md").read_text()
     assert "| test |" in report and "speedup over native dense" in report
+    _check_compare(whole, tiny_model, it, scores, tmp_path)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *_args(tiny_model, corpus, killed)],
@@ -66,6 +69,24 @@ def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_
     r = run_cli(*_args(tiny_model, corpus, killed, "--resume"), timeout=1200)
     assert r.returncode == 0, r.stderr
     assert _result(killed) == _result(whole)
+
+
+def _check_compare(run, model, it, scores, tmp_path):
+    """benchmarks/compress_compare.py reads a run's final model and an iteration of it."""
+    out = tmp_path / "compare.json"
+    r = subprocess.run([sys.executable, "benchmarks/compress_compare.py", "--baseline", str(model), "--json", str(out),
+                        "--runs", str(run), f"{run}:1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    final, first = json.loads(out.read_text())["runs"]
+    assert final["iteration"] == it["final_from"] and first["iteration"] == 1
+    assert final["test_wer"] == scores["test"]["final"]["wer"]
+    assert final["test_wer_baseline"] == first["test_wer_baseline"] == scores["test"]["baseline"]["wer"]
+    assert first["dev_wer"] == it["history"][0]["dev_wer"]
+    assert final["native_speedup"] > 0
+    other = run / "iter-1" / "finetune" / "model.safetensors"  # fine-tuned, so never the runs' baseline
+    r = subprocess.run([sys.executable, "benchmarks/compress_compare.py", "--runs", str(run), "--baseline", str(other)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode != 0 and "config.json" in r.stderr and "model_sha256" in r.stderr
 
 
 def test_compress_refuses_a_used_folder_and_a_changed_config(tiny_model, tiny_corpus, tmp_path):
