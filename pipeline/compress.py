@@ -78,7 +78,7 @@ def _check_config(out, want, resume):
 
 
 def cached_scores(path, checkpoint, rows, threads):
-    """Full-manifest greedy scores of a checkpoint, cached in `path`."""
+    """Greedy scores of a checkpoint on `rows`, cached in `path` (read back, not recomputed, when it is there)."""
     if path.exists():
         return json.loads(path.read_text())
     from pipeline.evaluate import evaluate
