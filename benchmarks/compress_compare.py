@@ -29,10 +29,11 @@ def _json(path):
     return json.loads(path.read_text())
 
 
-def _iteration(run, k):
+def _iteration(run, k, final_from):
     """(checkpoint, dev scores, search result, iteration) of iteration k, or of the final model."""
     if k is None:
-        final_from = _json(run / "iterations.json")["final_from"]
+        if final_from == -1:
+            _json(run / "iterations.json")  # names the missing file
         if final_from is None:  # no iteration within the tolerance: the final model is the baseline
             return run / "final.safetensors", _json(run / "baseline_dev.json"), {"best": {"cost_ratio": 1.0}, "target": 1.0}, None
         k = final_from
@@ -46,11 +47,12 @@ def summary(spec, baseline):
     cfg = _json(run / "config.json")
     if sha256(baseline) != cfg["model_sha256"]:
         raise PipelineError(f"{run / 'config.json'}: model_sha256 is not that of {baseline}; pass --baseline")
-    ckpt, dev, search, k = _iteration(run, int(k) if k else None)
+    # -1: the run has not finished its iterations, so no iteration is its final model yet
+    final_from = _json(run / "iterations.json")["final_from"] if (run / "iterations.json").exists() else -1
+    ckpt, dev, search, k = _iteration(run, int(k) if k else None, final_from)
     rows = evenly_spaced(read_manifest(Path(cfg["data"]) / "test.jsonl"), cfg["compress"]["score_utterances"])
     threads = cfg["compress"]["threads"]
     test_base = cached_scores(run / "score_baseline_test.json", baseline, rows, threads)
-    final_from = _json(run / "iterations.json")["final_from"] if (run / "iterations.json").exists() else -1
     is_final = k == final_from
     test = cached_scores(run / ("score_final_test.json" if is_final else f"iter-{k}/score_test.json"), ckpt, rows,
                          threads)
