@@ -1,6 +1,6 @@
 """Compression runs side by side (e.g. iterative against one-shot at the same target, with the same
-evaluations and fine-tuning steps in all): per row the iteration's target, the cost ratio its search reached, the
-LSTM compression, dev WER (the run's per-iteration dev utterances) and test WER (the run's
+evaluations and fine-tuning steps in all): per row the iteration's target, the cost ratio its search reached and
+that policy's subset WER before fine-tuning, the LSTM compression, dev WER (the run's per-iteration dev utterances) and test WER (the run's
 final-score utterances) against the baseline's on the same utterances, and, for a run's final model,
 its native end-to-end speedup from the run's bench.json.
 
@@ -65,7 +65,7 @@ def summary(spec, baseline):
             "finetune_steps": c["finetune_steps"], "iteration": k,
             "target": search["target"],
             "target_kind": "compression" if c["target_compression"] else "speedup",
-            "cost_ratio": search["best"]["cost_ratio"],
+            "cost_ratio": search["best"]["cost_ratio"], "subset_wer": search["best"].get("wer"),
             "lstm_compression": cost_table(load_checkpoint(ckpt)[0])[1]["lstm_compression"],
             "dev_wer": dev["wer"], "dev_wer_baseline": _json(run / "baseline_dev.json")["wer"],
             "test_wer": test["wer"], "test_wer_baseline": test_base["wer"],
@@ -83,12 +83,13 @@ def main():
     except (PipelineError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"{'run':26} {'iters x episodes x steps':>24} {'target':>13} {'reached':>8} {'LSTM x':>7} "
-          f"{'dev WER':>15} {'test WER':>15} {'test ratio':>10} {'native x':>8}")
+          f"{'subset':>6} {'dev WER':>15} {'test WER':>15} {'test ratio':>10} {'native x':>8}")
     for r in rows:
         native = "" if r["native_speedup"] is None else f"{r['native_speedup']:.2f}"
+        subset = "" if r["subset_wer"] is None else f"{r['subset_wer']:.4f}"
         print(f"{r['run'][-26:]:26} {r['iterations']:>6} x {r['episodes']:>5} x {r['finetune_steps']:<7} "
               f"{r['target']:5.2f} {r['target_kind']:>7} {1 / r['cost_ratio']:7.2f}x {r['lstm_compression']:7.2f} "
-              f"{r['dev_wer']:7.4f}/{r['dev_wer_baseline']:.4f} {r['test_wer']:7.4f}/{r['test_wer_baseline']:.4f} "
+              f"{subset:>6} {r['dev_wer']:7.4f}/{r['dev_wer_baseline']:.4f} {r['test_wer']:7.4f}/{r['test_wer_baseline']:.4f} "
               f"{r['test_wer_ratio']:10.3f} {native:>8}")
     if args.json:
         write_json(args.json, {"runs": rows, "command": "python benchmarks/compress_compare.py --runs "

@@ -82,6 +82,7 @@ def _check_compare(run, model, it, scores, tmp_path):
     assert final["test_wer"] == scores["test"]["final"]["wer"]
     assert final["test_wer_baseline"] == first["test_wer_baseline"] == scores["test"]["baseline"]["wer"]
     assert first["dev_wer"] == it["history"][0]["dev_wer"]
+    assert first["subset_wer"] == it["history"][0]["subset_wer_before_finetune"]
     assert final["native_speedup"] > 0
     other = run / "iter-1" / "finetune" / "model.safetensors"  # fine-tuned, so never the runs' baseline
     r = subprocess.run([sys.executable, "benchmarks/compress_compare.py", "--runs", str(run), "--baseline", str(other)],
