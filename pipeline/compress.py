@@ -213,17 +213,21 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
         write_model(native / "model.lrkm", model, cmvn)
     bench_path = out / "bench.json"
     if not bench_path.exists():
-        from pipeline.bench.end_to_end import bench
+        from pipeline.bench.end_to_end import bench, side_by_side
+        from pipeline.bench.targets import parse_target
 
         runs = [("torch", baseline, "dense (PyTorch)"), ("native", baseline, "dense (native)"),
                 ("torch", final, "compressed (PyTorch)"), ("native", final, "compressed (native)"),
                 ("onnx", final, "compressed (onnxruntime)")]
-        rows = []
-        for runtime, ckpt, label in runs:
-            log(f"benchmark: {label}")
-            r = bench(ckpt, data / "dev.jsonl", runtime, cfg.device if runtime == "native" else "local", 1,
-                      cfg.bench_utterances, reps=3)
-            rows.append({"label": label, **{k: v for k, v in r.items() if k != "transcripts"}})
+        log("benchmark: " + ", ".join(label for _, _, label in runs))
+        if parse_target(cfg.device).kind == "local":
+            results = side_by_side([(rt, ckpt) for rt, ckpt, _ in runs], data / "dev.jsonl", 1, cfg.bench_utterances,
+                                   reps=3)
+        else:
+            results = [bench(ckpt, data / "dev.jsonl", rt, cfg.device if rt == "native" else "local", 1,
+                             cfg.bench_utterances, reps=3) for rt, ckpt, _ in runs]
+        rows = [{"label": label, **{k: v for k, v in r.items() if k != "transcripts"}}
+                for (_, _, label), r in zip(runs, results)]
         write_json(bench_path, {"threads": 1, "runs": rows})
     final_from = json.loads((out / "iterations.json").read_text())["final_from"]
     report = write_report(out, json.loads(scores.read_text()), json.loads(bench_path.read_text()), history, base,

@@ -151,16 +151,19 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
     import json
 
     from conftest import run_cli
-    from pipeline.bench.end_to_end import bench
+    from pipeline.bench.end_to_end import bench, side_by_side
     from pipeline.atomic import write_jsonl
     from pipeline.model.checkpoint import save_checkpoint
 
     model, cmvn, rows, _, _, _ = overfit
     save_checkpoint(tmp_path / "m.safetensors", model, cmvn)
     write_jsonl(tmp_path / "m.jsonl", rows)
-    results = {rt: bench(tmp_path / "m.safetensors", tmp_path / "m.jsonl", rt, utterances=4, reps=2)
-               for rt in ("torch", "native", "onnx")}
-    for r in results.values():
+    results = [bench(tmp_path / "m.safetensors", tmp_path / "m.jsonl", rt, utterances=4, reps=2)
+               for rt in ("torch", "native", "onnx")]
+    pair = side_by_side([("native", tmp_path / "m.safetensors"), ("torch", tmp_path / "m.safetensors")],
+                        tmp_path / "m.jsonl", utterances=4, reps=2)
+    assert [r["runtime"] for r in pair] == ["native", "torch"]
+    for r in results + pair:
         assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and 0 < r["rtf"] < 1 and r["threads"] == 1
         assert r["transcripts"] == [row["text"] for row in rows]  # the overfit model gets them exactly
     res = run_cli("bench", "--model", str(tmp_path / "m.safetensors"), "--manifest", str(tmp_path / "m.jsonl"),

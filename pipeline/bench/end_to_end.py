@@ -61,27 +61,37 @@ def _runtime_fn(runtime, checkpoint, model, cmvn):
 
 def bench(checkpoint, manifest, runtime="native", target="local", threads=1, utterances=10, reps=5, warmup=1):
     """{median_ms, p90_ms, rtf, runtime, target, threads, ...} for one pass over the fixed utterance set."""
+    t = parse_target(target)
+    if t.kind == "local":
+        r = side_by_side([(runtime, checkpoint)], manifest, threads, utterances, reps, warmup)[0]
+        return {**r, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     torch.set_num_threads(threads)
     model, cmvn, _ = load_checkpoint(checkpoint)
+    audio = _audio(fixed_utterances(manifest, utterances))
+    return _remote(model, cmvn, audio, sum(len(a) / sr for a, sr in audio), t, runtime, reps)
+
+
+def side_by_side(runs, manifest, threads=1, utterances=10, reps=5, warmup=1):
+    """`bench` on this machine of several (runtime, checkpoint) pairs, one result each, timed in rounds of
+    one pass of every pair: a slow spell of a shared machine then slows them all alike, not just the one
+    running at the time (it made a dense baseline timed alone 10% slow)."""
+    torch.set_num_threads(threads)
     rows = fixed_utterances(manifest, utterances)
     audio = _audio(rows)
     seconds = sum(len(a) / sr for a, sr in audio)
-    t = parse_target(target)
-    if t.kind != "local":
-        return _remote(model, cmvn, audio, seconds, t, runtime, reps)
-    run = _runtime_fn(runtime, checkpoint, model, cmvn)
-    for _ in range(warmup):
-        for a, sr in audio:
-            run(a, sr)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        hyps = [run(a, sr) for a, sr in audio]
-        times.append(time.perf_counter() - t0)
-    ms = [1e3 * x for x in times]
-    return _summary(statistics.median(ms), float(np.percentile(ms, 90)), seconds, runtime, target, threads, rows,
-                    reps, False, {"transcripts": hyps,
-                                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    fns = []
+    for runtime, checkpoint in runs:
+        model, cmvn, _ = load_checkpoint(checkpoint)
+        fns.append(_runtime_fn(runtime, checkpoint, model, cmvn))
+    ms, hyps = [[] for _ in runs], [None] * len(runs)
+    for rep in range(warmup + reps):
+        for i, run in enumerate(fns):
+            t0 = time.perf_counter()
+            hyps[i] = [run(a, sr) for a, sr in audio]
+            if rep >= warmup:
+                ms[i].append(1e3 * (time.perf_counter() - t0))
+    return [_summary(statistics.median(m), float(np.percentile(m, 90)), seconds, runtime, "local", threads, rows,
+                     reps, False, {"transcripts": h}) for (runtime, _), m, h in zip(runs, ms, hyps)]
 
 
 def _remote(model, cmvn, audio, seconds, t, runtime, reps):
