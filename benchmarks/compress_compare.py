@@ -4,7 +4,8 @@ that policy's subset WER before fine-tuning, the LSTM compression, dev WER (the 
 final-score utterances) against the baseline's on the same utterances, and, for a run's final model,
 its native end-to-end speedup from the run's bench.json.
 
-    python benchmarks/compress_compare.py --runs runs/speedup:3 runs/oneshot-speedup:1 [--json results/compress_compare.json]
+    python benchmarks/compress_compare.py --runs runs/speedup:3 runs/oneshot-speedup:1 [--json results/compress_compare.json] \
+        [--plot results/compress_compare.png]
 
 RUN names a finished run's final model; RUN:K its iteration K (once that iteration's dev score is
 there). Test scores missing from the run are computed here (2 threads) and cached in the run folder.
@@ -72,11 +73,39 @@ def summary(spec, baseline):
             "test_wer_ratio": test["wer"] / test_base["wer"], "native_speedup": speedup}
 
 
+def plot(rows, path):
+    """Test WER over the baseline's against LSTM compression; a run's rows joined in iteration order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.report import save_png
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    runs = {}
+    for r in rows:
+        runs.setdefault(r["run"].partition(":")[0], []).append(r)
+    for run, rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["lstm_compression"])
+        ax.plot([1.0] + [r["lstm_compression"] for r in rs], [1.0] + [r["test_wer_ratio"] for r in rs], "o-",
+                label=f"{run} ({rs[0]['iterations']} x {rs[0]['episodes']} x {rs[0]['finetune_steps']})")
+    ax.axhline(1.05, color="grey", linestyle=":", label="1.05x the baseline")
+    ax.margins(y=0.15)
+    ax.set_xlabel("LSTM weights, compression (x)")
+    ax.set_ylabel("test WER / baseline's")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="+", required=True, help="RUN (its final model) or RUN:K (its iteration K)")
     ap.add_argument("--baseline", default="assets/baseline/model.safetensors", help="the runs' starting checkpoint")
     ap.add_argument("--json")
+    ap.add_argument("--plot", help="PNG of test WER against LSTM compression")
     args = ap.parse_args()
     try:
         rows = [summary(r, Path(args.baseline)) for r in args.runs]
@@ -91,6 +120,8 @@ def main():
               f"{r['target']:5.2f} {r['target_kind']:>7} {1 / r['cost_ratio']:7.2f}x {r['lstm_compression']:7.2f} "
               f"{subset:>6} {r['dev_wer']:7.4f}/{r['dev_wer_baseline']:.4f} {r['test_wer']:7.4f}/{r['test_wer_baseline']:.4f} "
               f"{r['test_wer_ratio']:10.3f} {native:>8}")
+    if args.plot:
+        plot(rows, args.plot)
     if args.json:
         write_json(args.json, {"runs": rows, "command": "python benchmarks/compress_compare.py --runs "
                                                         + " ".join(args.runs)})

@@ -75,8 +75,10 @@ def _check_compare(run, model, it, scores, tmp_path):
     """benchmarks/compress_compare.py reads a run's final model and an iteration of it."""
     out = tmp_path / "compare.json"
     r = subprocess.run([sys.executable, "benchmarks/compress_compare.py", "--baseline", str(model), "--json", str(out),
-                        "--runs", str(run), f"{run}:1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                        "--plot", str(tmp_path / "compare.png"), "--runs", str(run), f"{run}:1"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     final, first = json.loads(out.read_text())["runs"]
     assert final["iteration"] == it["final_from"] and first["iteration"] == 1
     assert final["test_wer"] == scores["test"]["final"]["wer"]
