@@ -1,8 +1,9 @@
 """Compression runs side by side (e.g. iterative against one-shot at the same target, with the same
-evaluations and fine-tuning steps in all): per row the iteration's target, the cost ratio its search reached and
-that policy's subset WER before fine-tuning, the LSTM compression, dev WER (the run's per-iteration dev utterances) and test WER (the run's
-final-score utterances) against the baseline's on the same utterances, and, for a run's final model,
-its native end-to-end speedup from the run's bench.json.
+evaluations and fine-tuning steps in all): per row the iteration's target, the cost ratio its search
+reached and that policy's subset WER before fine-tuning, the LSTM compression, dev WER (the run's
+per-iteration dev utterances) and test WER (the run's final-score utterances) against the baseline's
+on the same utterances, and, for a run's final model, its native end-to-end speedup from the run's
+bench.json.
 
     python benchmarks/compress_compare.py --runs runs/speedup:3 runs/oneshot-speedup:1 [--json results/compress_compare.json] \
         [--plot results/compress_compare.png]
