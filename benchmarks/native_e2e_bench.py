@@ -1,7 +1,8 @@
 """End-to-end native transcription (`pipeline.native.NativeAsr`, all in C++) of checkpoints side by
 side, split into its stages: filterbank features with CMVN, the convolutional subsampling, the
 encoder's LSTM stack and the greedy attention decoder; milliseconds over a fixed utterance set, 1 thread, median of the
-repetitions, each checkpoint's total as a speedup over the first's.
+repetitions; each checkpoint's speedup over the first is the median of the repetitions' ratios, the
+models taking turns utterance by utterance.
 
     python benchmarks/native_e2e_bench.py --models assets/baseline/model.safetensors runs/compress/final.safetensors \
         [--manifest corpus/default/test.jsonl] [--utterances 10] [--reps 5] [--json results/native_e2e.json]
@@ -23,12 +24,15 @@ from pipeline.model.checkpoint import load_checkpoint
 STAGES = ("features", "subsampling", "encoder_lstm", "decoder")
 
 
-def stage_ms(asr, audio):
-    """Milliseconds per stage over the utterance set, once, as lrk::Asr times them."""
-    ms = dict.fromkeys(STAGES, 0.0)
+def stage_ms(asrs, audio):
+    """Milliseconds per stage of each model over the utterance set, once, as lrk::Asr times them.
+    Every utterance goes through all models before the next one, so that a slow spell of the
+    machine (they last seconds here) falls on all of them alike."""
+    ms = [dict.fromkeys(STAGES, 0.0) for _ in asrs]
     for a in audio:
-        for k, v in asr.run(a)["ms"].items():
-            ms[k] += v
+        for asr, m in zip(asrs, ms):
+            for k, v in asr.run(a)["ms"].items():
+                m[k] += v
     return ms
 
 
@@ -48,23 +52,24 @@ def main():
         model, cmvn, _ = load_checkpoint(path)
         loaded.append((path, model, native.NativeAsr(model, cmvn)))
     runs = {path: [] for path in args.models}
-    for rep in range(args.reps + 1):  # interleaved, so that every model sees the machine at the same speed
-        for path, _, asr in loaded:
-            ms = stage_ms(asr, audio)
+    for rep in range(args.reps + 1):
+        for (path, _, _), ms in zip(loaded, stage_ms([asr for _, _, asr in loaded], audio)):
             if rep:  # the first pass warms up
                 runs[path].append(ms)
-    rows, first = [], None
+    totals = {path: [sum(r.values()) for r in runs[path]] for path in args.models}
+    rows, first = [], args.models[0]
     print(f"{cpu_name()}, 1 thread, {len(audio)} utterances ({seconds:.1f} s of audio), median of {args.reps}")
     print(f"{'model':48} {'LSTM x':>7} " + " ".join(f"{k:>12}" for k in STAGES) + f" {'total':>8} {'speedup':>8}")
     for path, model, _ in loaded:
         med = {k: statistics.median(r[k] for r in runs[path]) for k in STAGES}
-        total = statistics.median(sum(r.values()) for r in runs[path])
-        first = first or total
+        total = statistics.median(totals[path])
+        # The median of each repetition's ratio: both totals of a ratio were timed together.
+        speedup = statistics.median(f / t for f, t in zip(totals[first], totals[path]))
         lstm_x = cost_table(model)[1]["lstm_compression"]
         rows.append({"model": path, "lstm_compression": lstm_x, "stages_ms": med, "total_ms": total,
-                     "speedup": first / total})
+                     "speedup": speedup})
         print(f"{path[-48:]:48} {lstm_x:7.2f} " + " ".join(f"{med[k]:12.1f}" for k in STAGES)
-              + f" {total:8.1f} {first / total:8.2f}")
+              + f" {total:8.1f} {speedup:8.2f}")
     if args.json:
         write_json(args.json, {"machine": f"{cpu_name()}, 1 thread", "manifest": args.manifest,
                                "utterances": len(audio), "audio_seconds": seconds, "reps": args.reps, "runs": rows,

@@ -332,6 +332,8 @@ PYBIND11_MODULE(_native, m) {
              FloatArray enc = encoder_states(self, enc_obj);
              return self.max_steps(enc.data(), int(enc.shape(0)));
            }, py::arg("enc"), "The output-length cap of an utterance.")
+      .def_property_readonly("values_per_frame", &lrk::AttentionDecoder::values_per_frame,
+                             "Floats per encoder frame the context product reads at each step (see csrc/decoder.h).")
       .def_property_readonly("isa", &lrk::AttentionDecoder::isa);
 
   py::class_<lrk::Asr>(m, "Asr", "The whole model of a model file, samples to text, each stage timed (see csrc/asr.h).")

@@ -97,6 +97,36 @@ AttentionDecoder::AttentionDecoder(const DecoderWeights& w, const DecodeLimits& 
   std::copy(v.begin(), v.end(), energy_v_.begin());
   energy_bias_ = w.energy.bias[0];
   conv_.assign(w.loc_conv.begin(), w.loc_conv.end());
+  const MatrixWeights& ih = w.lstm.cells[0].ih;
+  if (ih.rank > 0 && ih.rank + vocab_ < enc_dim_) fold(w);
+}
+
+void AttentionDecoder::fold(const DecoderWeights& w) {
+  const MatrixWeights& ih = w.lstm.cells[0].ih;
+  const int D = enc_dim_, H = hidden_, E = embed_, in = E + D;
+  rank_ = ih.rank;
+  const std::vector<float> out = dense(w.out.w);  // vocab x (H + D)
+  MatrixWeights c{rank_ + vocab_, D, 0, std::vector<float>(size_t(rank_ + vocab_) * D), {}, {}};
+  for (int r = 0; r < rank_; ++r) std::copy_n(ih.v.data() + size_t(r) * in + E, D, c.w.data() + size_t(r) * D);
+  for (int v = 0; v < vocab_; ++v)
+    std::copy_n(out.data() + size_t(v) * (H + D) + H, D, c.w.data() + size_t(rank_ + v) * D);
+  fold_ = Matrix::make(kern_, c);
+  embz_.assign(size_t(vocab_) * rank_, 0.0f);
+  for (int v = 0; v < vocab_; ++v)
+    for (int r = 0; r < rank_; ++r)
+      for (int e = 0; e < E; ++e)
+        embz_[size_t(v) * rank_ + r] += embedding_[size_t(v) * E + e] * ih.v[size_t(r) * in + e];
+  MatrixWeights oh{vocab_, H, 0, std::vector<float>(size_t(vocab_) * H), {}, {}};
+  for (int v = 0; v < vocab_; ++v) std::copy_n(out.data() + size_t(v) * (H + D), H, oh.w.data() + size_t(v) * H);
+  out_h_ = linear(LinearWeights{oh, w.out.bias});
+}
+
+// The values attended over, v (frames x m, row stride ldv), transposed and packed for the context product.
+void AttentionDecoder::set_values(const float* v, int frames, int ldv, int m) {
+  FloatBuffer t(size_t(m) * frames);
+  for (int f = 0; f < frames; ++f)
+    for (int i = 0; i < m; ++i) t[size_t(i) * frames + f] = v[size_t(f) * ldv + i];
+  values_ = pack(kern_, t.data(), m, frames, frames);
 }
 
 int AttentionDecoder::max_steps(const float* enc, int frames) {
@@ -131,7 +161,7 @@ void AttentionDecoder::attend(int frames) {
   double sum = 0;
   for (int t = 0; t < T; ++t) sum += weights_[t] = std::exp(e_[t] + energy_bias_ - top);
   for (int t = 0; t < T; ++t) weights_[t] = float(weights_[t] / sum);
-  kern_.matmul(weights_.data(), 1, T, enc_t_.data.data(), enc_t_.mp, T, context_.data(), enc_t_.mp, false);
+  kern_.matmul(weights_.data(), 1, T, values_.data.data(), values_.mp, T, context_.data(), values_.mp, false);
 }
 
 std::vector<int> AttentionDecoder::greedy(const float* enc, int frames, std::vector<float>* logp) {
@@ -140,13 +170,17 @@ std::vector<int> AttentionDecoder::greedy(const float* enc, int frames, std::vec
   const int T = frames, D = enc_dim_, cap = max_steps(enc, T);
   keys_.resize(size_t(T) * key_.m.out_padded());
   key_.apply(kern_, enc, T, D, keys_.data(), tmp_);
-  FloatBuffer enc_t(size_t(D) * T);
-  for (int t = 0; t < T; ++t)
-    for (int d = 0; d < D; ++d) enc_t[size_t(d) * T + t] = enc[size_t(t) * D + d];
-  enc_t_ = pack(kern_, enc_t.data(), D, T, T);
+  if (rank_) {
+    const int ld = fold_.out_padded();
+    vals_.resize(size_t(T) * ld);
+    fold_.apply(kern_, enc, T, D, vals_.data(), ld, false, tmp_);
+    set_values(vals_.data(), T, ld, rank_ + vocab_);
+  } else {
+    set_values(enc, T, D, D);
+  }
   weights_.assign(size_t(T), 1.0f / float(T));
-  context_.assign(size_t(enc_t_.mp), 0.0f);
-  x_.resize(size_t(embed_) + D);
+  context_.assign(size_t(values_.mp), 0.0f);
+  x_.resize(size_t(embed_) + D);  // folded: the first rank_ values hold x . V^T
   q_.resize(size_t(hidden_) + D);  // [h, context]: the output projection's input
   logits_.resize(size_t(out_.m.out_padded()));
   lstm_.reset();
@@ -154,12 +188,23 @@ std::vector<int> AttentionDecoder::greedy(const float* enc, int frames, std::vec
   std::vector<int> tokens;
   int token = sos_;
   for (int u = 0; u < cap; ++u) {
-    std::copy_n(embedding_.data() + size_t(token) * embed_, embed_, x_.data());
-    std::copy_n(context_.data(), D, x_.data() + embed_);
-    lstm_.step(x_.data(), 1, q_.data());
+    if (rank_) {
+      const float* ez = embz_.data() + size_t(token) * rank_;
+      for (int r = 0; r < rank_; ++r) x_[r] = ez[r] + context_[r];
+      lstm_.step_factored(x_.data(), 1, q_.data());
+    } else {
+      std::copy_n(embedding_.data() + size_t(token) * embed_, embed_, x_.data());
+      std::copy_n(context_.data(), D, x_.data() + embed_);
+      lstm_.step(x_.data(), 1, q_.data());
+    }
     attend(T);
-    std::copy_n(context_.data(), D, q_.data() + hidden_);
-    out_.apply(kern_, q_.data(), 1, hidden_ + D, logits_.data(), tmp_);
+    if (rank_) {
+      out_h_.apply(kern_, q_.data(), 1, hidden_, logits_.data(), tmp_);
+      for (int v = 0; v < vocab_; ++v) logits_[v] += context_[rank_ + v];
+    } else {
+      std::copy_n(context_.data(), D, q_.data() + hidden_);
+      out_.apply(kern_, q_.data(), 1, hidden_ + D, logits_.data(), tmp_);
+    }
     token = argmax(logits_.data(), vocab_);
     if (logp) {
       const float top = logits_[token];

@@ -50,6 +50,8 @@ class AttentionDecoder {
 
   int enc_dim() const { return enc_dim_; }
   int vocab() const { return vocab_; }
+  // Floats per encoder frame the context product reads at each step: enc_dim, or rank + vocab when folded.
+  int values_per_frame() const { return rank_ ? rank_ + vocab_ : enc_dim_; }
   const char* isa() const { return kern_.isa; }
 
  private:
@@ -59,6 +61,8 @@ class AttentionDecoder {
     void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, FloatBuffer& tmp) const;
   };
   Linear linear(const LinearWeights& w) const;
+  void fold(const DecoderWeights& w);
+  void set_values(const float* v, int frames, int ldv, int m);
   void attend(int frames);
 
   const Kernels& kern_;
@@ -71,9 +75,20 @@ class AttentionDecoder {
   // energy vector; the convolution (channels x kernel).
   FloatBuffer loc_t_, energy_v_, conv_;
   float energy_bias_ = 0;
-  // Per utterance: keys (frames x ap), enc^T packed for the context product; per step: the rest.
-  FloatBuffer keys_, x_, q_, qa_, padded_, locf_, e_, weights_, context_, logits_, tmp_;
-  Packed enc_t_;
+  // The context enters two products: the LSTM's input matrix and the output projection. When the
+  // former is factored (W = U V, rank r) and r + vocab < enc_dim, both are folded into the values
+  // attended over: per utterance vals = enc [V's context columns; out's context columns]^T (frames
+  // x (r + vocab)); per step their weighted sum stands for both products of the context, which is
+  // never formed. A step then streams (r + vocab) x frames floats instead of enc_dim x frames and
+  // both matrices' context columns. rank_ 0: not folded.
+  int rank_ = 0;
+  Matrix fold_;       // (r + vocab) x enc_dim
+  FloatBuffer embz_;  // vocab x r: each token's embedding times V's embedding columns
+  Linear out_h_;      // the output projection's hidden-state columns, with its bias
+  // Per utterance: keys (frames x ap), the values (enc or vals)^T packed for the context product;
+  // per step: the rest. context_ is the weighted sum of the values.
+  FloatBuffer keys_, vals_, x_, q_, qa_, padded_, locf_, e_, weights_, context_, logits_, tmp_;
+  Packed values_;
 };
 
 }  // namespace lrk

@@ -75,7 +75,14 @@ void LstmStack::forward(const float* x, int batch, int frames, float* y) {
   }
 }
 
-void LstmStack::step(const float* x, int batch, float* y) {
+void LstmStack::step(const float* x, int batch, float* y) { step_impl(x, batch, y, false); }
+
+void LstmStack::step_factored(const float* vx, int batch, float* y) {
+  if (cells_[0].ih.rank == 0) throw std::invalid_argument("step_factored: layer 0's input matrix is dense");
+  step_impl(vx, batch, y, true);
+}
+
+void LstmStack::step_impl(const float* x, int batch, float* y, bool factored) {
   if (dirs_ != 1) throw std::invalid_argument("step: streaming needs a unidirectional stack (this one has 2 directions)");
   if (batch < 1) throw std::invalid_argument("step: batch must be >= 1");
   const size_t state = size_t(layers_) * batch * hp_;
@@ -95,7 +102,10 @@ void LstmStack::step(const float* x, int batch, float* y) {
     float* h = h_.data() + size_t(l) * batch * hp_;
     float* c = c_.data() + size_t(l) * batch * hp_;
     fill_rows(gates_.data(), batch, G, cell.bias);
-    cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, true, tmp_);
+    if (l == 0 && factored)
+      cell.ih.apply_u(kern_, cur, batch, cell.ih.rank, gates_.data(), G, true);
+    else
+      cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, true, tmp_);
     cell.hh.apply(kern_, h, batch, hp_, gates_.data(), G, true, tmp_);
     kern_.cell(gates_.data(), G, batch, hp_, c, h, hp_);
     cur = h;

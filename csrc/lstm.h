@@ -20,6 +20,9 @@ class LstmStack {
   void forward(const float* x, int batch, int frames, float* y);
   // One frame: x (batch x input) -> y (batch x hidden); the state carries over to the next call.
   void step(const float* x, int batch, float* y);
+  // As step(), with layer 0's factored input matrix (W = U V) half applied by the caller:
+  // vx = x . V^T (batch x its rank). Throws if that matrix is dense.
+  void step_factored(const float* vx, int batch, float* y);
   void reset();
 
   int layers() const { return layers_; }
@@ -40,6 +43,7 @@ class LstmStack {
     FloatBuffer bias;  // 4 * hp, padded like the gates
   };
 
+  void step_impl(const float* x, int batch, float* y, bool factored);
   void run_direction(const Cell& cell, const float* x, int ldx, int batch, int frames, bool reverse, float* y,
                      int ldy);
 

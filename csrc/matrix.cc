@@ -20,7 +20,12 @@ void Matrix::apply(const Kernels& kern, const float* x, int rows, int ldx, float
   if (rank == 0) return kern.matmul(x, rows, ldx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
   tmp.resize(size_t(rows) * v.mp);
   kern.matmul(x, rows, ldx, v.data.data(), v.mp, v.k, tmp.data(), v.mp, false);
-  kern.matmul(tmp.data(), rows, v.mp, a.data.data(), a.mp, a.k, y, ldy, accumulate);
+  apply_u(kern, tmp.data(), rows, v.mp, y, ldy, accumulate);
+}
+
+void Matrix::apply_u(const Kernels& kern, const float* vx, int rows, int ldvx, float* y, int ldy,
+                     bool accumulate) const {
+  kern.matmul(vx, rows, ldvx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
 }
 
 }  // namespace lrk

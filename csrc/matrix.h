@@ -19,6 +19,9 @@ struct Matrix {
   // y[r][0..out_padded()) = (accumulate ? y : 0) + x[r] . W^T for r < rows; tmp is scratch.
   void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy, bool accumulate,
              FloatBuffer& tmp) const;
+  // A factored matrix's second product alone: y = (accumulate ? y : 0) + vx . U^T, where vx
+  // (rows x rank, row stride ldvx) is x . V^T, formed by the caller.
+  void apply_u(const Kernels& kern, const float* vx, int rows, int ldvx, float* y, int ldy, bool accumulate) const;
 };
 
 }  // namespace lrk

@@ -91,6 +91,9 @@ def test_native_decoder_matches_torch_greedy(overfit, isa, factored):
     feats, lengths = batch[0], batch[1]
     dec = native.decoder(model, isa=isa)
     assert dec.isa == isa
+    # factored: the context's two products are folded into the values attended over (csrc/decoder.h)
+    dim = model.encoder.out_dim
+    assert dec.values_per_frame == (DECODER_RANKS["decoder.lstm.l0.ih"] + model.cfg.vocab_size if factored else dim)
     for i in range(len(rows)):
         f = feats[i, : lengths[i]]
         with torch.no_grad():
