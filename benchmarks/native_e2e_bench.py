@@ -1,8 +1,8 @@
 """End-to-end native transcription (`pipeline.native.NativeAsr`, all in C++) of checkpoints side by
 side, split into its stages: filterbank features with CMVN, the convolutional subsampling, the
 encoder's LSTM stack and the greedy attention decoder; milliseconds over a fixed utterance set, 1 thread, median of the
-repetitions; each checkpoint's speedup over the first is the median of the repetitions' ratios, the
-models taking turns utterance by utterance.
+repetitions; each checkpoint's speedup over the first is the median of the repetitions' ratios
+(their range printed beside it), the models taking turns utterance by utterance.
 
     python benchmarks/native_e2e_bench.py --models assets/baseline/model.safetensors runs/compress/final.safetensors \
         [--manifest corpus/default/test.jsonl] [--utterances 10] [--reps 5] [--json results/native_e2e.json]
@@ -59,17 +59,18 @@ def main():
     totals = {path: [sum(r.values()) for r in runs[path]] for path in args.models}
     rows, first = [], args.models[0]
     print(f"{cpu_name()}, 1 thread, {len(audio)} utterances ({seconds:.1f} s of audio), median of {args.reps}")
-    print(f"{'model':48} {'LSTM x':>7} " + " ".join(f"{k:>12}" for k in STAGES) + f" {'total':>8} {'speedup':>8}")
+    print(f"{'model':48} {'LSTM x':>7} " + " ".join(f"{k:>12}" for k in STAGES) + f" {'total':>8} {'speedup':>8} {'range':>11}")
     for path, model, _ in loaded:
         med = {k: statistics.median(r[k] for r in runs[path]) for k in STAGES}
         total = statistics.median(totals[path])
         # The median of each repetition's ratio: both totals of a ratio were timed together.
-        speedup = statistics.median(f / t for f, t in zip(totals[first], totals[path]))
+        ratios = [f / t for f, t in zip(totals[first], totals[path])]
+        speedup = statistics.median(ratios)
         lstm_x = cost_table(model)[1]["lstm_compression"]
         rows.append({"model": path, "lstm_compression": lstm_x, "stages_ms": med, "total_ms": total,
-                     "speedup": speedup})
+                     "speedup": speedup, "speedup_range": [min(ratios), max(ratios)]})
         print(f"{path[-48:]:48} {lstm_x:7.2f} " + " ".join(f"{med[k]:12.1f}" for k in STAGES)
-              + f" {total:8.1f} {speedup:8.2f}")
+              + f" {total:8.1f} {speedup:8.2f} {min(ratios):5.2f}-{max(ratios):<5.2f}")
     if args.json:
         write_json(args.json, {"machine": f"{cpu_name()}, 1 thread", "manifest": args.manifest,
                                "utterances": len(audio), "audio_seconds": seconds, "reps": args.reps, "runs": rows,
