@@ -15,7 +15,7 @@ import torch
 
 from pipeline import native
 from pipeline.atomic import write_json
-from pipeline.bench.end_to_end import _audio, fixed_utterances
+from pipeline.bench.end_to_end import _audio, fixed_utterances, speedup as pass_speedup
 from pipeline.data.audio import SAMPLE_RATE, resample
 from pipeline.lowrank import cost_table
 from pipeline.machine import cpu_name
@@ -63,14 +63,12 @@ def main():
     for path, model, _ in loaded:
         med = {k: statistics.median(r[k] for r in runs[path]) for k in STAGES}
         total = statistics.median(totals[path])
-        # The median of each repetition's ratio: both totals of a ratio were timed together.
-        ratios = [f / t for f, t in zip(totals[first], totals[path])]
-        speedup = statistics.median(ratios)
+        speedup, lo, hi = pass_speedup(totals[first], totals[path])
         lstm_x = cost_table(model)[1]["lstm_compression"]
         rows.append({"model": path, "lstm_compression": lstm_x, "stages_ms": med, "total_ms": total,
-                     "speedup": speedup, "speedup_range": [min(ratios), max(ratios)]})
+                     "speedup": speedup, "speedup_range": [lo, hi]})
         print(f"{path[-48:]:48} {lstm_x:7.2f} " + " ".join(f"{med[k]:12.1f}" for k in STAGES)
-              + f" {total:8.1f} {speedup:8.2f} {min(ratios):5.2f}-{max(ratios):<5.2f}")
+              + f" {total:8.1f} {speedup:8.2f} {lo:5.2f}-{hi:<5.2f}")
     if args.json:
         write_json(args.json, {"machine": f"{cpu_name()}, 1 thread", "manifest": args.manifest,
                                "utterances": len(audio), "audio_seconds": seconds, "reps": args.reps, "runs": rows,

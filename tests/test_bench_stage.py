@@ -4,6 +4,7 @@ import os
 import shutil
 import socket
 import stat
+import statistics
 import subprocess
 import time
 
@@ -163,6 +164,8 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
     pair = side_by_side([("native", tmp_path / "m.safetensors"), ("torch", tmp_path / "m.safetensors")],
                         tmp_path / "m.jsonl", utterances=4, reps=2)
     assert [r["runtime"] for r in pair] == ["native", "torch"]
+    for r in pair:  # the passes a speedup is taken over
+        assert len(r["pass_ms"]) == 2 and r["median_ms"] == statistics.median(r["pass_ms"])
     for r in results + pair:
         assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] and 0 < r["rtf"] < 1 and r["threads"] == 1
         assert r["transcripts"] == [row["text"] for row in rows]  # the overfit model gets them exactly
@@ -174,6 +177,17 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
     res = run_cli("bench", "--model", str(tmp_path / "m.safetensors"), "--manifest", str(tmp_path / "m.jsonl"),
                   "--target", "qemu-aarch64", "--runtime", "torch")
     assert res.returncode == 2 and "only --runtime native runs on a remote target" in res.stderr
+
+
+def test_speedup_is_taken_over_passes_timed_together():
+    from pipeline.bench.end_to_end import speedup
+
+    # The second pass fell in a slow spell for both: the ratio of the medians (45 / 10 = 4.5) would pair
+    # the third pass's dense time with the first's compressed one.
+    assert speedup([30.0, 60.0, 45.0], [10.0, 20.0, 9.0]) == (3.0, 3.0, 5.0)
+    assert speedup([4.0, 9.0], [2.0, 3.0]) == (2.5, 2.0, 3.0)
+    with pytest.raises(ValueError):
+        speedup([1.0, 2.0], [1.0])
 
 
 def test_cost_kinds_rank_models_and_need_their_inputs(tmp_path):

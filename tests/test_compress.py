@@ -1,6 +1,7 @@
 """`python -m pipeline compress` end to end on the tiny corpus, and its resume after kill -9."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,8 @@ def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_
     assert set(scores) == {"dev", "test", "test_real"}
     report = (whole / "report.md").read_text()
     assert "| test |" in report and "speedup over native dense" in report
+    assert all(len(r["pass_ms"]) == 3 for r in bench["runs"])  # the passes its speedups are taken over
+    assert re.search(r"\| compressed \(native\) \|.* \| [\d.]+x \([\d.]+-[\d.]+\) \|", report)
     _check_compare(whole, tiny_model, it, scores, tmp_path)
 
     killed = tmp_path / "killed"

@@ -72,9 +72,10 @@ def bench(checkpoint, manifest, runtime="native", target="local", threads=1, utt
 
 
 def side_by_side(runs, manifest, threads=1, utterances=10, reps=5, warmup=1):
-    """`bench` on this machine of several (runtime, checkpoint) pairs, one result each, timed in rounds of
-    one pass of every pair: a slow spell of a shared machine then slows them all alike, not just the one
-    running at the time (it made a dense baseline timed alone 10% slow)."""
+    """`bench` on this machine of several (runtime, checkpoint) pairs, one result each, the pairs taking
+    turns utterance by utterance: a slow spell of a shared machine (they last seconds here) then slows
+    them all alike, not just the one running at the time (it made a dense baseline timed alone 10% slow).
+    Each result keeps its passes' totals (`pass_ms`) for `speedup`."""
     torch.set_num_threads(threads)
     rows = fixed_utterances(manifest, utterances)
     audio = _audio(rows)
@@ -83,15 +84,26 @@ def side_by_side(runs, manifest, threads=1, utterances=10, reps=5, warmup=1):
     for runtime, checkpoint in runs:
         model, cmvn, _ = load_checkpoint(checkpoint)
         fns.append(_runtime_fn(runtime, checkpoint, model, cmvn))
-    ms, hyps = [[] for _ in runs], [None] * len(runs)
+    ms, hyps = [[] for _ in runs], [[] for _ in runs]
     for rep in range(warmup + reps):
-        for i, run in enumerate(fns):
-            t0 = time.perf_counter()
-            hyps[i] = [run(a, sr) for a, sr in audio]
-            if rep >= warmup:
-                ms[i].append(1e3 * (time.perf_counter() - t0))
+        total, hyps = [0.0] * len(runs), [[] for _ in runs]
+        for a, sr in audio:
+            for i, run in enumerate(fns):
+                t0 = time.perf_counter()
+                hyps[i].append(run(a, sr))
+                total[i] += 1e3 * (time.perf_counter() - t0)
+        if rep >= warmup:
+            for m, t in zip(ms, total):
+                m.append(t)
     return [_summary(statistics.median(m), float(np.percentile(m, 90)), seconds, runtime, "local", threads, rows,
-                     reps, False, {"transcripts": h}) for (runtime, _), m, h in zip(runs, ms, hyps)]
+                     reps, False, {"transcripts": h, "pass_ms": m}) for (runtime, _), m, h in zip(runs, ms, hyps)]
+
+
+def speedup(ref_ms, ms):
+    """(median, min, max) of the ratios ref / this over passes timed together: a ratio of medians would
+    mix passes from different spells of the machine."""
+    ratios = [r / m for r, m in zip(ref_ms, ms, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def _remote(model, cmvn, audio, seconds, t, runtime, reps):
