@@ -216,6 +216,33 @@ def _config(cls, args):
     return cls(**{k: v for k, v in vars(args).items() if k in known and v is not None})
 
 
+def cmd_finetune(args):
+    """More fine-tuning of a (factored) checkpoint, e.g. a `compress` run's model, then its dev WER."""
+    from pathlib import Path
+
+    import torch
+
+    from pipeline.compress import cached_scores
+    from pipeline.data.manifest import evenly_spaced, read_manifest
+    from pipeline.finetune import finetune
+    from pipeline.model.checkpoint import load_checkpoint
+
+    out, data = Path(args.out), Path(args.data)
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise PipelineError(f"{out}: the folder is not empty; pass --resume to continue it, or another --out")
+    if args.steps < 1:
+        raise PipelineError(f"--steps {args.steps}: give at least 1")
+    model, cmvn, header = load_checkpoint(_model_path(args))
+    teacher = load_checkpoint(args.teacher)[0] if args.distill else None
+    finetune(model, cmvn, read_manifest(data / "train.jsonl"), out, args.steps, args.lr, threads=args.threads,
+             seed=args.seed, teacher=teacher, distill=args.distill,
+             provenance={**header.get("provenance", {}), "finetuned_from": str(args.model), "more_steps": args.steps})
+    torch.set_num_threads(args.threads)
+    rows = evenly_spaced(read_manifest(data / "dev.jsonl"), args.dev_utterances)
+    dev = cached_scores(out / "dev.json", out / "model.safetensors", rows, args.threads)
+    print(f"dev WER {dev['wer']:.4f} ({len(rows)} utterances); model in {out / 'model.safetensors'}")
+
+
 def cmd_subset(args):
     import torch
 
@@ -413,6 +440,21 @@ def make_parser():
     cp.add_argument("--out", default="runs/compress", help="run folder (default: runs/compress)")
     cp.add_argument("--resume", action="store_true")
     cp.set_defaults(func=cmd_compress)
+    ft = sub.add_parser("finetune", help="fine-tune a (factored) checkpoint further on DATA/train, then score dev "
+                                          "(resumable)")
+    ft.add_argument("--model", required=True, help="checkpoint, e.g. a compress run's final.safetensors")
+    ft.add_argument("--data", default="corpus/default", help="corpus folder (default: corpus/default)")
+    ft.add_argument("--steps", type=int, required=True)
+    ft.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4; compress uses 3e-4 "
+                                                            "right after a cut)")
+    ft.add_argument("--distill", type=float, default=0.0, metavar="W", help="weight of distillation from --teacher")
+    ft.add_argument("--teacher", default=DEFAULT_MODEL, help=f"the uncompressed model (default: {DEFAULT_MODEL})")
+    ft.add_argument("--dev-utterances", type=int, default=300, help="dev utterances scored (default 300; 0: all)")
+    ft.add_argument("--threads", type=int, default=2)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--out", required=True, help="run folder")
+    ft.add_argument("--resume", action="store_true")
+    ft.set_defaults(func=cmd_finetune)
     info = sub.add_parser("info", help="native extension build info and detected CPU features")
     info.set_defaults(func=cmd_info)
     return p

@@ -120,3 +120,27 @@ def test_search_subset_of_a_relative_corpus_path_reads_back_from_the_run_folder(
     run.mkdir()
     rows = read_manifest(_subset(corpus.name, run))  # audio paths resolve from the run folder
     assert rows and all(Path(r["audio_filepath"]).exists() for r in rows)
+
+
+def test_finetune_command_trains_scores_and_resumes(tiny_model, tiny_corpus, tmp_path):
+    """`python -m pipeline finetune`: more steps on a checkpoint, its dev WER, and a resume that redoes nothing."""
+    import torch
+
+    corpus, _ = tiny_corpus
+    out = tmp_path / "more"
+    args = ["finetune", "--model", str(tiny_model), "--data", str(corpus), "--steps", "3", "--lr", "1e-3",
+            "--threads", "1", "--dev-utterances", "4", "--out", str(out)]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"dev WER [\d.]+ \(4 utterances\)", r.stdout)
+    before, after = load_file(str(tiny_model)), load_file(str(out / "model.safetensors"))
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+    assert json.loads((out / "dev.json").read_text())["utterances"] == 4
+    r = run_cli(*args)
+    assert r.returncode != 0 and "not empty" in r.stderr and "--resume" in r.stderr
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    again = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(again[k], after[k]) for k in after)
+    r = run_cli(*args[:-2], "--out", str(tmp_path / "bad"), "--steps", "0")
+    assert r.returncode != 0 and "--steps 0" in r.stderr
