@@ -36,11 +36,13 @@ def cmd_data_check(args):
 DEFAULT_MODEL = "assets/baseline/model.safetensors"
 
 
-def _model_path(args):
+def _model_path(args, name=None):
+    """args.model (or the path `name`), the shipped baseline found from any working directory."""
     from pathlib import Path
 
-    path = Path(args.model)
-    if args.model == DEFAULT_MODEL and not path.exists():
+    name = args.model if name is None else name
+    path = Path(name)
+    if name == DEFAULT_MODEL and not path.exists():
         path = Path(__file__).resolve().parent.parent / DEFAULT_MODEL
     return path
 
@@ -233,7 +235,7 @@ def cmd_finetune(args):
     if args.steps < 1:
         raise PipelineError(f"--steps {args.steps}: give at least 1")
     model, cmvn, header = load_checkpoint(_model_path(args))
-    teacher = load_checkpoint(args.teacher)[0] if args.distill else None
+    teacher = load_checkpoint(_model_path(args, args.teacher))[0] if args.distill else None
     finetune(model, cmvn, read_manifest(data / "train.jsonl"), out, args.steps, args.lr, threads=args.threads,
              seed=args.seed, teacher=teacher, distill=args.distill,
              provenance={**header.get("provenance", {}), "finetuned_from": str(args.model), "more_steps": args.steps})

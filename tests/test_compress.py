@@ -142,5 +142,8 @@ def test_finetune_command_trains_scores_and_resumes(tiny_model, tiny_corpus, tmp
     assert r.returncode == 0, r.stderr
     again = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(again[k], after[k]) for k in after)
+    distilled = run_cli(*args[:-2], "--out", str(tmp_path / "kd"), "--distill", "0.5", "--teacher", str(tiny_model),
+                        "--steps", "1")
+    assert distilled.returncode == 0, distilled.stderr
     r = run_cli(*args[:-2], "--out", str(tmp_path / "bad"), "--steps", "0")
     assert r.returncode != 0 and "--steps 0" in r.stderr
