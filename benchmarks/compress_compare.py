@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.bench.end_to_end import speedup as pass_speedup
+from pipeline.bench.end_to_end import row_speedup
 from pipeline.compress import cached_scores
 from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
@@ -62,9 +62,7 @@ def summary(spec, baseline):
     speedup = None
     if is_final and (run / "bench.json").exists():
         bench = {r["label"]: r for r in _json(run / "bench.json")["runs"]}
-        dense, comp = bench["dense (native)"], bench["compressed (native)"]
-        speedup = (pass_speedup(dense["pass_ms"], comp["pass_ms"])[0] if "pass_ms" in comp
-                   else dense["median_ms"] / comp["median_ms"])  # a bench.json from before pass_ms was kept
+        speedup = row_speedup(bench["dense (native)"], bench["compressed (native)"])[0]
     c = cfg["compress"]
     return {"run": spec, "iterations": c["iterations"], "episodes": c["episodes"],
             "finetune_steps": c["finetune_steps"], "iteration": k,

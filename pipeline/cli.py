@@ -222,8 +222,6 @@ def cmd_finetune(args):
     """More fine-tuning of a (factored) checkpoint, e.g. a `compress` run's model, then its dev WER."""
     from pathlib import Path
 
-    import torch
-
     from pipeline.compress import cached_scores
     from pipeline.data.manifest import evenly_spaced, read_manifest
     from pipeline.finetune import finetune
@@ -239,7 +237,6 @@ def cmd_finetune(args):
     finetune(model, cmvn, read_manifest(data / "train.jsonl"), out, args.steps, args.lr, threads=args.threads,
              seed=args.seed, teacher=teacher, distill=args.distill,
              provenance={**header.get("provenance", {}), "finetuned_from": str(args.model), "more_steps": args.steps})
-    torch.set_num_threads(args.threads)
     rows = evenly_spaced(read_manifest(data / "dev.jsonl"), args.dev_utterances)
     dev = cached_scores(out / "dev.json", out / "model.safetensors", rows, args.threads)
     print(f"dev WER {dev['wer']:.4f} ({len(rows)} utterances); model in {out / 'model.safetensors'}")

@@ -39,12 +39,10 @@ def _plots(out, history, base, bench):
 
 def _speedup(ref, r):
     """"2.41x (2.30-2.52)": the median and range of per-pass ratios where the bench kept its passes."""
-    if "pass_ms" in ref and "pass_ms" in r:
-        from pipeline.bench.end_to_end import speedup
+    from pipeline.bench.end_to_end import row_speedup
 
-        med, lo, hi = speedup(ref["pass_ms"], r["pass_ms"])
-        return f"{med:.2f}x ({lo:.2f}-{hi:.2f})"
-    return f"{ref['median_ms'] / r['median_ms']:.2f}x"
+    med, span = row_speedup(ref, r)
+    return f"{med:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f})" if span else "")
 
 
 def write_report(out, scores, bench, history, base, stopped, cfg, final_from):

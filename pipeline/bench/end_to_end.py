@@ -84,7 +84,7 @@ def side_by_side(runs, manifest, threads=1, utterances=10, reps=5, warmup=1):
     for runtime, checkpoint in runs:
         model, cmvn, _ = load_checkpoint(checkpoint)
         fns.append(_runtime_fn(runtime, checkpoint, model, cmvn))
-    ms, hyps = [[] for _ in runs], [[] for _ in runs]
+    ms = [[] for _ in runs]
     for rep in range(warmup + reps):
         total, hyps = [0.0] * len(runs), [[] for _ in runs]
         for a, sr in audio:
@@ -104,6 +104,16 @@ def speedup(ref_ms, ms):
     mix passes from different spells of the machine."""
     ratios = [r / m for r, m in zip(ref_ms, ms, strict=True)]
     return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def row_speedup(ref, row):
+    """(speedup, (min, max) or None) of one bench result over another: `speedup` over their passes where
+    both kept them (`pass_ms`), else the ratio of medians (a result from before passes were kept, or a
+    remote target's)."""
+    if "pass_ms" in ref and "pass_ms" in row:
+        med, lo, hi = speedup(ref["pass_ms"], row["pass_ms"])
+        return med, (lo, hi)
+    return ref["median_ms"] / row["median_ms"], None
 
 
 def _remote(model, cmvn, audio, seconds, t, runtime, reps):
