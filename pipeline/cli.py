@@ -470,4 +470,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    _leave_process_group()
     return 0
+
+
+def _leave_process_group():
+    """Under torchrun, leaves the process group once the command is done. Left to the interpreter's
+    teardown, gloo's threads can abort a rank that finished early (SIGABRT, 'terminate called without
+    an active exception': compress's rank 1, while rank 0 writes the report). Not after an error, when
+    another rank may still wait in a collective."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
