@@ -223,7 +223,26 @@ FloatArray forward(lrk::LstmStack& self, py::handle x_obj) {
   return y;
 }
 
-FloatArray step(lrk::LstmStack& self, py::handle x_obj, py::object out) {
+// A float32 C-contiguous numpy array as it stands (no conversion, no new reference), else nullptr.
+const py::detail::PyArray_Proxy* plain_floats(py::handle obj) {
+  return FloatArray::check_(obj) ? py::detail::array_proxy(obj.ptr()) : nullptr;
+}
+
+py::object step(lrk::LstmStack& self, py::handle x_obj, py::object out) {
+  // A streaming loop's call, one frame into the caller's buffer, is checked on the arrays' own
+  // fields: each step streams megabytes of weights, which evict whatever the general conversions
+  // below touch, and through them a call took ~0.6 us longer (2% of an r = 128 step).
+  const auto *xa = plain_floats(x_obj), *ya = plain_floats(out);
+  if (xa && ya && xa->nd == 1 && xa->dimensions[0] == self.input_size() && ya->nd == 1 &&
+      ya->dimensions[0] == self.hidden_size() && (ya->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
+    const float* xp = reinterpret_cast<const float*>(xa->data);
+    float* yp = reinterpret_cast<float*>(ya->data);
+    {
+      py::gil_scoped_release nogil;
+      self.step(xp, 1, yp);
+    }
+    return out;
+  }
   FloatArray x = FloatArray::ensure(x_obj);
   if (!x || (x.ndim() != 1 && x.ndim() != 2) || x.shape(x.ndim() - 1) != self.input_size())
     throw py::value_error("step: x must be (input,) or (batch, input) with input " + std::to_string(self.input_size()));

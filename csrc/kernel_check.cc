@@ -1,16 +1,41 @@
-// Checks the decoder and front-end kernels of every path this CPU runs (attention energies and
-// location convolution, framing, power spectra) against plain double-precision references on
-// random inputs, and prints the worst relative errors as JSON: how the NEON path is checked under
-// qemu, where no Python runs.
+// Checks the gate non-linearities, the decoder and the front-end kernels of every path this CPU runs
+// (sigmoid and tanh, attention energies and location convolution, framing, power spectra) against
+// plain double-precision references, and prints the worst relative errors as JSON: how the NEON
+// path is checked under qemu, where no Python runs.
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lstm_kernels.h"
 
 namespace {
+
+// Over [-30, 30] in even steps and down to 1e-8 in geometric ones, both signs: sigmoid, then tanh.
+std::pair<double, double> activations_error(const lrk::Kernels& k) {
+  std::vector<float> x;
+  for (int i = 0; i <= 200000; ++i) x.push_back(-30.0f + 60.0f * float(i) / 200000.0f);
+  for (int i = 0; i < 2000; ++i) {
+    const float v = float(1e-8 * std::pow(30.0 / 1e-8, i / 1999.0));
+    x.push_back(v);
+    x.push_back(-v);
+  }
+  std::vector<float> y(x.size());
+  double sig = 0, tanh = 0;
+  k.sigmoid(x.data(), y.data(), x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = 1.0 / (1.0 + std::exp(-double(x[i])));
+    sig = std::fmax(sig, std::fabs(y[i] - want) / want);
+  }
+  k.tanh(x.data(), y.data(), x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double want = std::tanh(double(x[i]));
+    if (want != 0.0) tanh = std::fmax(tanh, std::fabs(y[i] - want) / std::fabs(want));
+  }
+  return {sig, tanh};
+}
 
 double energies_error(const lrk::Kernels& k, std::mt19937& rng) {
   std::normal_distribution<float> g(0.0f, 0.5f);
@@ -125,12 +150,13 @@ int main() {
     const lrk::Kernels& k = lrk::kernels(isa);
     std::mt19937 rng(7);
     char buf[300];
+    const auto [sigmoid, tanh] = activations_error(k);
     const double energies = energies_error(k, rng), conv = conv_error(k, rng), frames = frames_error(k, rng),
                  spectra = spectra_error(k, rng);
     std::snprintf(buf, sizeof buf,
-                  "%s\"%s\": {\"attention_energies\": %.3g, \"location_conv\": %.3g, \"prepare_frames\": %.3g, "
-                  "\"power_spectra\": %.3g}",
-                  first ? "" : ", ", isa.c_str(), energies, conv, frames, spectra);
+                  "%s\"%s\": {\"sigmoid\": %.3g, \"tanh\": %.3g, \"attention_energies\": %.3g, "
+                  "\"location_conv\": %.3g, \"prepare_frames\": %.3g, \"power_spectra\": %.3g}",
+                  first ? "" : ", ", isa.c_str(), sigmoid, tanh, energies, conv, frames, spectra);
     json += buf;
     first = false;
   }

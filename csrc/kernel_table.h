@@ -15,8 +15,9 @@ struct Kernels {
   void (*matmul)(const float* x, int rows, int ldx, const float* a, int mp, int k, float* y, int ldy,
                  bool accumulate);
   // The fused LSTM cell for `rows` sequences: gates (rows x ldg) hold the blocks i, f, g, o of
-  // `hp` values each (hp a multiple of `width`); c and h (rows x ldh) are updated in place.
-  void (*cell)(const float* gates, int ldg, int rows, int hp, float* c, float* h, int ldh);
+  // `hp` values each (hp a multiple of `width`), to which the cell adds bias (4 hp values, the same
+  // for every row); c and h (rows x ldh) are updated in place.
+  void (*cell)(const float* gates, int ldg, int rows, int hp, const float* bias, float* c, float* h, int ldh);
   // Element-wise, any n; exposed so that tests can check the approximations.
   void (*sigmoid)(const float* x, float* y, size_t n);
   void (*tanh)(const float* x, float* y, size_t n);

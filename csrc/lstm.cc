@@ -15,10 +15,6 @@ std::vector<int> gate_rows(int hidden, int hp) {
   return rows;
 }
 
-void fill_rows(float* y, int rows, int ld, const FloatBuffer& row) {
-  for (int r = 0; r < rows; ++r) std::copy(row.begin(), row.end(), y + size_t(r) * ld);
-}
-
 }  // namespace
 
 LstmStack::LstmStack(const StackWeights& w, const std::string& isa) : kern_(kernels(isa)) {
@@ -42,14 +38,13 @@ void LstmStack::run_direction(const Cell& cell, const float* x, int ldx, int bat
   const int G = 4 * hp_;
   const int n = batch * frames;
   xp_.resize(size_t(n) * G);
-  fill_rows(xp_.data(), n, G, cell.bias);
-  cell.ih.apply(kern_, x, n, ldx, xp_.data(), G, true, tmp_);  // all frames' input projections at once
+  cell.ih.apply(kern_, x, n, ldx, xp_.data(), G, false, tmp_);  // all frames' input projections at once
   FloatBuffer h(size_t(batch) * hp_, 0.0f), c(size_t(batch) * hp_, 0.0f);
   for (int t = 0; t < frames; ++t) {
     const int tt = reverse ? frames - 1 - t : t;
     float* g = xp_.data() + size_t(tt) * G;  // row of sequence 0; sequence b is frames * G further
     if (t > 0) cell.hh.apply(kern_, h.data(), batch, hp_, g, frames * G, true, tmp_);
-    kern_.cell(g, frames * G, batch, hp_, c.data(), h.data(), hp_);
+    kern_.cell(g, frames * G, batch, hp_, cell.bias.data(), c.data(), h.data(), hp_);
     for (int b = 0; b < batch; ++b)
       std::copy_n(h.data() + size_t(b) * hp_, hidden_, y + (size_t(b) * frames + tt) * ldy);
   }
@@ -101,13 +96,12 @@ void LstmStack::step_impl(const float* x, int batch, float* y, bool factored) {
     const Cell& cell = cells_[l];
     float* h = h_.data() + size_t(l) * batch * hp_;
     float* c = c_.data() + size_t(l) * batch * hp_;
-    fill_rows(gates_.data(), batch, G, cell.bias);
     if (l == 0 && factored)
-      cell.ih.apply_u(kern_, cur, batch, cell.ih.rank, gates_.data(), G, true);
+      cell.ih.apply_u(kern_, cur, batch, cell.ih.rank, gates_.data(), G, false);
     else
-      cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, true, tmp_);
+      cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, false, tmp_);
     cell.hh.apply(kern_, h, batch, hp_, gates_.data(), G, true, tmp_);
-    kern_.cell(gates_.data(), G, batch, hp_, c, h, hp_);
+    kern_.cell(gates_.data(), G, batch, hp_, cell.bias.data(), c, h, hp_);
     cur = h;
     ldx = hp_;
   }

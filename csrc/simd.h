@@ -32,7 +32,6 @@ struct Simd {
   static constexpr const char* name = "avx512";
   static constexpr int W = 16;
   using V = __m512;
-  using M = __mmask16;
   static V zero() { return _mm512_setzero_ps(); }
   static V set1(float x) { return _mm512_set1_ps(x); }
   static V load(const float* p) { return _mm512_loadu_ps(p); }
@@ -51,16 +50,7 @@ struct Simd {
   static V min(V a, V b) { return _mm512_min_ps(a, b); }
   static V max(V a, V b) { return _mm512_max_ps(a, b); }
   static V floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
-  static V abs(V a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff))); }
-  static V copysign(V mag, V sgn) {
-    __m512i s = _mm512_and_si512(_mm512_castps_si512(sgn), _mm512_set1_epi32(int32_t(0x80000000u)));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), s));
-  }
-  static V pow2i(V n) {  // 2^n for integral n in [-126, 127]
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-  }
-  static M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
+  static V scale2(V a, V n) { return _mm512_scalef_ps(a, n); }  // a 2^n for integral n in [-126, 127]
   static float sum(V a) { return _mm512_reduce_add_ps(a); }
 };
 #elif defined(LRK_ISA_AVX2)
@@ -68,7 +58,6 @@ struct Simd {
   static constexpr const char* name = "avx2";
   static constexpr int W = 8;
   using V = __m256;
-  using M = __m256;
   static V zero() { return _mm256_setzero_ps(); }
   static V set1(float x) { return _mm256_set1_ps(x); }
   static V load(const float* p) { return _mm256_loadu_ps(p); }
@@ -85,15 +74,10 @@ struct Simd {
   static V min(V a, V b) { return _mm256_min_ps(a, b); }
   static V max(V a, V b) { return _mm256_max_ps(a, b); }
   static V floor(V a) { return _mm256_floor_ps(a); }
-  static V abs(V a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-  static V copysign(V mag, V sgn) {
-    return _mm256_or_ps(mag, _mm256_and_ps(sgn, _mm256_castsi256_ps(_mm256_set1_epi32(int32_t(0x80000000u)))));
+  static V scale2(V a, V n) {  // 2^n from the exponent bits
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
   }
-  static V pow2i(V n) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  }
-  static M lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static V select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
   static float sum(V a) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -105,7 +89,6 @@ struct Simd {
   static constexpr const char* name = "neon";
   static constexpr int W = 4;
   using V = float32x4_t;
-  using M = uint32x4_t;
   static V zero() { return vdupq_n_f32(0.f); }
   static V set1(float x) { return vdupq_n_f32(x); }
   static V load(const float* p) { return vld1q_f32(p); }
@@ -123,13 +106,9 @@ struct Simd {
   static V min(V a, V b) { return vminq_f32(a, b); }
   static V max(V a, V b) { return vmaxq_f32(a, b); }
   static V floor(V a) { return vrndmq_f32(a); }
-  static V abs(V a) { return vabsq_f32(a); }
-  static V copysign(V mag, V sgn) { return vbslq_f32(vdupq_n_u32(0x80000000u), sgn, mag); }
-  static V pow2i(V n) {
-    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23));
+  static V scale2(V a, V n) {
+    return vmulq_f32(a, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23)));
   }
-  static M lt(V a, V b) { return vcltq_f32(a, b); }
-  static V select(M m, V a, V b) { return vbslq_f32(m, a, b); }
   static float sum(V a) { return vaddvq_f32(a); }
 };
 #else
@@ -138,7 +117,6 @@ struct Simd {
   static constexpr const char* name = "scalar";
   static constexpr int W = 1;
   using V = float;
-  using M = bool;
   static V zero() { return 0.f; }
   static V set1(float x) { return x; }
   static V load(const float* p) { return *p; }
@@ -152,16 +130,12 @@ struct Simd {
   static V min(V a, V b) { return a < b ? a : b; }
   static V max(V a, V b) { return a > b ? a : b; }
   static V floor(V a) { return __builtin_floorf(a); }
-  static V abs(V a) { return __builtin_fabsf(a); }
-  static V copysign(V mag, V sgn) { return __builtin_copysignf(mag, sgn); }
-  static V pow2i(V n) {
+  static V scale2(V a, V n) {
     int32_t i = (int32_t(n) + 127) << 23;
     float f;
     std::memcpy(&f, &i, 4);
-    return f;
+    return a * f;
   }
-  static M lt(V a, V b) { return a < b; }
-  static V select(M m, V a, V b) { return m ? a : b; }
   static float sum(V a) { return a; }
 };
 #endif

@@ -72,6 +72,27 @@ def test_streaming_carries_state_across_calls(isa, hidden, rank):
     assert np.abs(st.step(x[0, 1]) - want[1]).max() <= TOL
 
 
+def test_step_into_a_buffer_and_by_conversion_agree():
+    """A float32 frame into the caller's buffer (the checks on the arrays' own fields) and any other
+    frame (converted: float64, a tensor, a strided view) give the same state and output."""
+    lstm = make_lstm(24, 32, 8)
+    x = np.random.default_rng(4).standard_normal((6, 48)).astype(np.float32)[:, ::2]  # strided rows
+    fast, general = native.stack(lstm), native.stack(lstm)
+    out = np.empty(32, np.float32)
+    for t, frame in enumerate(x):
+        assert fast.step(np.ascontiguousarray(frame), out) is out
+        other = (frame.astype(np.float64), torch.from_numpy(frame.copy()), frame)[t % 3]
+        np.testing.assert_array_equal(general.step(other), out)
+    with pytest.raises(ValueError, match="writable"):
+        fast.step(np.ascontiguousarray(x[0]), np.empty(31, np.float32))
+    frozen = np.empty(32, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        fast.step(np.ascontiguousarray(x[0]), frozen)
+    with pytest.raises(ValueError, match="input 24"):
+        fast.step(np.zeros(23, np.float32), out)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("batch", [2, 5, 8])
 def test_batches(isa, batch):

@@ -145,18 +145,19 @@ def _kernel_check(binary, prefix=()):
     res = subprocess.run([*prefix, str(binary)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     paths = json.loads(res.stdout)["paths"]
-    assert all(set(errors) == {"attention_energies", "location_conv", "prepare_frames", "power_spectra"} for errors in paths.values())
+    kernels = {"sigmoid", "tanh", "attention_energies", "location_conv", "prepare_frames", "power_spectra"}
+    assert all(set(errors) == kernels for errors in paths.values())
     return paths
 
 
-def test_decoder_and_frontend_kernels_of_every_path(host_build):
+def test_activations_decoder_and_frontend_kernels_of_every_path(host_build):
     paths = _kernel_check(host_build / "kernel_check")
     assert set(paths) == set(ISAS)
     for errors in paths.values():
         assert max(errors.values()) <= 1e-6, paths
 
 
-def test_decoder_and_frontend_kernels_on_aarch64_under_qemu(aarch64_build):
+def test_activations_decoder_and_frontend_kernels_on_aarch64_under_qemu(aarch64_build):
     paths = _kernel_check(aarch64_build / "kernel_check", prefix=QEMU)
     assert set(paths) == {"neon", "scalar"}
     for errors in paths.values():
