@@ -6,7 +6,8 @@ FLOPs over the measured peak in utterance mode).
     python benchmarks/lstm_kernel_bench.py [--hidden 512] [--rank 128] [--frames 200] [--reps 30] \
         [--json results/lstm_kernels.json]
 
-Every figure is microseconds per frame: median of the repetitions (best in brackets). onnxruntime
+Every figure is microseconds per frame: median of the repetitions (best in brackets); the C++ ones
+(lowrank_bench, no Python) the median over three processes of each one's median. onnxruntime
 and the native stacks stream in turns, pass by pass; the streaming ratios are the median of the
 per-pass ratios.
 """
@@ -84,11 +85,17 @@ def ort_lstm(lstm):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def lowrank_bench_figures(weights, mode, frames, reps, binary):
-    res = subprocess.run([str(binary), "--weights", str(weights), "--mode", mode, "--frames", str(frames),
-                          "--reps", str(reps)], capture_output=True, text=True, check=True)
-    us = json.loads(res.stdout)["us_per_frame"]
-    return {"median": us["median"], "best": us["min"]}
+def lowrank_bench_figures(weights, mode, frames, reps, binary, processes=3):
+    """The median over `processes` runs of the binary of each run's median: where a process's pages land
+    moves its figures by up to ~15% here (the r = 128 step took 28.3-32.7 us over six processes)."""
+    medians, best = [], []
+    for _ in range(processes):
+        res = subprocess.run([str(binary), "--weights", str(weights), "--mode", mode, "--frames", str(frames),
+                              "--reps", str(reps)], capture_output=True, text=True, check=True)
+        us = json.loads(res.stdout)["us_per_frame"]
+        medians.append(us["median"])
+        best.append(us["min"])
+    return {"median": float(np.median(medians)), "best": min(best)}
 
 
 def main():
@@ -204,15 +211,15 @@ def main():
         met = v >= goals[k]
         ok &= met
         print(f"  {k:40s} {v:6.2f}x  (>= {goals[k]:.2f}x) {'ok' if met else 'MISSED'}")
-    worst = max(res[f"{p} {b}"]["median"] / bounds[b] for p in ("native", "C++")
-                for b in ("dense utterance", "dense stream", f"{r} utterance", f"{r} stream"))
-    print(f"  worst native median / bound: {worst:.2f} (goal <= 1.3) {'ok' if worst <= 1.3 else 'MISSED'}")
+    worst, worst_name = max((res[f"{p} {b}"]["median"] / bounds[b], f"{p} {b}") for p in ("native", "C++")
+                            for b in ("dense utterance", "dense stream", f"{r} utterance", f"{r} stream"))
+    print(f"  worst native median / bound: {worst:.2f}, {worst_name} (goal <= 1.3) {'ok' if worst <= 1.3 else 'MISSED'}")
     if args.json:
         write_json(args.json, {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                                "machine": cpu_name(), "threads": 1,
                                "isa": _native.best_isa(), "hidden": h, "rank": args.rank, "frames": f,
                                "us_per_frame": res, "bounds_us": bounds, "ratios": ratios,
-                               "worst_median_over_bound": worst})
+                               "worst_median_over_bound": worst, "worst_figure": worst_name})
     return 0 if ok and worst <= 1.3 else 1
 
 
