@@ -87,7 +87,7 @@ def ort_lstm(lstm):
 
 def lowrank_bench_figures(weights, mode, frames, reps, binary, processes=3):
     """The median over `processes` runs of the binary of each run's median: where a process's pages land
-    moves its figures by up to ~15% here (the r = 128 step took 28.3-32.7 us over six processes)."""
+    moves its figures by up to ~15% here (the r = 128 step took 28.3-33.3 us over twelve processes)."""
     medians, best = [], []
     for _ in range(processes):
         res = subprocess.run([str(binary), "--weights", str(weights), "--mode", mode, "--frames", str(frames),
