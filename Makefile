@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CORPUS ?= corpus/default
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup corpus compress test clean baseline-asset
+.PHONY: setup corpus compress test test-fast native-check checksums clean baseline-asset
 setup: $(STAMP)
 
 # Reinstall when the package metadata, the build or the native sources change.
@@ -29,9 +29,22 @@ baseline-asset: corpus
 	$(PY) benchmarks/baseline_wer.py --model assets/baseline/model.safetensors --data $(CORPUS) --out results/baseline_wer.json
 	$(PY) benchmarks/model_card.py --model assets/baseline/model.safetensors --run runs/baseline \
 		--wer results/baseline_wer.json --out assets/baseline/MODEL_CARD.md
+	$(MAKE) checksums
 
 test: setup
 	$(PY) -m pytest
+
+# The inner loop: everything but the end-to-end tests.
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+# The C++ checks: kernels on every SIMD path against PyTorch, the aarch64 build under qemu, kernel_check.
+native-check: setup
+	$(PY) -m pytest tests/test_native.py tests/test_lstm_kernel.py tests/test_native_asr.py
+
+# After a deliberate change under assets/ (tests/test_repository.py checks the list).
+checksums:
+	cd assets && find . -type f ! -name SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS
 
 clean:
 	rm -rf build *.egg-info pipeline/_native*.so

@@ -13,10 +13,10 @@ import torch
 
 from pipeline.atomic import write_json
 from pipeline.data.manifest import evenly_spaced, read_manifest
-from pipeline.evaluate import evaluate, score
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
-from pipeline.model.checkpoint import load_checkpoint
 from pipeline.model.decode import DecodeConfig
+from pipeline.model.evaluate import evaluate, score
 
 
 def by_source(rows, hyps, ctc_hyps):

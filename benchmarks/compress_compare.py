@@ -17,12 +17,12 @@ import sys
 from pathlib import Path
 
 from pipeline.atomic import write_json
-from pipeline.bench.end_to_end import row_speedup
+from pipeline.bench import row_speedup
 from pipeline.compress import cached_scores
 from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
 from pipeline.lowrank import cost_table
-from pipeline.model.checkpoint import load_checkpoint, sha256
+from pipeline.lowrank.checkpoint import load_checkpoint, sha256
 
 
 def _json(path):
@@ -82,7 +82,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.report import save_png
+    from pipeline.atomic import save_png
 
     fig, ax = plt.subplots(figsize=(6, 4))
     runs = {}

@@ -14,8 +14,8 @@ import torch
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
 from pipeline.data.manifest import read_manifest
 from pipeline.lowrank import factorize, uniform_ranks
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.lowrank.modules import LowRankLSTM
-from pipeline.model.checkpoint import load_checkpoint
 
 
 def step_seconds(model, batch, stepped=False, reps=2):

@@ -1,5 +1,5 @@
 """The latency table's predictions against measured encoder latency, in several runs of
-`bench validate-table` (10 random rank policies each, seeds 1..N), written as one results file.
+`latency validate` (10 random rank policies each, seeds 1..N), written as one results file.
 
     python benchmarks/latency_table_validation.py [--model assets/baseline/model.safetensors] [--runs 5] \
         [--runtime native] [--json results/latency_table_validation.json]
@@ -7,9 +7,9 @@
 import argparse
 
 from pipeline.atomic import write_json
-from pipeline.bench.latency_table import LatencyTable, validate
+from pipeline.latency.table import LatencyTable, validate
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
-from pipeline.model.checkpoint import load_checkpoint
 
 
 def main():

@@ -30,9 +30,10 @@ import torch  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pipeline import _native, native  # noqa: E402
+from export import native  # noqa: E402
+from pipeline import _native  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
-from pipeline.bench.end_to_end import speedup  # noqa: E402
+from pipeline.bench import speedup  # noqa: E402
 from pipeline.lowrank import factorize  # noqa: E402
 from pipeline.machine import cpu_name  # noqa: E402
 
@@ -172,7 +173,7 @@ def main():
         res[f"native {name} utterance"] = per_frame(timed(lambda: st.forward(xn), reps), f)
         res[f"native {name} stream"] = per_frame(passes[name], f)
         wfile = bins / f"{name}.bin"
-        native.write_weights(wfile, mod)
+        native.write_stack(wfile, mod)
         for mode in ("utterance", "stream"):
             res[f"C++ {name} {mode}"] = lowrank_bench_figures(wfile, mode, f, reps, binary)
         rec, inp = st.recurrent_weight_bytes, st.input_weight_bytes

@@ -13,7 +13,7 @@ import torch
 
 from pipeline.atomic import write_text
 from pipeline.data.manifest import read_manifest
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.lowrank.checkpoint import load_checkpoint
 
 
 def main():

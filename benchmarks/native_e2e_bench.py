@@ -1,4 +1,4 @@
-"""End-to-end native transcription (`pipeline.native.NativeAsr`, all in C++) of checkpoints side by
+"""End-to-end native transcription (`export.native.NativeAsr`, all in C++) of checkpoints side by
 side, split into its stages: filterbank features with CMVN, the convolutional subsampling, the
 encoder's LSTM stack and the greedy attention decoder; milliseconds over a fixed utterance set, 1 thread, median of the
 repetitions; each checkpoint's speedup over the first is the median of the repetitions' ratios
@@ -13,13 +13,14 @@ import statistics
 import numpy as np
 import torch
 
-from pipeline import native
+from export import native
 from pipeline.atomic import write_json
-from pipeline.bench.end_to_end import _audio, fixed_utterances, speedup as pass_speedup
+from pipeline.bench import fixed_utterances, utterance_audio
+from pipeline.bench import speedup as pass_speedup
 from pipeline.data.audio import SAMPLE_RATE, resample
 from pipeline.lowrank import cost_table
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
-from pipeline.model.checkpoint import load_checkpoint
 
 STAGES = ("features", "subsampling", "encoder_lstm", "decoder")
 
@@ -45,7 +46,7 @@ def main():
     ap.add_argument("--json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    audio = [np.ascontiguousarray(resample(a, sr)) for a, sr in _audio(fixed_utterances(args.manifest, args.utterances))]
+    audio = [np.ascontiguousarray(resample(a, sr)) for a, sr in utterance_audio(fixed_utterances(args.manifest, args.utterances))]
     seconds = sum(len(a) for a in audio) / SAMPLE_RATE
     loaded = []
     for path in args.models:

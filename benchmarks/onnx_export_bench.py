@@ -26,10 +26,10 @@ from export.runner import OnnxAsr, fbank  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
 from pipeline.data.audio import load_audio  # noqa: E402
 from pipeline.data.manifest import read_manifest  # noqa: E402
-from pipeline.evaluate import score, transcribe_rows  # noqa: E402
 from pipeline.lowrank import factorize, uniform_ranks  # noqa: E402
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.machine import cpu_name  # noqa: E402
-from pipeline.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from pipeline.model.evaluate import score, transcribe_rows  # noqa: E402
 
 
 def onnx_transcripts(asr, rows, desc):

@@ -24,7 +24,7 @@ from pipeline.atomic import write_json
 from pipeline.data.audio import load_audio, resample
 from pipeline.data.manifest import read_manifest
 from pipeline.data.text import normalize
-from pipeline.evaluate import score
+from pipeline.model.evaluate import score
 
 MODEL = Path("/usr/share/pocketsphinx/model/en-us")
 

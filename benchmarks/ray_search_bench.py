@@ -11,8 +11,8 @@ import torch
 
 from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
-from pipeline.model.checkpoint import load_checkpoint
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.parallel import RayPool
 from pipeline.search.space import Approximator, searchable

@@ -23,10 +23,10 @@ import torch
 
 from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
-from pipeline.evaluate import evaluate
 from pipeline.lowrank import factorize
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.evaluate import evaluate
 from pipeline.search.run import SearchConfig, search
 
 

@@ -15,10 +15,10 @@ import torch
 
 from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
-from pipeline.evaluate import evaluate
 from pipeline.lowrank import cost_table, factorize, uniform_ranks
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.evaluate import evaluate
 
 
 def main():

@@ -9,6 +9,7 @@
 #include "decoder.h"
 #include "frontend.h"
 #include "lstm.h"
+#include "model_file.h"
 
 namespace py = pybind11;
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -29,113 +30,11 @@ FloatArray as_floats(py::handle obj, int ndim, const std::string& where) {
   return a;
 }
 
-std::vector<float> values(const FloatArray& a) { return std::vector<float>(a.data(), a.data() + a.size()); }
-
-// A dense (rows x cols) array, or a (U, V) pair of factors.
-lrk::MatrixWeights matrix(py::handle obj, const std::string& where) {
-  lrk::MatrixWeights m;
-  if (py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) {
-    py::sequence uv = py::reinterpret_borrow<py::sequence>(obj);
-    if (uv.size() != 2) throw py::value_error(where + ": a factored matrix is a (U, V) pair");
-    FloatArray u = as_floats(uv[0], 2, where + " U"), v = as_floats(uv[1], 2, where + " V");
-    if (u.shape(1) != v.shape(0)) throw py::value_error(where + ": U and V ranks differ");
-    m.rows = int(u.shape(0));
-    m.cols = int(v.shape(1));
-    m.rank = int(u.shape(1));
-    m.u = values(u);
-    m.v = values(v);
-  } else {
-    FloatArray w = as_floats(obj, 2, where);
-    m.rows = int(w.shape(0));
-    m.cols = int(w.shape(1));
-    m.w = values(w);
-  }
-  return m;
-}
-
-// cells: a layer-major list of {"ih": W or (U, V), "hh": W or (U, V), "bias": b_ih + b_hh}.
-lrk::StackWeights stack_weights(const py::list& cells, int directions) {
-  lrk::StackWeights s;
-  s.directions = directions;
-  s.layers = directions > 0 ? int(cells.size()) / directions : 0;
-  for (size_t i = 0; i < cells.size(); ++i) {
-    const std::string where = "cells[" + std::to_string(i) + "]";
-    py::dict d = cells[i].cast<py::dict>();
-    for (const char* key : {"ih", "hh", "bias"})
-      if (!d.contains(key)) throw py::key_error(where + ": missing '" + key + "'");
-    lrk::CellWeights c;
-    c.ih = matrix(d["ih"], where + "['ih']");
-    c.hh = matrix(d["hh"], where + "['hh']");
-    c.bias = values(as_floats(d["bias"], 1, where + "['bias']"));
-    c.input = c.ih.cols;
-    c.hidden = c.hh.cols;
-    s.cells.push_back(std::move(c));
-  }
-  s.validate();  // std::invalid_argument reaches Python as ValueError
-  return s;
-}
-
-py::handle item(const py::dict& d, const char* key, const std::string& where) {
-  if (!d.contains(key)) throw py::key_error(where + ": missing '" + key + "'");
-  return d[key];
-}
-
-// A (matrix, bias) pair: the matrix as matrix() takes it, the bias a vector or None.
-lrk::LinearWeights linear_weights(py::handle obj, const std::string& where) {
-  py::tuple pair = obj.cast<py::tuple>();
-  if (pair.size() != 2) throw py::value_error(where + ": a linear layer is a (matrix, bias) pair");
-  lrk::LinearWeights l;
-  l.w = matrix(pair[0], where + " matrix");
-  if (!pair[1].is_none()) l.bias = values(as_floats(pair[1], 1, where + " bias"));
-  return l;
-}
-
-// d: {"embedding": (V, E), "lstm": cells as LstmStack takes them, "key", "query", "loc", "energy",
-// "out", "ctc": (matrix, bias) pairs, "loc_conv": (channels, kernel), "sos", "eos", "blank": ints}.
-lrk::DecoderWeights decoder_weights(const py::dict& d) {
-  lrk::DecoderWeights w;
-  FloatArray emb = as_floats(item(d, "embedding", "decoder"), 2, "decoder['embedding']");
-  w.embedding = values(emb);
-  w.embed = int(emb.shape(1));
-  w.lstm = stack_weights(item(d, "lstm", "decoder").cast<py::list>(), 1);
-  w.key = linear_weights(item(d, "key", "decoder"), "decoder['key']");
-  w.query = linear_weights(item(d, "query", "decoder"), "decoder['query']");
-  w.loc_conv = values(as_floats(item(d, "loc_conv", "decoder"), 2, "decoder['loc_conv']"));
-  w.loc = linear_weights(item(d, "loc", "decoder"), "decoder['loc']");
-  w.energy = linear_weights(item(d, "energy", "decoder"), "decoder['energy']");
-  w.out = linear_weights(item(d, "out", "decoder"), "decoder['out']");
-  w.ctc = linear_weights(item(d, "ctc", "decoder"), "decoder['ctc']");
-  w.sos = item(d, "sos", "decoder").cast<int>();
-  w.eos = item(d, "eos", "decoder").cast<int>();
-  w.blank = item(d, "blank", "decoder").cast<int>();
-  w.validate();
-  return w;
-}
-
-// d: {"window", "mel" (mel_bins x bins), "mean", "std", "conv1_w", "conv1_b", "conv2_w", "conv2_b": arrays
-// (the convolutions' weights flattened in PyTorch's order), "channels", "time_stride", "frame_length",
-// "frame_shift", "fft_size": ints, "preemphasis": float}.
-lrk::FrontendWeights frontend_weights(const py::dict& d) {
-  lrk::FrontendWeights w;
-  auto vec = [&](const char* key) { return values(as_floats(item(d, key, "frontend"), 1, std::string("frontend['") + key + "']")); };
-  FloatArray mel = as_floats(item(d, "mel", "frontend"), 2, "frontend['mel']");
-  w.mel = values(mel);
-  w.mel_bins = int(mel.shape(0));
-  w.window = vec("window");
-  w.mean = vec("mean");
-  w.std = vec("std");
-  w.conv1_w = vec("conv1_w");
-  w.conv1_b = vec("conv1_b");
-  w.conv2_w = vec("conv2_w");
-  w.conv2_b = vec("conv2_b");
-  w.channels = item(d, "channels", "frontend").cast<int>();
-  w.time_stride = item(d, "time_stride", "frontend").cast<int>();
-  w.frame_length = item(d, "frame_length", "frontend").cast<int>();
-  w.frame_shift = item(d, "frame_shift", "frontend").cast<int>();
-  w.fft_size = item(d, "fft_size", "frontend").cast<int>();
-  w.preemphasis = item(d, "preemphasis", "frontend").cast<float>();
-  w.validate();
-  return w;
+// A model file (csrc/model_file.h) from a path (str or os.PathLike) or from its bytes.
+lrk::ModelFile model_file(py::handle source) {
+  if (py::isinstance<py::bytes>(source)) return lrk::ModelFile(source.cast<std::string>(), "<bytes>");
+  const std::string path = py::str(py::module_::import("os").attr("fspath")(source));
+  return lrk::ModelFile::open(path);
 }
 
 FloatArray frontend_features(lrk::Frontend& self, py::handle samples_obj) {
@@ -278,6 +177,8 @@ FloatArray elementwise(py::handle x_obj, const std::string& isa) {
 
 PYBIND11_MODULE(_native, m) {
   m.doc() = "Native low-rank LSTM kernels of the ASR compression pipeline";
+  // A malformed model file is bad input, as a ValueError is in Python.
+  py::register_exception<lrk::FormatError>(m, "FormatError", PyExc_ValueError);
   m.def("build_info", [] {
     const lrk::BuildInfo& b = lrk::build_info();
     py::dict d;
@@ -319,16 +220,11 @@ PYBIND11_MODULE(_native, m) {
     py::gil_scoped_release nogil;
     return k.peak_gflops(seconds);
   }, py::arg("seconds") = 0.2, py::arg("isa") = "auto", "Peak FMA throughput (GFLOP/s) of one thread.");
-  m.def("write_weights", [](const std::string& path, const py::list& cells, int directions) {
-    lrk::write_weights(path, stack_weights(cells, directions));
-  }, py::arg("path"), py::arg("cells"), py::arg("directions"),
-        "Writes an LSTM stack's weights in the file format lowrank_bench reads (csrc/lstm_weights.h).");
-
   py::class_<lrk::Frontend>(m, "Frontend", "Filterbanks, CMVN and the convolutional subsampling (see csrc/frontend.h).")
-      .def(py::init([](const py::dict& weights, const std::string& isa) {
-             return new lrk::Frontend(frontend_weights(weights), isa);
+      .def(py::init([](py::handle source, const std::string& isa) {
+             return new lrk::Frontend(model_file(source).frontend(), isa);
            }),
-           py::arg("weights"), py::arg("isa") = "auto")
+           py::arg("source"), py::arg("isa") = "auto", "The front end of a model file (a path, or its bytes).")
       .def("features", &frontend_features, py::arg("samples"),
            "16 kHz mono samples in [-1, 1] -> normalised log-mel features (frames, mel_bins).")
       .def("subsample", &frontend_subsample, py::arg("features"),
@@ -337,13 +233,13 @@ PYBIND11_MODULE(_native, m) {
 
   py::class_<lrk::AttentionDecoder>(m, "AttentionDecoder",
                                     "Greedy attention decoding on packed weights (see csrc/decoder.h).")
-      .def(py::init([](const py::dict& weights, const std::string& isa, float max_len_ratio, float ctc_len_ratio,
-                       int ctc_len_margin, int min_len) {
-             return new lrk::AttentionDecoder(decoder_weights(weights),
-                                              {max_len_ratio, ctc_len_ratio, ctc_len_margin, min_len}, isa);
+      .def(py::init([](py::handle source, const std::string& isa) {
+             const lrk::ModelFile file = model_file(source);
+             const lrk::DecoderWeights weights = file.decoder();
+             return new lrk::AttentionDecoder(weights, file.limits(), isa);
            }),
-           py::arg("weights"), py::arg("isa") = "auto", py::arg("max_len_ratio") = 1.5f,
-           py::arg("ctc_len_ratio") = 1.5f, py::arg("ctc_len_margin") = 5, py::arg("min_len") = 8)
+           py::arg("source"), py::arg("isa") = "auto",
+           "The decoder and its length limits of a model file (a path, or its bytes).")
       .def("greedy", &greedy, py::arg("enc"), py::arg("return_logp") = false,
            "Encoder states (frames, enc_dim) -> output tokens (EOS excluded); with return_logp, also each "
            "step's log-probabilities (steps, vocab).")
@@ -356,19 +252,20 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("isa", &lrk::AttentionDecoder::isa);
 
   py::class_<lrk::Asr>(m, "Asr", "The whole model of a model file, samples to text, each stage timed (see csrc/asr.h).")
-      .def(py::init([](const std::string& path, const std::string& isa) {
-             return new lrk::Asr(lrk::read_model(path), isa);
+      .def(py::init([](py::handle source, const std::string& isa) {
+             return new lrk::Asr(lrk::read_model(model_file(source)), isa);
            }),
-           py::arg("path"), py::arg("isa") = "auto")
+           py::arg("source"), py::arg("isa") = "auto", "The whole model of a model file (a path, or its bytes).")
       .def("transcribe", &transcribe, py::arg("samples"),
            "16 kHz mono samples in [-1, 1] -> {text, tokens, ms (per stage), frames, encoder_frames}.")
       .def_property_readonly("isa", &lrk::Asr::isa);
 
   py::class_<lrk::LstmStack>(m, "LstmStack", "An LSTM stack on packed weights (see csrc/lstm.h).")
-      .def(py::init([](const py::list& cells, int directions, const std::string& isa) {
-             return new lrk::LstmStack(stack_weights(cells, directions), isa);
+      .def(py::init([](py::handle source, const std::string& prefix, const std::string& isa) {
+             return new lrk::LstmStack(model_file(source).stack(prefix), isa);
            }),
-           py::arg("cells"), py::arg("directions") = 1, py::arg("isa") = "auto")
+           py::arg("source"), py::arg("prefix") = "encoder", py::arg("isa") = "auto",
+           "The stack PREFIX (`encoder`, `decoder.lstm`) of a model file (a path, or its bytes).")
       .def("forward", &forward, py::arg("x"), "A whole utterance: (frames, input) or (batch, frames, input).")
       .def("step", &step, py::arg("x"), py::arg("out") = py::none(),
            "One frame, (input,) or (batch, input); the state carries to the next call until reset().")

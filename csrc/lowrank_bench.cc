@@ -6,7 +6,8 @@
 //                 [--roofline BYTES]
 //   lowrank_bench --model FILE.lrkm --audio FILE [--reps N] [--warmup N] [--isa NAME]
 //
-// Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
+// --weights takes a model file (csrc/model_file.h) and runs its `encoder` stack: a whole model's,
+// or a file that holds that stack alone. Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
 // frame, and the build and CPU report; --input reads batch x frames x input float32 values (else a
 // fixed pseudo-random input); --dump writes the outputs of the last run as float32; rank 0 means
 // dense; --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
@@ -155,7 +156,7 @@ std::vector<float> read_audio(const std::string& path) {
 
 // The whole model on one utterance: the transcript of the last run and median stage times.
 int run_model(const Args& a) {
-  lrk::Asr asr(lrk::read_model(a.model), a.isa);
+  lrk::Asr asr(lrk::read_model(lrk::ModelFile::open(a.model)), a.isa);
   const std::vector<float> audio = read_audio(a.audio);
   lrk::Asr::Result r;
   for (int i = 0; i < a.warmup; ++i) r = asr.transcribe(audio.data(), int(audio.size()));
@@ -192,7 +193,8 @@ int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
     if (!a.model.empty()) return run_model(a);
-    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : lrk::read_weights(a.weights), a.isa);
+    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : lrk::ModelFile::open(a.weights).stack("encoder"),
+                         a.isa);
     const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
     std::vector<float> x(n_in);
     if (!a.input.empty()) {

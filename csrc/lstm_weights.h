@@ -1,17 +1,10 @@
-// The weights of an LSTM stack as the caller holds them (PyTorch's layout: gates i, f, g, o), and
-// the file format that carries them to a device without Python.
-//
-// File (little-endian): "LRKW", u32 version, u32 layers, u32 directions, then per layer and
-// direction: u32 input, u32 hidden, u32 rank_ih, u32 rank_hh (0 = dense), the input matrix
-// (dense: 4H x input; factored: U 4H x r then V r x input), the recurrent matrix likewise
-// (input = H), and the bias b_ih + b_hh (4H), all float32, nothing after the last cell.
+// The weights of an LSTM stack as the runtime holds them (PyTorch's layout: gates i, f, g, o). They
+// reach it from a model file (model_file.h), the one format the runtime loads.
 #pragma once
 #include <string>
 #include <vector>
 
 namespace lrk {
-
-constexpr unsigned kWeightsVersion = 1;
 
 // One weight matrix (rows x cols): dense `w`, or `u` (rows x rank) times `v` (rank x cols).
 struct MatrixWeights {
@@ -33,10 +26,5 @@ struct StackWeights {
   // Throws std::invalid_argument naming the cell and field where shapes or sizes disagree.
   void validate() const;
 };
-
-// Both throw std::runtime_error naming the file and what is wrong (missing, foreign, truncated,
-// newer version, trailing bytes, inconsistent shapes); writes are atomic (temporary file + rename).
-StackWeights read_weights(const std::string& path);
-void write_weights(const std::string& path, const StackWeights& weights);
 
 }  // namespace lrk

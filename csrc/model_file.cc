@@ -1,182 +1,221 @@
 #include "model_file.h"
 
-#include <cstdint>
+#include <cstring>
 #include <fstream>
-#include <map>
-#include <stdexcept>
+#include <sstream>
 
 namespace lrk {
 namespace {
 
-struct Entry {
-  char type = 'f';
-  std::vector<uint32_t> dims;
-  std::vector<float> f;
-  std::vector<int32_t> i;
-};
-
-class Entries {
+// Reads the file whole: entries are checked against the bytes actually there before anything is
+// allocated for them, so a short file cannot ask for gigabytes.
+class Cursor {
  public:
-  explicit Entries(const std::string& path) : path_(path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail("cannot open model file");
-    char magic[4] = {};
-    if (!in.read(magic, 4) || std::string(magic, 4) != "LRKM") fail("not a model file (magic is not LRKM)");
-    const uint32_t version = u32(in, "version");
-    if (version != kModelVersion)
-      fail("format version " + std::to_string(version) + ", this build reads " + std::to_string(kModelVersion));
-    const uint32_t count = u32(in, "the entry count");
-    for (uint32_t k = 0; k < count; ++k) {
-      const uint32_t len = u32(in, "a name length");
-      if (len == 0 || len > 256) fail("entry " + std::to_string(k) + ": name length out of range");
-      std::string name(len, '\0');
-      if (!in.read(&name[0], len)) fail("truncated (reading entry " + std::to_string(k) + "'s name)");
-      Entry e;
-      if (!in.read(&e.type, 1) || (e.type != 'f' && e.type != 'i')) fail(name + ": type must be 'f' or 'i'");
-      const uint32_t ndim = u32(in, name.c_str());
-      if (ndim > 4) fail(name + ": more than 4 dimensions");
-      size_t n = 1;
-      for (uint32_t d = 0; d < ndim; ++d) {
-        e.dims.push_back(u32(in, name.c_str()));
-        n *= e.dims.back();
-        if (n > (size_t(1) << 30)) fail(name + ": implausibly large");
-      }
-      char* dst;
-      if (e.type == 'f') {
-        e.f.resize(n);
-        dst = reinterpret_cast<char*>(e.f.data());
-      } else {
-        e.i.resize(n);
-        dst = reinterpret_cast<char*>(e.i.data());
-      }
-      if (!in.read(dst, std::streamsize(n * 4))) fail("truncated (reading " + name + ")");
-      entries_[name] = std::move(e);
-    }
-    if (in.peek() != std::char_traits<char>::eof()) fail("trailing bytes after the last entry");
+  Cursor(const std::string& bytes, const ModelFile& file) : b_(bytes), file_(file) {}
+  size_t left() const { return b_.size() - pos_; }
+  void take(void* dst, size_t n, const std::string& what) {
+    if (n > left()) file_.fail("truncated (reading " + what + ")");
+    std::memcpy(dst, b_.data() + pos_, n);
+    pos_ += n;
   }
-
-  [[noreturn]] void fail(const std::string& what) const { throw std::runtime_error(path_ + ": " + what); }
-  bool has(const std::string& name) const { return entries_.count(name) != 0; }
-
-  const Entry& get(const std::string& name, char type, int ndim) const {
-    auto it = entries_.find(name);
-    if (it == entries_.end()) fail("missing entry '" + name + "'");
-    if (it->second.type != type || int(it->second.dims.size()) != ndim)
-      fail("entry '" + name + "': expected " + (type == 'f' ? "float32" : "int32") + " with " + std::to_string(ndim) +
-           " dimension(s)");
-    return it->second;
-  }
-  std::vector<float> floats(const std::string& name, int ndim = 1) const { return get(name, 'f', ndim).f; }
-  std::vector<int32_t> ints(const std::string& name, size_t n) const {
-    const Entry& e = get(name, 'i', 1);
-    if (e.i.size() != n) fail("entry '" + name + "': expected " + std::to_string(n) + " values");
-    return e.i;
-  }
-
-  MatrixWeights matrix(const std::string& name) const {
-    MatrixWeights m;
-    if (has(name)) {
-      const Entry& e = get(name, 'f', 2);
-      m.rows = int(e.dims[0]);
-      m.cols = int(e.dims[1]);
-      m.w = e.f;
-    } else {
-      const Entry &u = get(name + ".U", 'f', 2), &v = get(name + ".V", 'f', 2);
-      if (u.dims[1] != v.dims[0]) fail("entry '" + name + "': the ranks of U and V differ");
-      m.rows = int(u.dims[0]);
-      m.cols = int(v.dims[1]);
-      m.rank = int(u.dims[1]);
-      m.u = u.f;
-      m.v = v.f;
-    }
-    return m;
-  }
-
-  LinearWeights linear(const std::string& name) const {
-    return {matrix(name), has(name + ".bias") ? floats(name + ".bias") : std::vector<float>{}};
-  }
-
-  StackWeights stack(const std::string& prefix, int directions) const {
-    StackWeights s;
-    s.directions = directions;
-    const int cells = ints(prefix + ".cells", 1)[0];
-    if (directions < 1 || cells < 1 || cells % directions) fail("entry '" + prefix + ".cells': out of range");
-    s.layers = cells / directions;
-    for (int k = 0; k < cells; ++k) {
-      const std::string p = prefix + "." + std::to_string(k);
-      CellWeights c;
-      c.ih = matrix(p + ".ih");
-      c.hh = matrix(p + ".hh");
-      c.bias = floats(p + ".bias");
-      c.input = c.ih.cols;
-      c.hidden = c.hh.cols;
-      s.cells.push_back(std::move(c));
-    }
-    return s;
-  }
-
- private:
-  uint32_t u32(std::ifstream& in, const char* what) const {
+  uint32_t u32(const std::string& what) {
     uint32_t v = 0;
-    if (!in.read(reinterpret_cast<char*>(&v), 4)) fail(std::string("truncated (reading ") + what + ")");
+    take(&v, 4, what);
     return v;
   }
 
-  std::string path_;
-  std::map<std::string, Entry> entries_;
+ private:
+  const std::string& b_;
+  const ModelFile& file_;
+  size_t pos_ = 0;
 };
 
 }  // namespace
 
-ModelWeights read_model(const std::string& path) {
-  const Entries e(path);
-  ModelWeights m;
-  FrontendWeights& f = m.frontend;
-  const std::vector<int32_t> fi = e.ints("frontend.ints", 5);
+ModelFile::ModelFile(const std::string& bytes, const std::string& name) : name_(name) {
+  Cursor in(bytes, *this);
+  char magic[4] = {};
+  if (bytes.size() < 4 || (in.take(magic, 4, "the magic"), std::string(magic, 4) != "LRKM"))
+    fail("not a model file (magic is not LRKM)");
+  const uint32_t version = in.u32("version");
+  if (version != kModelVersion)
+    fail("format version " + std::to_string(version) + ", this build reads " + std::to_string(kModelVersion));
+  const uint32_t count = in.u32("the entry count");
+  for (uint32_t k = 0; k < count; ++k) {
+    const uint32_t len = in.u32("a name length");
+    if (len == 0 || len > 256) fail("entry " + std::to_string(k) + ": name length out of range");
+    if (len > in.left()) fail("truncated (reading entry " + std::to_string(k) + "'s name)");
+    std::string entry(len, '\0');
+    in.take(&entry[0], len, "a name");
+    if (has(entry)) fail("entry '" + entry + "' appears twice");
+    Entry e;
+    in.take(&e.type, 1, entry);
+    if (e.type != 'f' && e.type != 'i') fail("entry '" + entry + "': type must be 'f' or 'i'");
+    const uint32_t ndim = in.u32(entry);
+    if (ndim > 4) fail("entry '" + entry + "': more than 4 dimensions");
+    size_t n = 1;
+    for (uint32_t d = 0; d < ndim; ++d) {
+      e.dims.push_back(in.u32(entry));
+      n *= e.dims.back();  // each factor < 2^32 and the product so far <= left / 4: no overflow
+      if (n > in.left() / 4) fail("truncated (entry '" + entry + "' declares more values than the file holds)");
+    }
+    if (e.type == 'f') {
+      e.f.resize(n);
+      in.take(e.f.data(), n * 4, entry);
+    } else {
+      e.i.resize(n);
+      in.take(e.i.data(), n * 4, entry);
+    }
+    entries_[entry] = std::move(e);
+  }
+  if (in.left()) fail("trailing bytes after the last entry");
+}
+
+ModelFile ModelFile::open(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FormatError(path + ": cannot open model file");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return ModelFile(s.str(), path);
+}
+
+const ModelFile::Entry& ModelFile::get(const std::string& entry, char type, int ndim) const {
+  auto it = entries_.find(entry);
+  if (it == entries_.end()) fail("missing entry '" + entry + "'");
+  if (it->second.type != type || int(it->second.dims.size()) != ndim)
+    fail("entry '" + entry + "': expected " + (type == 'f' ? "float32" : "int32") + " with " + std::to_string(ndim) +
+         " dimension(s)");
+  return it->second;
+}
+
+std::vector<float> ModelFile::floats(const std::string& entry, int ndim) const { return get(entry, 'f', ndim).f; }
+
+std::vector<int32_t> ModelFile::ints(const std::string& entry, size_t n) const {
+  const Entry& e = get(entry, 'i', 1);
+  if (e.i.size() != n) fail("entry '" + entry + "': expected " + std::to_string(n) + " values");
+  return e.i;
+}
+
+std::vector<uint32_t> ModelFile::dims(const std::string& entry) const {
+  auto it = entries_.find(entry);
+  if (it == entries_.end()) fail("missing entry '" + entry + "'");
+  return it->second.dims;
+}
+
+MatrixWeights ModelFile::matrix(const std::string& entry) const {
+  MatrixWeights m;
+  if (has(entry)) {
+    const Entry& e = get(entry, 'f', 2);
+    m.rows = int(e.dims[0]);
+    m.cols = int(e.dims[1]);
+    m.w = e.f;
+  } else {
+    const Entry &u = get(entry + ".U", 'f', 2), &v = get(entry + ".V", 'f', 2);
+    if (u.dims[1] != v.dims[0]) fail("entry '" + entry + "': the ranks of U and V differ");
+    m.rows = int(u.dims[0]);
+    m.cols = int(v.dims[1]);
+    m.rank = int(u.dims[1]);
+    m.u = u.f;
+    m.v = v.f;
+  }
+  return m;
+}
+
+LinearWeights ModelFile::linear(const std::string& entry) const {
+  return {matrix(entry), has(entry + ".bias") ? floats(entry + ".bias") : std::vector<float>{}};
+}
+
+StackWeights ModelFile::stack(const std::string& prefix) const {
+  StackWeights s;
+  s.directions = has(prefix + ".directions") ? ints(prefix + ".directions", 1)[0] : 1;
+  const int cells = ints(prefix + ".cells", 1)[0];
+  if (s.directions < 1 || s.directions > 2 || cells < 1 || cells > 256 || cells % s.directions)
+    fail("entries '" + prefix + ".cells', '" + prefix + ".directions': out of range");
+  s.layers = cells / s.directions;
+  for (int k = 0; k < cells; ++k) {
+    const std::string p = prefix + "." + std::to_string(k);
+    CellWeights c;
+    c.ih = matrix(p + ".ih");
+    c.hh = matrix(p + ".hh");
+    c.bias = floats(p + ".bias");
+    c.input = c.ih.cols;
+    c.hidden = c.hh.cols;
+    s.cells.push_back(std::move(c));
+  }
+  try {
+    s.validate();
+  } catch (const std::invalid_argument& err) {
+    fail("stack '" + prefix + "': " + err.what());
+  }
+  return s;
+}
+
+FrontendWeights ModelFile::frontend() const {
+  FrontendWeights f;
+  const std::vector<int32_t> fi = ints("frontend.ints", 5);
   f.frame_length = fi[0];
   f.frame_shift = fi[1];
   f.fft_size = fi[2];
   f.channels = fi[3];
   f.time_stride = fi[4];
-  f.preemphasis = e.floats("frontend.preemphasis").at(0);
-  f.window = e.floats("frontend.window");
-  f.mel = e.floats("frontend.mel", 2);
-  f.mel_bins = int(e.get("frontend.mel", 'f', 2).dims[0]);
-  f.mean = e.floats("frontend.mean");
-  f.std = e.floats("frontend.std");
-  f.conv1_w = e.floats("frontend.conv1_w");
-  f.conv1_b = e.floats("frontend.conv1_b");
-  f.conv2_w = e.floats("frontend.conv2_w");
-  f.conv2_b = e.floats("frontend.conv2_b");
-  m.encoder = e.stack("encoder", e.ints("encoder.directions", 1)[0]);
-  DecoderWeights& d = m.decoder;
-  d.embedding = e.floats("decoder.embedding", 2);
-  d.embed = int(e.get("decoder.embedding", 'f', 2).dims[1]);
-  d.lstm = e.stack("decoder.lstm", 1);
-  d.key = e.linear("decoder.key");
-  d.query = e.linear("decoder.query");
-  d.loc_conv = e.floats("decoder.loc_conv", 2);
-  d.loc = e.linear("decoder.loc");
-  d.energy = e.linear("decoder.energy");
-  d.out = e.linear("decoder.out");
-  d.ctc = e.linear("decoder.ctc");
-  const std::vector<int32_t> tokens = e.ints("decoder.tokens", 3);
+  const std::vector<float> pre = floats("frontend.preemphasis");
+  if (pre.size() != 1) fail("entry 'frontend.preemphasis': expected 1 value");
+  f.preemphasis = pre[0];
+  f.window = floats("frontend.window");
+  f.mel = floats("frontend.mel", 2);
+  f.mel_bins = int(dims("frontend.mel")[0]);
+  f.mean = floats("frontend.mean");
+  f.std = floats("frontend.std");
+  f.conv1_w = floats("frontend.conv1_w");
+  f.conv1_b = floats("frontend.conv1_b");
+  f.conv2_w = floats("frontend.conv2_w");
+  f.conv2_b = floats("frontend.conv2_b");
+  try {
+    f.validate();
+  } catch (const std::invalid_argument& err) {
+    fail(err.what());
+  }
+  return f;
+}
+
+DecoderWeights ModelFile::decoder() const {
+  DecoderWeights d;
+  d.embedding = floats("decoder.embedding", 2);
+  d.embed = int(dims("decoder.embedding")[1]);
+  d.lstm = stack("decoder.lstm");
+  d.key = linear("decoder.key");
+  d.query = linear("decoder.query");
+  d.loc_conv = floats("decoder.loc_conv", 2);
+  d.loc = linear("decoder.loc");
+  d.energy = linear("decoder.energy");
+  d.out = linear("decoder.out");
+  d.ctc = linear("decoder.ctc");
+  const std::vector<int32_t> tokens = ints("decoder.tokens", 3);
   d.sos = tokens[0];
   d.eos = tokens[1];
   d.blank = tokens[2];
-  const std::vector<float> limits = e.floats("decoder.limits");
-  if (limits.size() != 4) e.fail("entry 'decoder.limits': expected 4 values");
-  m.limits = {limits[0], limits[1], int(limits[2]), int(limits[3])};
-  const Entry& vocab = e.get("vocab", 'i', 1);
-  m.vocab.assign(vocab.i.begin(), vocab.i.end());
   try {
-    f.validate();
-    m.encoder.validate();
     d.validate();
   } catch (const std::invalid_argument& err) {
-    e.fail(err.what());
+    fail(err.what());
   }
-  if (int(m.vocab.size()) != d.out.w.rows) e.fail("entry 'vocab': one code point per output token expected");
+  return d;
+}
+
+DecodeLimits ModelFile::limits() const {
+  const std::vector<float> v = floats("decoder.limits");
+  if (v.size() != 4) fail("entry 'decoder.limits': expected 4 values");
+  return {v[0], v[1], int(v[2]), int(v[3])};
+}
+
+ModelWeights read_model(const ModelFile& file) {
+  ModelWeights m;
+  m.frontend = file.frontend();
+  m.encoder = file.stack("encoder");
+  m.decoder = file.decoder();
+  m.limits = file.limits();
+  const std::vector<int32_t> vocab = file.ints("vocab", size_t(m.decoder.out.w.rows));
+  m.vocab.assign(vocab.begin(), vocab.end());
   return m;
 }
 

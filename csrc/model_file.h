@@ -1,17 +1,22 @@
-// A whole model in one file, for a device without Python: the front end, the encoder's LSTM stack
-// and the attention decoder, as named arrays (pipeline/native.py writes it).
+// The one file format the native runtime loads (docs/formats.md): named arrays that hold a whole
+// model (front end, encoder LSTM stack, attention decoder, vocabulary) or any part of one, such as
+// an LSTM stack alone for lowrank_bench --weights. export/native.py writes it.
 //
 // File (little-endian): "LRKM", u32 version, u32 count, then `count` entries: u32 name length, the
 // name, u8 type ('f' float32 or 'i' int32), u32 ndim, u32 dims[ndim], the values; nothing after.
 // A factored matrix NAME is two entries NAME.U and NAME.V; a dense one is NAME. The names:
 //   frontend.{window, mel, mean, std, conv1_w, conv1_b, conv2_w, conv2_b} (f), frontend.ints (i:
 //   frame_length, frame_shift, fft_size, channels, time_stride), frontend.preemphasis (f, 1 value);
-//   encoder.directions (i), encoder.cells (i: count), encoder.<k>.{ih, hh, bias} (layer-major);
-//   decoder.embedding, decoder.lstm.cells (i), decoder.lstm.<k>.{ih, hh, bias}, decoder.{key, query,
-//   loc, energy, out, ctc} with .bias where they have one, decoder.loc_conv (f), decoder.tokens (i:
-//   sos, eos, blank), decoder.limits (f: max_len_ratio, ctc_len_ratio, ctc_len_margin, min_len);
-//   vocab (i: one Unicode code point per token, 0 for a token that prints nothing).
+//   a stack PREFIX: PREFIX.directions (i, optional: 1), PREFIX.cells (i: count), PREFIX.<k>.{ih, hh,
+//   bias} (layer-major); the encoder's PREFIX is `encoder`, the decoder's LSTM's `decoder.lstm`;
+//   decoder.embedding, decoder.{key, query, loc, energy, out, ctc} with .bias where they have one,
+//   decoder.loc_conv (f), decoder.tokens (i: sos, eos, blank), decoder.limits (f: max_len_ratio,
+//   ctc_len_ratio, ctc_len_margin, min_len); vocab (i: one Unicode code point per token, 0 for a
+//   token that prints nothing).
 #pragma once
+#include <cstdint>
+#include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -23,6 +28,45 @@ namespace lrk {
 
 constexpr unsigned kModelVersion = 1;
 
+// A malformed, foreign or inconsistent file: the message names the file and the entry.
+struct FormatError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The parsed entries of one file; every accessor checks type and shape and throws FormatError.
+class ModelFile {
+ public:
+  // `bytes` is the whole file; `name` is what errors call it (a path, or "<bytes>").
+  ModelFile(const std::string& bytes, const std::string& name);
+  static ModelFile open(const std::string& path);
+
+  bool has(const std::string& entry) const { return entries_.count(entry) != 0; }
+  const std::string& name() const { return name_; }
+  [[noreturn]] void fail(const std::string& what) const { throw FormatError(name_ + ": " + what); }
+
+  std::vector<float> floats(const std::string& entry, int ndim = 1) const;
+  std::vector<int32_t> ints(const std::string& entry, size_t n) const;
+  std::vector<uint32_t> dims(const std::string& entry) const;
+  MatrixWeights matrix(const std::string& entry) const;
+  LinearWeights linear(const std::string& entry) const;
+  StackWeights stack(const std::string& prefix) const;
+  FrontendWeights frontend() const;
+  DecoderWeights decoder() const;
+  DecodeLimits limits() const;
+
+ private:
+  struct Entry {
+    char type = 'f';
+    std::vector<uint32_t> dims;
+    std::vector<float> f;
+    std::vector<int32_t> i;
+  };
+  const Entry& get(const std::string& entry, char type, int ndim) const;
+
+  std::string name_;
+  std::map<std::string, Entry> entries_;
+};
+
 struct ModelWeights {
   FrontendWeights frontend;
   StackWeights encoder;
@@ -31,7 +75,7 @@ struct ModelWeights {
   std::vector<int> vocab;  // code point per token; 0: prints nothing
 };
 
-// Throws std::runtime_error naming the file and the entry that is missing, malformed or inconsistent.
-ModelWeights read_model(const std::string& path);
+// The whole model; throws FormatError naming the file and the entry that is missing or inconsistent.
+ModelWeights read_model(const ModelFile& file);
 
 }  // namespace lrk

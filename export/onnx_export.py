@@ -9,13 +9,19 @@ A low-rank encoder LSTM is lowered one of two ways, chosen per layer by measured
 Dense LSTMs use the standard LSTM operator. The decoder runs one step per call; its LSTM (dense or
 factored) and Linears are traced for that single step as plain MatMuls.
 """
+import io
+import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
@@ -24,8 +30,8 @@ from export.runner import FORMAT_VERSION, OnnxAsr
 from pipeline.atomic import atomic_path, write_json
 from pipeline.data.features import Cmvn
 from pipeline.errors import PipelineError
+from pipeline.lowrank.checkpoint import load_checkpoint, sha256
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
-from pipeline.model.checkpoint import load_checkpoint, sha256
 
 OPSET = 17
 
@@ -216,10 +222,6 @@ class ExportDecoderStep(nn.Module):
 
 def _to_onnx(module, args, input_names, output_names, dynamic_axes):
     """torch.onnx.export (TorchScript exporter: dynamo=False keeps an LSTM one ONNX LSTM op) to a proto."""
-    import io
-
-    import warnings
-
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on batch_first LSTMs and constant folding
@@ -243,8 +245,6 @@ def _lowrank_lstms(model):
 
 
 def _time_session(proto, feed, reps=20):
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -352,8 +352,6 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
 
 
 def _quantize(out, model_id):
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is for static quantisation
@@ -373,9 +371,6 @@ def _quantize(out, model_id):
 
 def _to_ort(out, names):
     """onnxruntime's own converter to the ORT format for mobile (`onnxruntime.tools.convert_onnx_models_to_ort`)."""
-    import shutil
-    import tempfile
-
     files = {}
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         for n in names:

@@ -90,3 +90,9 @@ def write_json(path, obj):
 
 def write_jsonl(path, rows):
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def save_png(fig, path):
+    """A matplotlib figure as a PNG, written atomically."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)

@@ -3,30 +3,49 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import fields
+from pathlib import Path
 
+import torch
+
+from export.native import NativeAsr, write_model
+from export.onnx_export import export, parity
+from export.runner import OnnxAsr
+from pipeline import _native
+from pipeline.atomic import write_json, write_jsonl
+from pipeline.bench import bench
+from pipeline.compress import CompressConfig, compress
+from pipeline.data.audio import load_audio
+from pipeline.data.build import build, format_summary
+from pipeline.data.features import fbank
+from pipeline.data.librispeech import librispeech_rows
+from pipeline.data.manifest import check_decodes, evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
+from pipeline.finetune import cached_scores, finetune
+from pipeline.latency.table import LatencyTable, validate
+from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
+from pipeline.lowrank.factorize import energies
+from pipeline.model.decode import DecodeConfig, decode
+from pipeline.model.evaluate import evaluate
+from pipeline.search.run import SearchConfig, search
+from pipeline.search.subset import build_subset
+from pipeline.train import train
 
 
 def cmd_data_build(args):
-    from pipeline.data.build import build, format_summary
-
     summary = build(args.preset, args.out, seed=args.seed, workers=args.workers)
     print(format_summary(summary))
     print(f"manifests: {args.out}/{{train,dev,test,test_real}}.jsonl")
 
 
 def cmd_data_import_librispeech(args):
-    from pipeline.atomic import write_jsonl
-    from pipeline.data.librispeech import librispeech_rows
-
     rows = librispeech_rows(args.root)
     write_jsonl(args.out, rows)
     print(f"{args.out}: {len(rows)} utterances, {sum(r['duration'] for r in rows) / 3600:.2f} h")
 
 
 def cmd_data_check(args):
-    from pipeline.data.manifest import check_decodes, read_manifest
-
     rows = read_manifest(args.manifest)
     if args.decode:
         check_decodes(args.manifest, rows)
@@ -38,8 +57,6 @@ DEFAULT_MODEL = "assets/baseline/model.safetensors"
 
 def _model_path(args, name=None):
     """args.model (or the path `name`), the shipped baseline found from any working directory."""
-    from pathlib import Path
-
     name = args.model if name is None else name
     path = Path(name)
     if name == DEFAULT_MODEL and not path.exists():
@@ -48,8 +65,6 @@ def _model_path(args, name=None):
 
 
 def cmd_train(args):
-    from pipeline.train import train
-
     st = train(args.data, args.out, args.config, resume=args.resume, epochs=args.epochs,
                train_manifest=args.train_manifest, dev_manifest=args.dev_manifest)
     if st["best_wer"] is not None:  # under torchrun, rank 0 alone evaluates
@@ -57,19 +72,11 @@ def cmd_train(args):
 
 
 def _decode_config(args):
-    from pipeline.model.decode import DecodeConfig
-
     return DecodeConfig(beam=args.beam, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty,
                         decoder=args.decoder, ctc_len_ratio=args.ctc_len_ratio)
 
 
 def cmd_eval(args):
-    import torch
-
-    from pipeline.data.manifest import read_manifest
-    from pipeline.evaluate import evaluate
-    from pipeline.model.checkpoint import load_checkpoint
-
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
     rows = read_manifest(args.manifest)
@@ -82,17 +89,10 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    from export.onnx_export import export, parity
-
     meta = export(_model_path(args), args.out, int8=args.int8, ort_format=args.ort, lowering=args.lowering)
     print(f"wrote {args.out}: " + ", ".join(sorted(meta["files"].values())) + ", model.json")
     print(f"encoder max abs difference to PyTorch on a test input: {parity(_model_path(args), args.out):.2e}")
     if args.native:
-        from pathlib import Path
-
-        from pipeline.model.checkpoint import load_checkpoint
-        from pipeline.native import write_model
-
         model, cmvn, _ = load_checkpoint(_model_path(args))
         write_model(Path(args.out) / "model.lrkm", model, cmvn)
         print(f"wrote {Path(args.out) / 'model.lrkm'}: the whole model for `lowrank_bench --model` on a device")
@@ -100,25 +100,16 @@ def cmd_export(args):
 
 def cmd_transcribe(args):
     if args.onnx:
-        from export.runner import OnnxAsr
-
         asr = OnnxAsr(args.onnx, variant=args.variant, threads=args.threads)
         for f in args.files:
             print(f"{f}\t{asr.transcribe_file(f, beam=args.beam, decoder=args.decoder)}", flush=True)
         return
-    import torch
 
-    from pipeline.data.audio import load_audio
-    from pipeline.data.features import fbank
-    from pipeline.model.checkpoint import load_checkpoint
-    from pipeline.model.decode import decode
 
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
     cfg = _decode_config(args)
     if args.native:
-        from pipeline.native import NativeAsr
-
         if cfg.beam > 1 or cfg.decoder != "attention" or cfg.ctc_weight:
             raise PipelineError("--native decodes greedily with the attention decoder: drop --beam, --decoder ctc "
                                 "and --ctc-weight")
@@ -135,10 +126,6 @@ def cmd_transcribe(args):
 
 
 def cmd_factorize(args):
-    from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
-    from pipeline.lowrank.factorize import energies
-    from pipeline.model.checkpoint import load_checkpoint, save_checkpoint, sha256
-
     path = _model_path(args)
     model, cmvn, header = load_checkpoint(path)
     if (args.ranks is None) == (args.uniform is None):
@@ -159,9 +146,6 @@ def cmd_factorize(args):
 
 
 def cmd_inspect(args):
-    from pipeline.lowrank import cost_table, format_table
-    from pipeline.model.checkpoint import load_checkpoint
-
     model, _, header = load_checkpoint(args.checkpoint)
     rows, totals = cost_table(model, header.get("energy"))
     if args.json:
@@ -175,23 +159,17 @@ def cmd_inspect(args):
 
 
 def cmd_bench(args):
-    from pipeline.atomic import write_json
-    from pipeline.bench.latency_table import LatencyTable, validate
-    from pipeline.model.checkpoint import load_checkpoint
-
-    if args.action == "run":
-        from pipeline.bench.end_to_end import bench
-
-        r = bench(_model_path(args), args.manifest, args.runtime, args.target, args.threads, args.utterances,
-                  args.reps)
-        if args.json:
-            print(json.dumps({k: v for k, v in r.items() if k != "transcripts"}))
-        else:
-            print(f"{r['runtime']} on {r['target']}{' (emulated: not for decisions)' if r['emulated'] else ''}, "
-                  f"{r['threads']} thread(s): {r['utterances']} utterances ({r['audio_seconds']:.1f} s of audio) in "
-                  f"median {r['median_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms; real-time factor {r['rtf']:.4f}"
-                  + (f"; peak memory {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""))
+    r = bench(_model_path(args), args.manifest, args.runtime, args.target, args.threads, args.utterances, args.reps)
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "transcripts"}))
         return
+    print(f"{r['runtime']} on {r['target']}{' (emulated: not for decisions)' if r['emulated'] else ''}, "
+          f"{r['threads']} thread(s): {r['utterances']} utterances ({r['audio_seconds']:.1f} s of audio) in "
+          f"median {r['median_ms']:.1f} ms, p90 {r['p90_ms']:.1f} ms; real-time factor {r['rtf']:.4f}"
+          + (f"; peak memory {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""))
+
+
+def cmd_latency(args):
     model, _, _ = load_checkpoint(_model_path(args))
     table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps)
     n = table.measure(model, progress=not args.json)
@@ -212,21 +190,12 @@ def cmd_bench(args):
 
 def _config(cls, args):
     """A config dataclass from the arguments that name its fields (unset ones keep its defaults)."""
-    from dataclasses import fields
-
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in vars(args).items() if k in known and v is not None})
 
 
 def cmd_finetune(args):
     """More fine-tuning of a (factored) checkpoint, e.g. a `compress` run's model, then its dev WER."""
-    from pathlib import Path
-
-    from pipeline.compress import cached_scores
-    from pipeline.data.manifest import evenly_spaced, read_manifest
-    from pipeline.finetune import finetune
-    from pipeline.model.checkpoint import load_checkpoint
-
     out, data = Path(args.out), Path(args.data)
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise PipelineError(f"{out}: the folder is not empty; pass --resume to continue it, or another --out")
@@ -243,12 +212,6 @@ def cmd_finetune(args):
 
 
 def cmd_subset(args):
-    import torch
-
-    from pipeline.data.manifest import read_manifest
-    from pipeline.model.checkpoint import load_checkpoint
-    from pipeline.search.subset import build_subset
-
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
     check = build_subset(model, cmvn, read_manifest(args.manifest), args.out, args.fraction, args.policies, args.seed)
@@ -257,10 +220,6 @@ def cmd_subset(args):
 
 
 def cmd_search(args):
-    import torch
-
-    from pipeline.search.run import SearchConfig, search
-
     torch.set_num_threads(args.threads)
     r = search(_model_path(args), args.out, _config(SearchConfig, args), args.subset, args.resume, ray=args.ray,
                workers=args.workers)
@@ -271,8 +230,6 @@ def cmd_search(args):
 
 
 def cmd_compress(args):
-    from pipeline.compress import CompressConfig, compress
-
     r = compress(_model_path(args), args.data, args.out, _config(CompressConfig, args), args.resume,
                  ray=args.ray, workers=args.workers)
     if r is None:  # a torchrun rank other than 0
@@ -284,8 +241,6 @@ def cmd_compress(args):
 
 
 def cmd_info(args):
-    from pipeline import _native
-
     print(json.dumps({"build": _native.build_info(), "cpu_features": _native.cpu_features(),
                       "best_isa": _native.best_isa(), "kernel_paths": _native.available_isas()}, indent=2))
 
@@ -368,25 +323,30 @@ def make_parser():
     ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
                     help="low-rank LSTM lowering; auto measures both per layer")
     ex.set_defaults(func=cmd_export)
-    bn = sub.add_parser("bench", help="latency on a target: end to end, the per-layer latency table, its validation")
-    bn.add_argument("action", nargs="?", default="run", choices=["run", "table", "validate-table"],
-                    help="run (default): end-to-end latency of a fixed set of utterances; table: measure (or reuse) "
-                         "the latency table of the model's layer shapes; validate-table: predicted against "
-                         "measured latency of random rank policies")
-    bn.add_argument("--manifest", default="corpus/default/dev.jsonl", help="utterances for `run`")
+    bn = sub.add_parser("bench", help="end-to-end latency of a fixed set of utterances on a target")
+    bn.add_argument("--manifest", default="corpus/default/dev.jsonl", help="the utterances (evenly spaced)")
     bn.add_argument("--utterances", type=int, default=10)
     bn.add_argument("--threads", type=int, default=1)
     bn.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     bn.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
-    bn.add_argument("--runtime", default="native", choices=["native", "onnx", "torch"],
-                    help="run: any; table and validate-table: native or onnx (this machine)")
-    bn.add_argument("--policies", type=int, default=10)
-    bn.add_argument("--seed", type=int, default=0)
-    bn.add_argument("--frames", type=int, default=200)
+    bn.add_argument("--runtime", default="native", choices=["native", "onnx", "torch"])
     bn.add_argument("--reps", type=int, default=10)
-    bn.add_argument("--out", help="also write the validation as JSON here")
     bn.add_argument("--json", action="store_true")
     bn.set_defaults(func=cmd_bench)
+    lt = sub.add_parser("latency", help="the per-layer latency table of a model's shapes on a target, and its validation")
+    lt.add_argument("action", choices=["table", "validate"],
+                    help="table: measure (or reuse) the latency table of the model's layer shapes; validate: predicted "
+                         "against measured latency of random rank policies")
+    lt.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    lt.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
+    lt.add_argument("--runtime", default="native", choices=["native", "onnx"], help="onnx: this machine only")
+    lt.add_argument("--policies", type=int, default=10)
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--frames", type=int, default=200)
+    lt.add_argument("--reps", type=int, default=10)
+    lt.add_argument("--out", help="also write the validation as JSON here")
+    lt.add_argument("--json", action="store_true")
+    lt.set_defaults(func=cmd_latency)
     sr = sub.add_parser("search", help="AutoML rank search: an agent picks every layer's rank to meet a target (resumable)")
     sr.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     sr.add_argument("--target-compression", type=float, metavar="X", help="cost (params or macs) at most dense / X")

@@ -7,8 +7,8 @@ dense baseline; ranks only shrink), fine-tunes the best policy on `train`, and s
 
 Run folder: `config.json`; `baseline_dev.json`; `iter-<k>/search/` (a search run), `iter-<k>/finetune/`
 (its state and `model.safetensors`), `iter-<k>/dev.json`; then `final.safetensors`, `export/` (ONNX,
-int8, .ort), `native/encoder.lrkw` and `native/model.lrkm` (the encoder stack, and the whole model,
-for `lowrank_bench` on a device), `scores.json` (WER per split), `bench.json` (latency per runtime),
+int8, .ort), `native/model.lrkm` (the whole model, for `lowrank_bench --model`, or `--weights` for its
+encoder stack, on a device), `scores.json` (WER per split), `bench.json` (latency per runtime),
 `report.md` and its plots. Every stage leaves its result file last and is skipped when that file is
 there; the stages inside (search, fine-tuning) resume themselves, so `--resume` redoes nothing.
 """
@@ -19,11 +19,19 @@ from pathlib import Path
 
 import torch
 
+from export.native import write_model
+from export.onnx_export import export
 from pipeline.atomic import atomic_path, write_json
+from pipeline.bench import bench, side_by_side
 from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
-from pipeline.model.checkpoint import load_checkpoint, sha256
-
+from pipeline.finetune import cached_scores, finetune
+from pipeline.latency.targets import parse_target
+from pipeline.lowrank.checkpoint import load_checkpoint, sha256
+from pipeline.report import write_report
+from pipeline.search.run import SearchConfig, search
+from pipeline.search.subset import stratified, write_subset
+from pipeline.train import process_group
 
 DEFAULT_TARGET = 5.0  # compression of the searched weights when no target is given
 
@@ -77,23 +85,8 @@ def _check_config(out, want, resume):
     write_json(path, want)
 
 
-def cached_scores(path, checkpoint, rows, threads):
-    """Greedy scores of a checkpoint on `rows`, cached in `path` (read back, not recomputed, when it is there)."""
-    if path.exists():
-        return json.loads(path.read_text())
-    from pipeline.evaluate import evaluate
-
-    torch.set_num_threads(threads)
-    model, cmvn, _ = load_checkpoint(checkpoint)
-    metrics, _ = evaluate(model, cmvn, rows, progress=False)
-    write_json(path, metrics)
-    return metrics
-
-
 def _subset(data, out):
     """The search's subset: the corpus's checked one if there is one, else a stratified 12% of dev."""
-    from pipeline.search.subset import stratified, write_subset
-
     checked = Path(data) / "dev_subset.jsonl"
     if checked.exists():
         return checked
@@ -107,9 +100,6 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print,
     """Runs (or resumes) a compression run; returns finalize's result. Under torchrun every rank
     fine-tunes its share of each batch (DDP); rank 0 alone searches (on Ray with `ray`/`workers`, as
     `search` does), scores and writes, and the other ranks return None."""
-    from pipeline.search.run import SearchConfig, search
-    from pipeline.train import process_group
-
     rank, world = process_group()
     cfg, out, data = cfg.validate(), Path(out), Path(data)
     train_rows = read_manifest(data / "train.jsonl")
@@ -161,8 +151,6 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print,
 
 
 def _finetune(it, model_path, train_rows, cfg, k, rank, world, progress):
-    from pipeline.finetune import finetune
-
     model, cmvn, header = load_checkpoint(it / "search" / "best.safetensors")
     teacher = load_checkpoint(model_path)[0] if cfg.distill else None
     finetune(model, cmvn, train_rows, it / "finetune", cfg.finetune_steps, cfg.finetune_lr, threads=cfg.threads,
@@ -187,8 +175,6 @@ def _shared(value, world):
 
 def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
     """Scores, exports, benchmarks and the report of the final model."""
-    from pipeline.report import write_report
-
     scores = out / "scores.json"
     if not scores.exists():
         s = {}
@@ -200,22 +186,14 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
                             "final": cached_scores(out / f"score_final_{split}.json", final, rows, cfg.threads)}
         write_json(scores, s)
     if not (out / "export" / "model.json").exists():
-        from export.onnx_export import export
-
         export(final, out / "export", int8=True, ort_format=True, log=lambda *_: None)
     native = out / "native"
     if not (native / "model.lrkm").exists():
-        from pipeline.native import write_model, write_weights
-
         model, cmvn, _ = load_checkpoint(final)
         native.mkdir(parents=True, exist_ok=True)
-        write_weights(native / "encoder.lrkw", model.encoder)
         write_model(native / "model.lrkm", model, cmvn)
     bench_path = out / "bench.json"
     if not bench_path.exists():
-        from pipeline.bench.end_to_end import bench, side_by_side
-        from pipeline.bench.targets import parse_target
-
         runs = [("torch", baseline, "dense (PyTorch)"), ("native", baseline, "dense (native)"),
                 ("torch", final, "compressed (PyTorch)"), ("native", final, "compressed (native)"),
                 ("onnx", final, "compressed (onnxruntime)")]

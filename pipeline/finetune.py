@@ -6,14 +6,17 @@ from a teacher (the uncompressed model): the KL divergence from its CTC and deco
 The result goes to `OUT/model.safetensors`, written last, so its presence means the fine-tuning
 finished.
 """
+import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from pipeline.atomic import write_json
 from pipeline.data.dataset import SpeechDataset, duration_batches
 from pipeline.errors import PipelineError
-from pipeline.model.checkpoint import save_checkpoint
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.evaluate import evaluate
 from pipeline.train import Run, TrainConfig, load_state, new_progress
 
 
@@ -73,3 +76,14 @@ def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, t
     if rank == 0:
         save_checkpoint(final, model.eval(), cmvn, provenance, {"finetune_steps": steps})
     return model
+
+
+def cached_scores(path, checkpoint, rows, threads):
+    """Greedy scores of a checkpoint on `rows`, cached in `path` (read back, not recomputed, when it is there)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.set_num_threads(threads)
+    model, cmvn, _ = load_checkpoint(checkpoint)
+    metrics, _ = evaluate(model, cmvn, rows, progress=False)
+    write_json(path, metrics)
+    return metrics

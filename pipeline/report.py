@@ -2,13 +2,9 @@
 runtime; the search curves and rank-per-layer plots of each iteration are linked from the search runs."""
 import platform
 
-from pipeline.atomic import atomic_path, write_text
+from pipeline.atomic import save_png, write_text
+from pipeline.bench import row_speedup
 from pipeline.machine import cpu_name
-
-
-def save_png(fig, path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
 
 
 def _plots(out, history, base, bench):
@@ -39,8 +35,6 @@ def _plots(out, history, base, bench):
 
 def _speedup(ref, r):
     """"2.41x (2.30-2.52)": the median and range of per-pass ratios where the bench kept its passes."""
-    from pipeline.bench.end_to_end import row_speedup
-
     med, span = row_speedup(ref, r)
     return f"{med:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f})" if span else "")
 
@@ -74,6 +68,6 @@ def write_report(out, scores, bench, history, base, stopped, cfg, final_from):
         k = h["iteration"]
         lines += [f"Iteration {k}: ![search](iter-{k}/search/search.png) ![ranks](iter-{k}/search/best_ranks.png)"]
     lines += ["", "Artefacts: `final.safetensors`, `export/` (ONNX fp32, int8, .ort), `native/model.lrkm` (the whole "
-              "model for `lowrank_bench --model` on a device) and `native/encoder.lrkw`."]
+              "model for `lowrank_bench --model` on a device)."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

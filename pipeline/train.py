@@ -23,10 +23,10 @@ from pipeline.data.dataset import SpeechDataset, collate, duration_batches
 from pipeline.data.features import Cmvn, compute_cmvn
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.evaluate import evaluate
+from pipeline.lowrank.checkpoint import save_checkpoint
 from pipeline.model.asr import ASRModel
-from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.config import ModelConfig
+from pipeline.model.evaluate import evaluate
 
 
 @dataclass
@@ -78,7 +78,8 @@ def lr_at(step, total, cfg):
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def _subset(rows, n):
+def dev_subset(rows, n):
+    """Every k-th row, k the smallest step that leaves at most n (the dev rows a training run scores)."""
     step = max(1, math.ceil(len(rows) / n))
     return rows[::step]
 
@@ -148,7 +149,7 @@ def train(data_dir, out_dir, config_path=None, resume=False, epochs=None, progre
         if world > 1:
             dist.barrier()
     train_rows = [r for r in read_manifest(train_m) if r["duration"] <= tcfg.max_duration]
-    dev_rows = _subset(read_manifest(dev_m), tcfg.dev_max_utterances)
+    dev_rows = dev_subset(read_manifest(dev_m), tcfg.dev_max_utterances)
     model = ASRModel(mcfg)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     st = load_state(out, model, opt) if resume else new_progress()

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from pipeline.atomic import write_json
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
 from pipeline.data.manifest import read_manifest
-from pipeline.model.checkpoint import load_checkpoint
-from pipeline.model.vocab import BLANK
+from pipeline.data.vocab import BLANK
+from pipeline.lowrank.checkpoint import load_checkpoint
 
 
 def losses(model, cmvn, rows, batch_seconds=120):

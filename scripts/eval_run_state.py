@@ -14,11 +14,11 @@ import torch
 
 from pipeline.data.features import Cmvn
 from pipeline.data.manifest import read_manifest
-from pipeline.evaluate import evaluate
+from pipeline.lowrank.checkpoint import save_checkpoint
 from pipeline.model.asr import ASRModel
-from pipeline.model.checkpoint import save_checkpoint
 from pipeline.model.config import ModelConfig
-from pipeline.train import TrainConfig, _subset
+from pipeline.model.evaluate import evaluate
+from pipeline.train import TrainConfig, dev_subset
 
 
 def main():
@@ -36,7 +36,7 @@ def main():
     model = ASRModel(ModelConfig.from_dict(cfg["model"], str(run / "config.json")))
     model.load_state_dict(state["model"])
     cmvn = Cmvn.load(Path(args.data) / "cmvn.json")
-    rows = _subset(read_manifest(Path(args.data) / "dev.jsonl"), tcfg.dev_max_utterances)
+    rows = dev_subset(read_manifest(Path(args.data) / "dev.jsonl"), tcfg.dev_max_utterances)
     m, _ = evaluate(model.eval(), cmvn, rows, progress=False)
     step = state["progress"]["step"]
     print(f"{run} step {step}: greedy dev WER {m['wer']:.4f} CER {m['cer']:.4f} on {m['utterances']} utterances")

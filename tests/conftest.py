@@ -90,7 +90,7 @@ def search_files(overfit, tmp_path_factory):
     """The overfit model as a checkpoint (`model.safetensors`) and its four utterances as an
     evaluation subset (`subset.jsonl`)."""
     from pipeline.atomic import write_jsonl
-    from pipeline.model.checkpoint import save_checkpoint
+    from pipeline.lowrank.checkpoint import save_checkpoint
 
     model, cmvn, rows, *_ = overfit
     d = tmp_path_factory.mktemp("search")
@@ -101,14 +101,14 @@ def search_files(overfit, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def host_build(tmp_path_factory):
-    from pipeline.native import build_programs
+    from pipeline.latency.targets import build_programs
 
     return build_programs(tmp_path_factory.mktemp("build-host"))
 
 
 @pytest.fixture(scope="session")
 def aarch64_build(tmp_path_factory):
-    from pipeline.native import ROOT, build_programs
+    from pipeline.latency.targets import ROOT, build_programs
 
     return build_programs(tmp_path_factory.mktemp("build-aarch64"), ROOT / "cmake/aarch64-linux-gnu.cmake")
 

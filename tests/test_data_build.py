@@ -3,11 +3,13 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from pipeline.data import build as B
 from pipeline.data import real, text, voices
 from pipeline.data.manifest import read_manifest
+from pipeline.errors import PipelineError
 
 RESERVED_VOICE_WORDS = ("joe", "slt", "us2", "us3", "en-us")  # pico en-US; espeak en-us accent is allowed below
 SPLITS = ("train", "dev", "test", "test_real")
@@ -83,6 +85,7 @@ def test_rerun_resumes_without_redoing_work(tiny_corpus):
     assert time.time() - t < 60
 
 
+@pytest.mark.slow
 def test_plan_and_audio_are_deterministic(tiny_corpus, tmp_path):
     plan_a = B.plan_jobs(B.PRESETS["tiny"], seed=0)
     assert plan_a == B.plan_jobs(B.PRESETS["tiny"], seed=0)
@@ -101,15 +104,13 @@ def test_every_utterance_id_of_the_default_plan_is_unique():
 
 
 def test_other_preset_into_same_folder_is_refused(tiny_corpus):
-    import pytest
-    from pipeline.errors import PipelineError
-
     with pytest.raises(PipelineError, match="corpus.json: folder holds a corpus built with preset 'tiny' seed 0"):
         B.build("tiny", tiny_corpus[0], seed=5)
     with pytest.raises(PipelineError, match="unknown preset"):
         B.build("huge", tiny_corpus[0])
 
 
+@pytest.mark.slow
 def test_cli_build_prints_summary_table(tiny_corpus):
     from conftest import run_cli
 

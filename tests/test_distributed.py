@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -70,8 +69,8 @@ def _fixed_batch_loss(checkpoint, corpus, untrained=False):
 
     from pipeline.data.dataset import SpeechDataset, collate
     from pipeline.data.manifest import read_manifest
+    from pipeline.lowrank.checkpoint import load_checkpoint
     from pipeline.model.asr import ASRModel
-    from pipeline.model.checkpoint import load_checkpoint
 
     model, cmvn, _ = load_checkpoint(checkpoint)
     if untrained:  # the weights training starts from (train seeds torch, then builds the model)

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL, rewrite_header, run_cli, write_wav
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SMALL, rewrite_header, run_cli, write_wav
 from pipeline.errors import PipelineError
-from pipeline.model.checkpoint import load_checkpoint, read_header, save_checkpoint
+from pipeline.lowrank.checkpoint import load_checkpoint, read_header, save_checkpoint
 
 
 @pytest.fixture
@@ -61,6 +61,7 @@ def test_transcribe_bad_file_is_one_line(overfit, checkpoint, tmp_path):
     assert res.returncode == 2 and "too short" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_kill_during_data_build_resumes_to_the_same_corpus(tiny_corpus, tmp_path):
     corpus, _ = tiny_corpus
     out = tmp_path / "killed"
@@ -150,15 +151,16 @@ def test_kill_during_export_leaves_no_export_that_looks_whole(tmp_path):
     assert OnnxAsr(out, "int8").encode(np.zeros((50, 80), np.float32))[0].shape[1] > 0
 
 
+@pytest.mark.slow
 def test_kill_during_latency_table_resumes_without_repeating_a_run(tmp_path):
-    from pipeline.bench.latency_table import RUNS
     from pipeline.data.features import Cmvn
+    from pipeline.latency.table import RUNS
     from pipeline.model.asr import ASRModel
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "m.safetensors", ASRModel(SMALL), Cmvn(torch.zeros(80), torch.ones(80)))
     env = {**os.environ, "PIPELINE_CACHE": str(tmp_path / "cache")}
-    args = ["bench", "table", "--model", str(tmp_path / "m.safetensors"), "--frames", "10", "--reps", "1"]
+    args = ["latency", "table", "--model", str(tmp_path / "m.safetensors"), "--frames", "10", "--reps", "1"]
 
     def tables():
         return [p for p in (tmp_path / "cache" / "latency").glob("*.json") if not p.name.startswith(".")]
@@ -240,6 +242,7 @@ def test_disk_full_during_export_leaves_no_export_that_looks_whole(checkpoint, s
     assert not (disk / "exp" / "model.json").exists()
 
 
+@pytest.mark.slow
 def test_disk_full_during_training_keeps_the_last_state_and_resumes(tiny_corpus, small_disk, tmp_path):
     """torch.save's zip writer (C++) fails mid-file: the last whole state stays and resumes."""
     from pipeline.model.asr import ASRModel

@@ -1,8 +1,8 @@
 
 import pytest
 import soundfile as sf
-
 from conftest import run_cli
+
 from pipeline.data.manifest import read_manifest
 
 

@@ -4,14 +4,22 @@ import json
 
 import pytest
 import torch
+from conftest import rewrite_header, run_cli
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from conftest import rewrite_header, run_cli
 from pipeline.errors import PipelineError
-from pipeline.lowrank import (LowRankLinear, LowRankLSTM, cost_table, current_ranks, factorize, layers,
-                              parse_rank_spec, uniform_ranks)
-from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.lowrank import (
+    LowRankLinear,
+    LowRankLSTM,
+    cost_table,
+    current_ranks,
+    factorize,
+    layers,
+    parse_rank_spec,
+    uniform_ranks,
+)
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.decode import greedy
 
 
@@ -181,6 +189,7 @@ def test_snapping_and_unprofitable_layers(overfit):
     assert parse_rank_spec({"encoder.lstms.0.fwd.l0.hh": 13}, model, snap=False) == {"encoder.lstms.0.fwd.l0.hh": 13}
 
 
+@pytest.mark.slow
 def test_cli_factorize_and_inspect(overfit, tmp_path):
     model, cmvn, _, _, _, _ = overfit
     ckpt = tmp_path / "dense.safetensors"

@@ -7,10 +7,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import QEMU
 from torch import nn
 
-from conftest import QEMU
-from pipeline import _native, native
+from export import native
+from pipeline import _native
 from pipeline.lowrank import factorize
 from pipeline.lowrank.modules import cell_name
 
@@ -126,10 +127,12 @@ def test_bad_inputs_give_clear_errors():
         st.step(np.zeros(8, np.float32))
     with pytest.raises(ValueError, match="not available"):
         native.stack(lstm, "sse9")
-    cells, dirs = native.lstm_cells(lstm)
-    cells[1]["hh"] = np.zeros((16, 5), np.float32)
-    with pytest.raises(ValueError, match="reverse"):
-        _native.LstmStack(cells, dirs)
+    entries = native.stack_entries(lstm)
+    entries["encoder.1.hh"] = np.zeros((12, 4), np.float32)
+    with pytest.raises(ValueError, match="<bytes>: stack 'encoder': layer 0 \\(reverse\\), hh: shape 12x4, expected 16x4"):
+        _native.LstmStack(native.encode(entries))
+    with pytest.raises(ValueError, match="missing entry 'decoder.lstm.cells'"):
+        _native.LstmStack(native.encode(entries), "decoder.lstm")
 
 
 def test_encoder_of_factored_model_matches_torch(overfit):
@@ -155,7 +158,7 @@ def bench(binary, *args, prefix=()):
 def check_bench_matches(tmp_path, binary, lstm, mode, prefix=(), isa="auto", batch=1, frames=9):
     inp = lstm.input_size
     x = np.random.default_rng(3).standard_normal((batch, frames, inp)).astype(np.float32)
-    native.write_weights(tmp_path / "w.bin", lstm)
+    native.write_stack(tmp_path / "w.bin", lstm)
     x.tofile(tmp_path / "x.bin")
     res = bench(binary, "--weights", tmp_path / "w.bin", "--input", tmp_path / "x.bin", "--dump", tmp_path / "y.bin",
                 "--frames", frames, "--batch", batch, "--mode", mode, "--reps", 2, "--warmup", 0, "--isa", isa,
@@ -179,10 +182,16 @@ def test_lowrank_bench_runs_weights_file(tmp_path, host_build, mode):
 
 
 def test_lowrank_bench_rejects_bad_weight_files(tmp_path, host_build):
-    native.write_weights(tmp_path / "w.bin", make_lstm(8, 4, 2))
+    """The loader checks every declared size against the bytes left before it allocates."""
+    native.write_stack(tmp_path / "w.bin", make_lstm(8, 4, 2))
     raw = (tmp_path / "w.bin").read_bytes()
+    first = 12 + 4 + len("encoder.directions") + 1 + 4  # the first entry's dims
+    huge = raw[:first] + (1 << 30).to_bytes(4, "little") + raw[first + 4:]
+    twice = native.encode({"encoder.cells": np.array([1], np.int32)})
+    twice = twice[:8] + (2).to_bytes(4, "little") + twice[12:] + twice[12:]
     cases = {"truncated": (raw[:-10], "truncated"), "foreign": (b"PK\x03\x04" + raw[4:], "magic"),
-             "trailing": (raw + b"\0" * 4, "trailing bytes"),
+             "trailing": (raw + b"\0" * 4, "trailing bytes"), "huge": (huge, "declares more values than the file"),
+             "twice": (twice, "entry 'encoder.cells' appears twice"),
              "version": (raw[:4] + (7).to_bytes(4, "little") + raw[8:], "format version 7")}
     for name, (blob, message) in cases.items():
         (tmp_path / name).write_bytes(blob)
@@ -192,6 +201,7 @@ def test_lowrank_bench_rejects_bad_weight_files(tmp_path, host_build):
     assert res.returncode == 2 and "cannot open" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hidden", SIZES)
 def test_aarch64_neon_and_scalar_match_torch_under_qemu(tmp_path, aarch64_build, hidden):
     binary = aarch64_build / "lowrank_bench"

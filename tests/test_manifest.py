@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, write_wav
+
 from pipeline.data.manifest import read_manifest, relative_rows
 from pipeline.errors import PipelineError
 

@@ -4,15 +4,14 @@ import json
 
 import pytest
 import torch
-
-from pipeline.errors import PipelineError
-from pipeline.model.asr import ASRModel
-from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.model.config import ModelConfig
-from pipeline.model.vocab import EOS, TOKENS
-from pipeline.model.decode import DecodeConfig, beam_search, ctc_best_paths, ctc_greedy, decode, greedy
-
 from conftest import SMALL, rewrite_header
+
+from pipeline.data.vocab import EOS, TOKENS
+from pipeline.errors import PipelineError
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.asr import ASRModel
+from pipeline.model.config import ModelConfig
+from pipeline.model.decode import DecodeConfig, beam_search, ctc_best_paths, ctc_greedy, decode, greedy
 
 
 def test_loss_falls_and_transcripts_become_exact(overfit):
@@ -109,6 +108,7 @@ def test_bad_checkpoints_give_clear_errors(overfit, tmp_path):
         load_checkpoint(other_shape)
 
 
+@pytest.mark.slow
 def test_cli_eval_and_transcribe(overfit, tmp_path):
     from conftest import run_cli
 

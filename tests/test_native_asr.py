@@ -1,4 +1,4 @@
-"""The native model (pipeline.native.NativeAsr) against PyTorch: the front end (csrc/frontend.h:
+"""The native model (export.native.NativeAsr) against PyTorch: the front end (csrc/frontend.h:
 Kaldi filterbanks, CMVN, the convolutional subsampling) and the greedy attention decoder
 (csrc/decoder.h) on real utterances, dense and factored, on every SIMD path this CPU runs."""
 import copy
@@ -9,16 +9,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from conftest import QEMU, SMALL
 
-from pipeline import _native, native
+from export import native
+from pipeline import _native
 from pipeline.data.audio import load_audio, resample
 from pipeline.data.features import fbank
+from pipeline.data.vocab import SOS
+from pipeline.data.vocab import decode as ids_to_text
 from pipeline.lowrank import factorize
 from pipeline.model.asr import ASRModel
 from pipeline.model.decode import DecodeConfig, greedy, max_steps
-from pipeline.model.vocab import SOS, decode as ids_to_text
 
 ISAS = _native.available_isas()
 # Every decoder projection factored (and the CTC head, which caps the output length).
@@ -132,9 +133,9 @@ def test_native_bad_inputs_give_clear_errors(overfit):
         dec.greedy(np.zeros((5, model.encoder.out_dim + 1), np.float32))
     with pytest.raises(ValueError, match="enc must be"):
         dec.greedy(np.zeros((0, model.encoder.out_dim), np.float32))
-    weights = {"embedding": np.zeros((31, 8), np.float32)}
-    with pytest.raises(KeyError, match="missing 'lstm'"):
-        _native.AttentionDecoder(weights)
+    only_embedding = native.encode({"decoder.embedding": np.zeros((31, 8), np.float32)})
+    with pytest.raises(ValueError, match="<bytes>: missing entry 'decoder.lstm.cells'"):
+        _native.AttentionDecoder(only_embedding)
     broken = copy.deepcopy(model)
     broken.decoder.out = torch.nn.Linear(10, model.cfg.vocab_size)
     with pytest.raises(ValueError, match="decoder out: shape"):
@@ -194,11 +195,12 @@ def test_model_file_runs_standalone(overfit, host_build, tmp_path):
     (tmp_path / "cut.lrkm").write_bytes(data[: len(data) // 2])
     res = run(tmp_path / "cut.lrkm", "--audio", tmp_path / "a.f32")
     assert res.returncode == 2 and "cut.lrkm: truncated" in res.stderr
-    (tmp_path / "bad.lrkm").write_bytes(b"LRKW" + data[4:])
+    (tmp_path / "bad.lrkm").write_bytes(b"LRKX" + data[4:])
     res = run(tmp_path / "bad.lrkm", "--audio", tmp_path / "a.f32")
     assert res.returncode == 2 and "bad.lrkm: not a model file" in res.stderr
 
 
+@pytest.mark.slow
 def test_transcribe_and_export_native_from_the_command_line(search_files, overfit, tmp_path):
     from conftest import run_cli
 

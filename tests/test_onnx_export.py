@@ -11,13 +11,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import run_cli
+
 from export.onnx_export import export
-from export.runner import ExportError, OnnxAsr, fbank as np_fbank
+from export.runner import ExportError, OnnxAsr
+from export.runner import fbank as np_fbank
 from pipeline.data.features import fbank as torch_fbank
 from pipeline.lowrank import factorize
-from pipeline.model.checkpoint import save_checkpoint
+from pipeline.lowrank.checkpoint import save_checkpoint
 from pipeline.model.decode import DecodeConfig, beam_search, ctc_greedy, greedy
 
 RANKS = {"encoder.lstms.0.fwd.l0.ih": 32, "encoder.lstms.0.fwd.l0.hh": 24, "encoder.lstms.1.bwd.l0.ih": 40,

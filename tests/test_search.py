@@ -10,14 +10,15 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
+
 from pipeline.errors import PipelineError
+from pipeline.latency.cost import CostModel
 from pipeline.lowrank import factorize, uniform_ranks
 from pipeline.model.config import ModelConfig
 from pipeline.search.agents import DDPGAgent, RandomAgent, ReinforceAgent
 from pipeline.search.run import SearchConfig, run_episode
-from pipeline.search.space import STATE_DIM, Approximator, CostModel, RankSpace, dense_twin, searchable
+from pipeline.search.space import STATE_DIM, Approximator, RankSpace, dense_twin, searchable
 from pipeline.search.subset import spearman, stratified
 
 
@@ -119,6 +120,7 @@ def _search_args(files, out, *extra):
             "--out", str(out), "--threads", "1", *extra]
 
 
+@pytest.mark.slow
 def test_tiny_search_end_to_end(search_files, tmp_path):
     out = tmp_path / "run"
     r = run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "6"))
@@ -143,6 +145,7 @@ def _cache_keys(path):
     return [json.loads(x)["key"] for x in path.read_text().splitlines() if x.strip().endswith("}")]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_repeats_no_evaluation(search_files, tmp_path):
     args = ["--target-compression", "2", "--episodes", "14", "--agent", "ddpg"]
     whole = tmp_path / "whole"
@@ -190,6 +193,7 @@ def test_bad_search_arguments_are_clear_errors(search_files, tmp_path, capsys, e
     assert message in err and err.startswith("error: "), err
 
 
+@pytest.mark.slow
 def test_missing_subset_and_changed_config_on_resume(search_files, tmp_path):
     r = run_cli("search", "--model", str(search_files / "model.safetensors"), "--subset", str(tmp_path / "no.jsonl"),
                 "--out", str(tmp_path / "x"), "--target-compression", "2")
@@ -221,7 +225,7 @@ def test_search_config_defaults():
 
 
 def test_latency_cost_matches_the_table_and_speedup_episodes_meet_it(overfit, tmp_path):
-    from pipeline.bench.latency_table import LatencyTable
+    from pipeline.latency.table import LatencyTable
 
     model = overfit[0]
     table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
@@ -243,7 +247,7 @@ def test_latency_cost_matches_the_table_and_speedup_episodes_meet_it(overfit, tm
 
 
 def test_steps_per_frame_counts_characters_and_the_end_token():
-    from pipeline.bench.latency_table import steps_per_frame
+    from pipeline.latency.table import steps_per_frame
 
     rows = [{"text": "abc", "duration": 1.0}, {"text": "a b", "duration": 1.0}]
     assert steps_per_frame(rows, ModelConfig(subsampling=2)) == pytest.approx(8 / 100)

@@ -8,7 +8,7 @@ import torch
 from pipeline.data.audio import load_audio
 from pipeline.data.features import fbank
 from pipeline.lowrank import cost_table
-from pipeline.model.checkpoint import load_checkpoint, sha256
+from pipeline.lowrank.checkpoint import load_checkpoint, sha256
 from pipeline.model.decode import greedy
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -24,7 +24,7 @@ def test_compressed_model_is_the_baselines_at_over_5x():
 
 @pytest.mark.parametrize("path", [BASELINE, COMPRESSED], ids=["baseline", "compressed-7x"])
 def test_shipped_model_transcribes_natively_as_in_pytorch(path, speech_wav):
-    from pipeline import native
+    from export import native
 
     torch.set_num_threads(1)
     model, cmvn, _ = load_checkpoint(path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.train import train
 
 TINY_RUN = {"model": {"enc_layers": 1, "enc_hidden": 48, "dec_hidden": 48, "att_dim": 32, "conv_channels": 4},
@@ -18,6 +18,7 @@ TINY_RUN = {"model": {"enc_layers": 1, "enc_hidden": 48, "dec_hidden": 48, "att_
                       "dev_max_utterances": 6, "threads": 1}}
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_and_resumes_exactly_after_kill(tiny_corpus, tmp_path):
     corpus, _ = tiny_corpus
     cfg = tmp_path / "cfg.json"

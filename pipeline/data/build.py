@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_json, write_jsonl
 from pipeline.data import audio as A
 from pipeline.data import augment, real, text, voices
+from pipeline.data.features import compute_cmvn
 from pipeline.data.manifest import relative_rows
 from pipeline.errors import PipelineError
 
@@ -191,7 +193,6 @@ def make_utterance(job, out_dir, seed):
 
 
 def _worker_init():
-    import torch
     torch.set_num_threads(1)
 
 
@@ -242,7 +243,6 @@ def build(preset_name, out_dir, seed=0, workers=None):
         write_jsonl(out_dir / f"{split}.jsonl", relative_rows(kept, out_dir))
     summary = summarize(rows)
     write_json(out_dir / "summary.json", summary)
-    from pipeline.data.features import compute_cmvn
     compute_cmvn(out_dir / "train.jsonl", out_dir / "cmvn.json")
     return summary
 

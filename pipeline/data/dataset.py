@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from pipeline.data.features import SpecAugment, file_fbank
-from pipeline.model.vocab import EOS, encode
+from pipeline.data.vocab import EOS, encode
 
 
 class SpeechDataset(torch.utils.data.Dataset):

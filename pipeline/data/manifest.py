@@ -7,6 +7,7 @@ kept: this project writes `id`, `voice`, `speaker`, `source` and `augment`.
 import json
 from pathlib import Path
 
+from pipeline.data.audio import load_audio
 from pipeline.errors import PipelineError
 
 REQUIRED_KEYS = ("audio_filepath", "duration", "text")
@@ -80,8 +81,6 @@ def relative_rows(rows, base):
 def check_decodes(manifest, rows):
     """Decode every audio file of a manifest: it must be readable, mono and not empty (any rate is
     resampled to 16 kHz later). The error names the manifest line and the file."""
-    from pipeline.data.audio import load_audio
-
     for lineno, r in enumerate(rows, 1):
         try:
             load_audio(r["audio_filepath"])

@@ -55,12 +55,12 @@ def _lstm_matrix(mod, layer, d, which):
     return getattr(mod, f"weight_{which}{suffix}")
 
 
-def _lstm_dense(mod, layer, d, which):
+def lstm_dense(mod, layer, d, which):
     w = _lstm_matrix(mod, layer, d, which)
     return w if isinstance(w, torch.Tensor) else w.dense()
 
 
-def _lstm_bias(mod, layer, d):
+def lstm_bias(mod, layer, d):
     if isinstance(mod, LowRankLSTM):
         return mod.cells[cell_name(layer, d)].bias
     suffix = f"_l{layer}" + ("_reverse" if d else "")
@@ -180,10 +180,10 @@ def _new_lstm(mod, path, want, init):
         for layer in range(mod.num_layers):
             for d in range(dirs):
                 cell = new.cells[cell_name(layer, d)]
-                cell.ih.set_from(_lstm_dense(mod, layer, d, "ih"))
-                cell.hh.set_from(_lstm_dense(mod, layer, d, "hh"))
+                cell.ih.set_from(lstm_dense(mod, layer, d, "ih"))
+                cell.hh.set_from(lstm_dense(mod, layer, d, "hh"))
                 with torch.no_grad():
-                    cell.bias.copy_(_lstm_bias(mod, layer, d))
+                    cell.bias.copy_(lstm_bias(mod, layer, d))
     return new
 
 

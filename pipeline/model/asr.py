@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.data.vocab import BLANK, EOS, SOS
 from pipeline.model.config import ModelConfig
-from pipeline.model.vocab import BLANK, EOS, SOS
 
 
 class ConvSubsampling(nn.Module):

@@ -1,8 +1,8 @@
 """The model's configuration: a plain dataclass with defaults, stored in every checkpoint."""
 from dataclasses import asdict, dataclass, fields
 
+from pipeline.data.vocab import TOKENS
 from pipeline.errors import PipelineError
-from pipeline.model.vocab import TOKENS
 
 
 @dataclass

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.model.vocab import BLANK, EOS, SOS, decode as ids_to_text
+from pipeline.data.vocab import BLANK, EOS, SOS
+from pipeline.data.vocab import decode as ids_to_text
 
 
 @dataclass

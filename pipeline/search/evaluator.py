@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
-from pipeline.evaluate import score
 from pipeline.model.decode import greedy
+from pipeline.model.evaluate import score
 
 
 def policy_key(policy):

@@ -7,19 +7,18 @@ or recorded twice.
 `--workers N` alone starts a local Ray instance with N CPUs; `--ray auto|ADDRESS` joins a running
 cluster (every node needs this package installed, e.g. `pip install -e .` in the same path).
 """
+import torch
+
+from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
+from pipeline.lowrank.checkpoint import load_checkpoint
+from pipeline.lowrank.factorize import layers
+from pipeline.search.evaluator import SubsetEvaluator
+from pipeline.search.space import Approximator
 
 
 class _Worker:
     def __init__(self, model_path, subset_path, layer_names, threads):
-        import torch
-
-        from pipeline.data.manifest import read_manifest
-        from pipeline.lowrank.factorize import layers
-        from pipeline.model.checkpoint import load_checkpoint
-        from pipeline.search.evaluator import SubsetEvaluator
-        from pipeline.search.space import Approximator
-
         torch.set_num_threads(threads)
         model, cmvn, _ = load_checkpoint(model_path)
         chosen = [l for l in layers(model) if l.name in set(layer_names)]

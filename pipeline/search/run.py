@@ -21,15 +21,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_json, write_jsonl
+from pipeline.atomic import atomic_path, save_png, write_json, write_jsonl
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
+from pipeline.latency.cost import CostModel
+from pipeline.latency.table import LatencyTable, steps_per_frame
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
 from pipeline.lowrank.factorize import factorize
-from pipeline.model.checkpoint import load_checkpoint, save_checkpoint, sha256
-from pipeline.report import save_png
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
-from pipeline.search.space import Approximator, CostModel, RankSpace, searchable
+from pipeline.search.parallel import RayPool
+from pipeline.search.space import Approximator, RankSpace, searchable
 
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
 REWARDS = ("wer", "punish", "amc")
@@ -127,7 +129,6 @@ def _cost_model(model, layer_list, cfg, rows):
     frame; onnxruntime's, the encoder stack alone."""
     if cfg.cost != "latency":
         return CostModel(model, layer_list, cfg.cost)
-    from pipeline.bench.latency_table import LatencyTable, steps_per_frame
 
     table = LatencyTable(cfg.device, cfg.runtime)
     table.measure(model)
@@ -205,7 +206,6 @@ def _row(policy, metrics, space, cfg, base, episode, evaluations, kind="episode"
 def _pool(model_path, subset_path, space, ray, workers):
     if ray is None and workers is None:
         return None
-    from pipeline.search.parallel import RayPool
 
     return RayPool(model_path, subset_path, [l.name for l in space.layers], ray, workers)
 

@@ -11,15 +11,12 @@ policies around the uniform one, and the wall rarely has to crush the last layer
 (with absolute actions a random episode spent the budget early and left the decoder at 10% rank).
 """
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.lowrank.accounting import layer_costs
-from pipeline.lowrank.factorize import (SNAP, _lstm_bias, _lstm_dense, is_output_layer, layers, max_rank,
-                                        saves_parameters)
+from pipeline.lowrank.factorize import SNAP, is_output_layer, layers, lstm_bias, lstm_dense, max_rank, saves_parameters
 from pipeline.lowrank.modules import LowRankLinear, LowRankLSTM, dense_weight
 from pipeline.model.asr import ASRModel
 
@@ -64,8 +61,8 @@ def dense_twin(model):
                     for d in range(2 if mod.bidirectional else 1):
                         suffix = f"_l{layer}" + ("_reverse" if d else "")
                         for which in ("ih", "hh"):
-                            getattr(target, f"weight_{which}{suffix}").copy_(_lstm_dense(mod, layer, d, which))
-                        getattr(target, f"bias_ih{suffix}").copy_(_lstm_bias(mod, layer, d))
+                            getattr(target, f"weight_{which}{suffix}").copy_(lstm_dense(mod, layer, d, which))
+                        getattr(target, f"bias_ih{suffix}").copy_(lstm_bias(mod, layer, d))
                         getattr(target, f"bias_hh{suffix}").zero_()
             elif isinstance(mod, LowRankLinear):
                 twin.get_submodule(path).weight.copy_(dense_weight(mod))
@@ -97,35 +94,6 @@ class Approximator:
                 w = self.original[name] if rank is None else ps[:, :rank] @ qt[:rank]
                 _weight_param(self.twin, name).copy_(w)
         return self.twin
-
-
-class CostModel:
-    """Cost of a policy: parameters or MACs of the searched matrices, or the latency table's prediction
-    of the LSTMs (us per encoder frame: the encoder stack, plus the decoder's LSTM at
-    `steps_per_frame` output steps per encoder frame). `reference` is the all-dense cost."""
-
-    def __init__(self, model, layer_list, kind="params", table=None, steps_per_frame=0.0):
-        self.kind, self.layers, self.table, self.steps_per_frame = kind, layer_list, table, steps_per_frame
-        if kind == "latency":
-            if table is None:
-                raise PipelineError("cost 'latency' needs a latency table (python -m pipeline bench table)")
-            from pipeline.bench.latency_table import decoder_cells, encoder_cells
-
-            self.enc, self.dec = encoder_cells(model), decoder_cells(model)
-            self.fixed = {l.name: l.rank for l in layers(model)}
-            self.scale = table.scale(model)
-        elif kind not in ("params", "macs"):
-            raise PipelineError(f"cost {kind!r}: choose one of latency, params, macs")
-        self.reference = self.total({l.name: None for l in layer_list})
-
-    def total(self, policy):
-        if self.kind == "latency":
-            from pipeline.bench.latency_table import at_ranks
-
-            ranks = {**self.fixed, **policy}
-            return self.table.lstm_us(at_ranks(self.enc, ranks), at_ranks(self.dec, ranks), self.scale,
-                                      self.steps_per_frame)
-        return float(sum(layer_costs(replace(l, rank=policy.get(l.name, l.rank)))[self.kind] for l in self.layers))
 
 
 class RankSpace:

@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.errors import PipelineError
+from pipeline.latency.cost import CostModel
 from pipeline.search.agents import RandomAgent
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.run import run_episode
-from pipeline.search.space import Approximator, CostModel, RankSpace, searchable
+from pipeline.search.space import Approximator, RankSpace, searchable
 
 MAX_FRACTION = 0.15
 

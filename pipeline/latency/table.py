@@ -30,12 +30,13 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
+from export.native import write_stack
+from export.onnx_export import lowering_seconds, stack_seconds
 from pipeline.atomic import write_json
-from pipeline.bench.targets import CACHE, Runner, kernel_version, parse_target, temp_weights_path
 from pipeline.data.features import FeatureConfig
 from pipeline.errors import PipelineError
-from pipeline.lowrank import factorize, layers
-from pipeline.lowrank.factorize import SNAP
+from pipeline.latency.targets import CACHE, Runner, kernel_version, parse_target, temp_weights_path
+from pipeline.lowrank.factorize import SNAP, factorize, layers
 
 STEP = 32   # grid ranks: multiples of the widest kernel panel (32 rows with AVX-512), where costs step
 DENSE = 0
@@ -134,8 +135,6 @@ class LatencyTable:
     def _point_us(self, inp, hidden, r_ih, r_hh, mode):
         """One cell alone: lowrank_bench on synthetic weights, or onnxruntime in its faster lowering."""
         if self.runtime == "onnx":
-            from export.onnx_export import lowering_seconds
-
             return 1e6 * min(lowering_seconds(_cell(inp, hidden, r_ih, r_hh), self.frames).values()) / self.frames
         self._runner = self._runner or Runner(self.target)
         return self._runner.bench(["--synthetic", f"1,1,{inp},{hidden},{r_ih},{r_hh}", "--mode", mode,
@@ -172,7 +171,7 @@ class LatencyTable:
             for b, wb in around(r_hh, hidden):
                 key = self._key(inp, hidden, a, b, mode)
                 if not self.entries.get(key):
-                    raise PipelineError(f"{self.path}: no entry {key}; run `python -m pipeline bench table` first")
+                    raise PipelineError(f"{self.path}: no entry {key}; run `python -m pipeline latency table` first")
                 total += wa * wb * min(self.entries[key])
         return total
 
@@ -213,16 +212,12 @@ def _best_of_passes(items, measure):
 def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
     """Measured us per encoder frame of each model's encoder LSTM stack (its real weights) on the target:
     the lowest of RUNS run medians, taken in separate passes over all the models."""
-    from pipeline.native import write_weights
-
     if runtime == "onnx":
-        from export.onnx_export import stack_seconds
-
         return _best_of_passes(models, lambda m: 1e6 * stack_seconds(m, frames) / frames)
     runner, paths = Runner(target), [temp_weights_path() for _ in models]
     try:
         for m, path in zip(models, paths):
-            write_weights(path, m.encoder)
+            write_stack(path, m.encoder)
         return _best_of_passes(paths, lambda p: runner.bench(["--mode", "utterance", "--frames", frames, "--reps",
                                                               reps], weights=p)["us_per_frame"]["median"])
     finally:

@@ -14,10 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.atomic import atomic_path
 from pipeline.data.features import Cmvn
+from pipeline.data.vocab import TOKENS
 from pipeline.errors import PipelineError
+from pipeline.lowrank.factorize import current_ranks, factorize, parse_rank_spec
 from pipeline.model.asr import ASRModel
 from pipeline.model.config import ModelConfig
-from pipeline.model.vocab import TOKENS
 
 FORMAT_VERSION = 1
 MAGIC = "asr-pipeline-checkpoint"
@@ -33,8 +34,6 @@ def sha256(path):
 
 def save_checkpoint(path, model, cmvn, provenance=None, metrics=None, energy=None):
     """Save a dense or factored model; the ranks are read off the model itself."""
-    from pipeline.lowrank import current_ranks
-
     header = {"format_version": FORMAT_VERSION, "model_config": model.cfg.to_dict(), "vocab": TOKENS,
               "cmvn": cmvn.to_json(), "ranks": current_ranks(model), "energy": energy or {},
               "provenance": provenance or {}, "metrics": metrics or {}}
@@ -75,8 +74,6 @@ def read_header(path):
 
 def load_checkpoint(path):
     """(model in eval mode, cmvn, header); every failure is a PipelineError naming the file and field."""
-    from pipeline.lowrank import factorize, parse_rank_spec
-
     header = read_header(path)
     cfg = ModelConfig.from_dict(header.get("model_config"), f"{path}: field 'model_config'")
     cmvn = Cmvn.from_json(header.get("cmvn"), f"{path}: field 'cmvn'")

@@ -10,13 +10,17 @@ import time
 
 import pytest
 import torch
-
 from conftest import SMALL
-from pipeline.bench import latency_table, targets
-from pipeline.bench.latency_table import LatencyTable, encoder_cells
-from pipeline.bench.targets import Runner, parse_target
+
 from pipeline.errors import PipelineError
+from pipeline.latency import table as latency_table
+from pipeline.latency import targets
+from pipeline.latency.cost import CostModel
+from pipeline.latency.table import LatencyTable, encoder_cells
+from pipeline.latency.targets import Runner, parse_target
+from pipeline.lowrank import uniform_ranks
 from pipeline.model.asr import ASRModel
+from pipeline.search.space import searchable
 
 SYNTH = ["--synthetic", "1,1,32,16,8,8", "--frames", "20", "--reps", "2", "--warmup", "0"]
 
@@ -26,6 +30,7 @@ def test_local_target_reports_latency():
     assert rep["us_per_frame"]["median"] > 0 and rep["hidden"] == 16 and rep["emulated"] is False
 
 
+@pytest.mark.slow
 def test_qemu_target_runs_the_aarch64_build_and_flags_it_emulated():
     rep = Runner("qemu-aarch64").bench(SYNTH)
     assert rep["build"]["arch"] == "aarch64" and rep["isa"] == "neon" and rep["emulated"] is True
@@ -73,24 +78,25 @@ def sshd(tmp_path, monkeypatch):
 
 
 def test_ssh_target_against_a_real_sshd(sshd, tmp_path):
-    from pipeline.native import write_weights
+    from export.native import write_stack
 
     runner = Runner(sshd)
     assert runner.arch == os.uname().machine and runner.remote_bin.startswith(".cache/lrk-bench/")
     assert runner.bench(SYNTH)["us_per_frame"]["median"] > 0
     model = ASRModel(SMALL)
-    write_weights(tmp_path / "w.bin", model.encoder)
+    write_stack(tmp_path / "w.bin", model.encoder)
     rep = runner.bench(["--frames", "10", "--reps", "2"], weights=tmp_path / "w.bin")
     assert rep["layers"] == SMALL.enc_layers and rep["directions"] == 2
     assert Runner(sshd).remote_bin == runner.remote_bin  # installed once, found again
 
 
+@pytest.mark.slow
 def test_bench_run_whole_model_on_ssh_and_qemu_targets(overfit, sshd, tmp_path):
     """On a remote target the whole model runs natively (`lowrank_bench --model`) and transcribes
     real utterances as PyTorch does; qemu's timings are flagged as emulated."""
     from pipeline.atomic import write_jsonl
-    from pipeline.bench.end_to_end import bench
-    from pipeline.model.checkpoint import save_checkpoint
+    from pipeline.bench import bench
+    from pipeline.lowrank.checkpoint import save_checkpoint
 
     model, cmvn, rows, _, _, hyps = overfit
     save_checkpoint(tmp_path / "m.safetensors", model, cmvn)
@@ -152,9 +158,10 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
     import json
 
     from conftest import run_cli
-    from pipeline.bench.end_to_end import bench, side_by_side
+
     from pipeline.atomic import write_jsonl
-    from pipeline.model.checkpoint import save_checkpoint
+    from pipeline.bench import bench, side_by_side
+    from pipeline.lowrank.checkpoint import save_checkpoint
 
     model, cmvn, rows, _, _, _ = overfit
     save_checkpoint(tmp_path / "m.safetensors", model, cmvn)
@@ -180,7 +187,7 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
 
 
 def test_speedup_is_taken_over_passes_timed_together():
-    from pipeline.bench.end_to_end import speedup
+    from pipeline.bench import speedup
 
     # The second pass fell in a slow spell for both: the ratio of the medians (45 / 10 = 4.5) would pair
     # the third pass's dense time with the first's compressed one.
@@ -190,24 +197,22 @@ def test_speedup_is_taken_over_passes_timed_together():
         speedup([1.0, 2.0], [1.0])
 
 
-def test_cost_kinds_rank_models_and_need_their_inputs(tmp_path):
-    import copy
-
-    from pipeline.bench.cost import model_cost, relative_cost
-    from pipeline.lowrank import factorize, layers, uniform_ranks
-
+def test_cost_kinds_rank_policies_and_need_their_inputs(tmp_path):
+    """The search's cost of a policy, by parameters, MACs and the measured latency table."""
     torch.manual_seed(0)
     dense = ASRModel(SMALL)
-    small = factorize(copy.deepcopy(dense), uniform_ranks(dense, 0.25))
+    searched = searchable(dense)
+    quarter = uniform_ranks(dense, 0.25)
     table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
     table.measure(dense, progress=False)
     for kind in ("params", "macs", "latency"):
-        assert 0 < relative_cost(small, dense, kind, table) < 1, kind
-    assert model_cost(dense, "params") == sum(m * n for m, n in (l.shape for l in layers(dense)))
+        cost = CostModel(dense, searched, kind, table)
+        assert 0 < cost.total(quarter) < cost.reference, kind
+    assert CostModel(dense, searched, "params").reference == sum(m * n for m, n in (l.shape for l in searched))
     with pytest.raises(PipelineError, match="needs a latency table"):
-        model_cost(dense, "latency")
+        CostModel(dense, searched, "latency")
     with pytest.raises(PipelineError, match="choose one of"):
-        model_cost(dense, "flops")
+        CostModel(dense, searched, "flops")
 
 
 def test_onnxruntime_table_measures_and_validates(tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
 """End-to-end latency of a checkpoint on a fixed set of utterances: features, encoder and greedy
 decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (all of it in C++:
-`pipeline.native.NativeAsr`). Warm-up, repetitions, median and p90 per utterance set, real-time
+`export.native.NativeAsr`). Warm-up, repetitions, median and p90 per utterance set, real-time
 factor and the process's peak memory, with the thread count pinned.
 
 On a remote target (ssh, adb, qemu) the whole model runs there natively, through `lowrank_bench
---model` on the model file (`pipeline.native.write_model`) and each utterance's samples.
+--model` on the model file (`export.native.write_model`) and each utterance's samples.
 """
 import math
 import resource
@@ -17,12 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench.targets import Runner, parse_target
-from pipeline.data.audio import load_audio
+from export import native
+from export.native import write_model
+from export.onnx_export import export
+from export.runner import OnnxAsr
+from pipeline.data.audio import load_audio, resample
 from pipeline.data.features import fbank
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.latency.targets import Runner, parse_target
+from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.model.decode import greedy
 
 
@@ -33,7 +37,7 @@ def fixed_utterances(manifest, n):
     return rows[::step][:n]
 
 
-def _audio(rows):
+def utterance_audio(rows):
     return [load_audio(r["audio_filepath"], allow_multichannel=True) for r in rows]
 
 
@@ -45,13 +49,8 @@ def _runtime_fn(runtime, checkpoint, model, cmvn):
             return greedy(model, f, torch.tensor([f.shape[1]]))[0]
         return run
     if runtime == "native":
-        from pipeline import native
-
         return native.NativeAsr(model, cmvn).transcribe
     if runtime == "onnx":
-        from export.onnx_export import export
-        from export.runner import OnnxAsr
-
         out = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
         export(checkpoint, out, log=lambda *_: None)
         asr = OnnxAsr(out, threads=torch.get_num_threads())
@@ -67,7 +66,7 @@ def bench(checkpoint, manifest, runtime="native", target="local", threads=1, utt
         return {**r, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     torch.set_num_threads(threads)
     model, cmvn, _ = load_checkpoint(checkpoint)
-    audio = _audio(fixed_utterances(manifest, utterances))
+    audio = utterance_audio(fixed_utterances(manifest, utterances))
     return _remote(model, cmvn, audio, sum(len(a) / sr for a, sr in audio), t, runtime, reps)
 
 
@@ -78,7 +77,7 @@ def side_by_side(runs, manifest, threads=1, utterances=10, reps=5, warmup=1):
     Each result keeps its passes' totals (`pass_ms`) for `speedup`."""
     torch.set_num_threads(threads)
     rows = fixed_utterances(manifest, utterances)
-    audio = _audio(rows)
+    audio = utterance_audio(rows)
     seconds = sum(len(a) / sr for a, sr in audio)
     fns = []
     for runtime, checkpoint in runs:
@@ -119,9 +118,6 @@ def row_speedup(ref, row):
 def _remote(model, cmvn, audio, seconds, t, runtime, reps):
     """The whole model natively on the target (`lowrank_bench --model`), utterance by utterance; the
     set's median and p90 are the sums of the utterances'."""
-    from pipeline.data.audio import resample
-    from pipeline.native import write_model
-
     if runtime != "native":
         raise PipelineError(f"--target {t.spec}: only --runtime native runs on a remote target (lowrank_bench)")
     runner, tmp = Runner(t), Path(tempfile.mkdtemp(prefix="bench-remote-"))

@@ -4,7 +4,7 @@ adb, or the aarch64 build under qemu (correct results, timings flagged as emulat
     local | ssh://user@host[:port] | adb[:serial] | qemu-aarch64
 
 Each target runs the standalone `lowrank_bench` built for its architecture (copied once per kernel
-version) on a weights file or a synthetic stack, or on a whole model file and an utterance, and
+version) on a model file's LSTM stack or a synthetic stack, or on a whole model file and an utterance, and
 returns its JSON report. Extra options for ssh
 and scp (a key, a known-hosts file) come from the environment variable PIPELINE_SSH_OPTS.
 """
@@ -20,11 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.native import ROOT, build_programs
 
+ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PIPELINE_CACHE", Path.home() / ".cache/asr-pipeline"))
 TOOLCHAINS = {"aarch64": ROOT / "cmake/aarch64-linux-gnu.cmake"}
 QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
+
+
+def build_programs(out_dir, toolchain=None):
+    """Builds the standalone programs (`lowrank_bench`, `lrk_info`, `kernel_check`) with CMake into
+    `out_dir`, for this machine or, with a CMake toolchain file, for another (e.g.
+    cmake/aarch64-linux-gnu.cmake)."""
+    out = Path(out_dir)
+    cmd = ["cmake", "-S", str(ROOT), "-B", str(out), "-DLRK_PYTHON=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+    if toolchain:
+        cmd.append(f"-DCMAKE_TOOLCHAIN_FILE={Path(toolchain).resolve()}")
+    for step in (cmd, ["cmake", "--build", str(out), "--parallel", "2"]):
+        res = subprocess.run(step, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise PipelineError(f"building the native programs in {out} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+    return out
 
 
 def kernel_version():
@@ -191,6 +206,6 @@ class Runner:
 
 
 def temp_weights_path():
-    fd, path = tempfile.mkstemp(suffix=".lrkw")
+    fd, path = tempfile.mkstemp(suffix=".lrkm")
     os.close(fd)
     return Path(path)

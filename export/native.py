@@ -1,0 +1,190 @@
+"""The native model file (`LRKM`, docs/formats.md) from PyTorch modules, and the C++ runtime on it.
+
+Everything the C++ runtime loads goes through this one format: a whole model (`write_model`, what
+`lowrank_bench --model` and `transcribe --native` run), an LSTM stack alone (`write_stack`, what
+`lowrank_bench --weights` and the latency table time), and the in-process objects below, which are
+built from the same bytes (`stack`, `decoder`, `frontend`, `NativeAsr`)."""
+import struct
+
+import numpy as np
+import torch
+import torchaudio.compliance.kaldi as kaldi
+from torch import nn
+
+from pipeline import _native
+from pipeline.atomic import atomic_path
+from pipeline.data.audio import SAMPLE_RATE, resample
+from pipeline.data.features import FeatureConfig
+from pipeline.data.vocab import BLANK, EOS, SOS, TOKENS
+from pipeline.errors import PipelineError
+from pipeline.lowrank.modules import LowRankLSTM, cell_name
+from pipeline.model.decode import DecodeConfig
+
+MAGIC, VERSION = b"LRKM", 1
+
+
+def _array(t):
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def _ints(*values):
+    return np.array(values, np.int32)
+
+
+def _matrix(entries, name, m):
+    """A dense weight as NAME; a factored layer (LowRankLinear, a factored cell matrix) as NAME.U, NAME.V."""
+    if isinstance(m, torch.Tensor):
+        entries[name] = _array(m)
+    elif getattr(m, "rank", None) is None:
+        entries[name] = _array(m.weight)
+    else:
+        entries[name + ".U"], entries[name + ".V"] = _array(m.U), _array(m.V)
+
+
+def _linear(entries, name, m):
+    _matrix(entries, name, m)
+    if m.bias is not None:
+        entries[name + ".bias"] = _array(m.bias)
+
+
+def _cells(lstm):
+    """(ih, hh, bias) of each cell of an nn.LSTM or LowRankLSTM, layer-major; and its directions."""
+    dirs = 2 if lstm.bidirectional else 1
+    if getattr(lstm, "proj_size", 0) or not getattr(lstm, "bias", True):
+        raise PipelineError("native LSTM: proj_size and bias=False are not supported")
+    out = []
+    for layer in range(lstm.num_layers):
+        for d in range(dirs):
+            if isinstance(lstm, LowRankLSTM):
+                c = lstm.cells[cell_name(layer, d)]
+                out.append((c.ih, c.hh, c.bias))
+            else:
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                out.append((getattr(lstm, "weight_ih" + sfx), getattr(lstm, "weight_hh" + sfx),
+                            getattr(lstm, "bias_ih" + sfx) + getattr(lstm, "bias_hh" + sfx)))
+    return out, dirs
+
+
+def _stack_cells(obj):
+    """The cells of an nn.LSTM, a LowRankLSTM or the ASR encoder (one single-layer LSTM per direction
+    and layer) as one stack; and its directions."""
+    if isinstance(obj, (nn.LSTM, LowRankLSTM)):
+        return _cells(obj)
+    if hasattr(obj, "lstms"):
+        dirs = len(obj.lstms[0])
+        return [c for layer in obj.lstms for d in ("fwd", "bwd")[:dirs] for c in _cells(layer[d])[0]], dirs
+    raise PipelineError(f"native LSTM: cannot take the weights of a {type(obj).__name__}")
+
+
+def stack_entries(obj, prefix="encoder"):
+    """The entries of one LSTM stack: PREFIX.directions, PREFIX.cells, PREFIX.<k>.{ih, hh, bias}."""
+    cells, dirs = _stack_cells(obj)
+    entries = {prefix + ".directions": _ints(dirs), prefix + ".cells": _ints(len(cells))}
+    for k, (ih, hh, bias) in enumerate(cells):
+        _matrix(entries, f"{prefix}.{k}.ih", ih)
+        _matrix(entries, f"{prefix}.{k}.hh", hh)
+        entries[f"{prefix}.{k}.bias"] = _array(bias)
+    return entries
+
+
+def decoder_entries(model, cfg=DecodeConfig()):
+    """The attention decoder, the CTC head (which caps the output length) and the length limits."""
+    dec, att = model.decoder, model.decoder.attention
+    entries = {"decoder.embedding": _array(dec.embed.weight), **stack_entries(dec.lstm, "decoder.lstm"),
+               "decoder.loc_conv": _array(att.loc_conv.weight[:, 0])}
+    for name, m in (("key", att.key), ("query", att.query), ("loc", att.loc), ("energy", att.energy),
+                    ("out", dec.out), ("ctc", model.ctc)):
+        _linear(entries, "decoder." + name, m)
+    entries["decoder.tokens"] = _ints(SOS, EOS, BLANK)
+    entries["decoder.limits"] = np.array([cfg.max_len_ratio, cfg.ctc_len_ratio, cfg.ctc_len_margin, 8], np.float32)
+    return entries
+
+
+def frontend_entries(model, cmvn, cfg=FeatureConfig()):
+    """features.py's Kaldi filterbanks, the CMVN and the model's convolutional subsampling."""
+    length, shift = (int(SAMPLE_RATE * ms / 1000) for ms in (cfg.frame_length_ms, cfg.frame_shift_ms))
+    fft = 1 << (length - 1).bit_length()  # kaldi.fbank rounds the window to a power of two
+    # kaldi.fbank's defaults: povey window, mel banks from 20 Hz to Nyquist, then a zero Nyquist column
+    window = torch.hann_window(length, periodic=False, dtype=torch.float32).pow(0.85)
+    mel = torch.nn.functional.pad(kaldi.get_mel_banks(cfg.num_mel_bins, fft, float(SAMPLE_RATE), 20.0, 0.0, 100.0,
+                                                      -500.0, 1.0)[0], (0, 1))
+    sub = model.encoder.subsample
+    conv1, conv2 = sub.conv[0], sub.conv[2]
+    return {"frontend.window": _array(window), "frontend.mel": _array(mel), "frontend.mean": _array(cmvn.mean),
+            "frontend.std": _array(cmvn.std), "frontend.conv1_w": _array(conv1.weight).reshape(-1),
+            "frontend.conv1_b": _array(conv1.bias), "frontend.conv2_w": _array(conv2.weight).reshape(-1),
+            "frontend.conv2_b": _array(conv2.bias),
+            "frontend.ints": _ints(length, shift, fft, conv1.out_channels, sub.t2),
+            "frontend.preemphasis": np.array([0.97], np.float32)}
+
+
+def model_entries(model, cmvn, cfg=DecodeConfig()):
+    """The whole recogniser: front end, encoder stack, decoder and vocabulary."""
+    return {**frontend_entries(model, cmvn), **stack_entries(model.encoder), **decoder_entries(model, cfg),
+            "vocab": _ints(*(ord(t) if len(t) == 1 else 0 for t in TOKENS))}
+
+
+def encode(entries):
+    """The bytes of a model file holding `entries` (name -> float32 or int32 array)."""
+    out = [MAGIC, struct.pack("<II", VERSION, len(entries))]
+    for name, a in entries.items():
+        a = np.ascontiguousarray(a, np.int32 if a.dtype == np.int32 else np.float32)
+        out += [struct.pack("<I", len(name)), name.encode(), b"i" if a.dtype == np.int32 else b"f",
+                struct.pack(f"<I{a.ndim}I", a.ndim, *a.shape), a.astype("<" + a.dtype.str[1:]).tobytes()]
+    return b"".join(out)
+
+
+def write(path, entries):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encode(entries))
+
+
+def write_model(path, model, cmvn, cfg=DecodeConfig()):
+    """The whole model in the file `lowrank_bench --model` and `transcribe --native` run."""
+    write(path, model_entries(model, cmvn, cfg))
+
+
+def write_stack(path, obj):
+    """An LSTM stack alone (nn.LSTM, LowRankLSTM or the ASR encoder), for `lowrank_bench --weights`."""
+    write(path, stack_entries(obj))
+
+
+def stack(obj, isa="auto"):
+    """A native `LstmStack` of an nn.LSTM, a LowRankLSTM or the ASR encoder (weights packed once)."""
+    return _native.LstmStack(encode(stack_entries(obj)), "encoder", isa)
+
+
+def decoder(model, cfg=DecodeConfig(), isa="auto"):
+    """A native `AttentionDecoder` of the model's decoder."""
+    return _native.AttentionDecoder(encode(decoder_entries(model, cfg)), isa)
+
+
+def frontend(model, cmvn, cfg=FeatureConfig(), isa="auto"):
+    """A native `Frontend`: filterbanks, CMVN and the model's subsampling."""
+    return _native.Frontend(encode(frontend_entries(model, cmvn, cfg)), isa)
+
+
+@torch.no_grad()
+def encode_native(model, feats, native_stack=None):
+    """Encoder states (T', D) of one utterance's features (T, n_mels): the convolutional subsampling
+    in PyTorch, the LSTM stack in C++."""
+    enc = model.encoder
+    x, _ = enc.subsample(feats.unsqueeze(0), torch.tensor([feats.shape[0]]))
+    native_stack = native_stack or stack(enc)
+    return torch.from_numpy(native_stack.forward(np.ascontiguousarray(x[0].numpy())))
+
+
+class NativeAsr:
+    """A checkpoint in C++ from samples to greedy transcript, as `lowrank_bench --model` runs it
+    (lrk::Asr on the model file's bytes): `transcribe(audio, sr)`; `run(samples)` also gives the
+    tokens and each stage's milliseconds."""
+
+    def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto"):
+        self.asr = _native.Asr(encode(model_entries(model, cmvn, cfg)), isa)
+
+    def run(self, samples):
+        """16 kHz float32 samples -> {text, tokens, ms (per stage), frames, encoder_frames}."""
+        return self.asr.transcribe(samples)
+
+    def transcribe(self, audio, sr=SAMPLE_RATE):
+        return self.run(np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr)))["text"]
