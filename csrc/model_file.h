@@ -2,17 +2,8 @@
 // model (front end, encoder LSTM stack, attention decoder, vocabulary) or any part of one, such as
 // an LSTM stack alone for lowrank_bench --weights. export/native.py writes it.
 //
-// File (little-endian): "LRKM", u32 version, u32 count, then `count` entries: u32 name length, the
-// name, u8 type ('f' float32 or 'i' int32), u32 ndim, u32 dims[ndim], the values; nothing after.
-// A factored matrix NAME is two entries NAME.U and NAME.V; a dense one is NAME. The names:
-//   frontend.{window, mel, mean, std, conv1_w, conv1_b, conv2_w, conv2_b} (f), frontend.ints (i:
-//   frame_length, frame_shift, fft_size, channels, time_stride), frontend.preemphasis (f, 1 value);
-//   a stack PREFIX: PREFIX.directions (i, optional: 1), PREFIX.cells (i: count), PREFIX.<k>.{ih, hh,
-//   bias} (layer-major); the encoder's PREFIX is `encoder`, the decoder's LSTM's `decoder.lstm`;
-//   decoder.embedding, decoder.{key, query, loc, energy, out, ctc} with .bias where they have one,
-//   decoder.loc_conv (f), decoder.tokens (i: sos, eos, blank), decoder.limits (f: max_len_ratio,
-//   ctc_len_ratio, ctc_len_margin, min_len); vocab (i: one Unicode code point per token, 0 for a
-//   token that prints nothing).
+// The layout and every entry's name, type and shape: docs/formats.md ("Native model file"), the one
+// description of the format; a factored matrix NAME is two entries NAME.U and NAME.V.
 #pragma once
 #include <cstdint>
 #include <map>
