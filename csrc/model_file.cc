@@ -158,6 +158,10 @@ FrontendWeights ModelFile::frontend() const {
   f.fft_size = fi[2];
   f.channels = fi[3];
   f.time_stride = fi[4];
+  // Optional (files written before it lack it): the rate the model's features were computed at.
+  if (has("frontend.sample_rate") && ints("frontend.sample_rate", 1)[0] != 16000)
+    fail("entry 'frontend.sample_rate': " + std::to_string(ints("frontend.sample_rate", 1)[0]) +
+         " Hz; this runtime's front end takes 16000 Hz samples");
   const std::vector<float> pre = floats("frontend.preemphasis");
   if (pre.size() != 1) fail("entry 'frontend.preemphasis': expected 1 value");
   f.preemphasis = pre[0];

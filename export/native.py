@@ -115,6 +115,7 @@ def frontend_entries(model, cmvn, cfg=FeatureConfig()):
             "frontend.conv1_b": _array(conv1.bias), "frontend.conv2_w": _array(conv2.weight).reshape(-1),
             "frontend.conv2_b": _array(conv2.bias),
             "frontend.ints": _ints(length, shift, fft, conv1.out_channels, sub.t2),
+            "frontend.sample_rate": _ints(SAMPLE_RATE),
             "frontend.preemphasis": np.array([0.97], np.float32)}
 
 

@@ -151,6 +151,19 @@ def _kernel_check(binary, prefix=()):
     return paths
 
 
+def test_model_file_states_its_sample_rate(overfit):
+    """A front end computed at another rate is refused; a file without the entry (written before it
+    existed) still loads."""
+    model, cmvn = overfit[0], overfit[1]
+    entries = native.model_entries(model, cmvn)
+    assert entries["frontend.sample_rate"].tolist() == [16000]
+    entries["frontend.sample_rate"] = np.array([8000], np.int32)
+    with pytest.raises(ValueError, match="<bytes>: entry 'frontend.sample_rate': 8000 Hz"):
+        _native.Asr(native.encode(entries))
+    del entries["frontend.sample_rate"]
+    assert _native.Asr(native.encode(entries)).transcribe(np.zeros(16000, np.float32))["frames"] > 0
+
+
 def test_activations_decoder_and_frontend_kernels_of_every_path(host_build):
     paths = _kernel_check(host_build / "kernel_check")
     assert set(paths) == set(ISAS)
