@@ -1,6 +1,7 @@
 #include "asr.h"
 
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 
 namespace lrk {
@@ -44,6 +45,8 @@ Asr::Asr(const ModelWeights& w, const std::string& isa)
 }
 
 Asr::Result Asr::transcribe(const float* samples, int n) {
+  for (int k = 0; k < n; ++k)
+    if (!std::isfinite(samples[k])) throw std::invalid_argument("transcribe: sample " + std::to_string(k) + " is not finite");
   Result r;
   r.frames = frontend_.feature_frames(n);
   r.encoder_frames = r.frames ? frontend_.output_frames(r.frames) : 0;

@@ -31,10 +31,15 @@ FloatArray as_floats(py::handle obj, int ndim, const std::string& where) {
 }
 
 // A model file (csrc/model_file.h) from a path (str or os.PathLike) or from its bytes.
+// A file without a checksum (format version 1) loads with a warning.
 lrk::ModelFile model_file(py::handle source) {
-  if (py::isinstance<py::bytes>(source)) return lrk::ModelFile(source.cast<std::string>(), "<bytes>");
-  const std::string path = py::str(py::module_::import("os").attr("fspath")(source));
-  return lrk::ModelFile::open(path);
+  lrk::ModelFile file = py::isinstance<py::bytes>(source)
+                            ? lrk::ModelFile(source.cast<std::string>(), "<bytes>")
+                            : lrk::ModelFile::open(py::str(py::module_::import("os").attr("fspath")(source)));
+  if (!file.checksummed() &&
+      PyErr_WarnEx(PyExc_UserWarning, (file.name() + ": format version 1 has no checksum").c_str(), 1) != 0)
+    throw py::error_already_set();
+  return file;
 }
 
 FloatArray frontend_features(lrk::Frontend& self, py::handle samples_obj) {
@@ -220,6 +225,11 @@ PYBIND11_MODULE(_native, m) {
     py::gil_scoped_release nogil;
     return k.peak_gflops(seconds);
   }, py::arg("seconds") = 0.2, py::arg("isa") = "auto", "Peak FMA throughput (GFLOP/s) of one thread.");
+  py::class_<lrk::ModelFile>(m, "ModelFile", "A model file, read and checked (see csrc/model_file.h).")
+      .def(py::init(&model_file), py::arg("source"), "A path, or the file's bytes.")
+      .def_property_readonly("version", &lrk::ModelFile::version)
+      .def_property_readonly("checksummed", &lrk::ModelFile::checksummed);
+
   py::class_<lrk::Frontend>(m, "Frontend", "Filterbanks, CMVN and the convolutional subsampling (see csrc/frontend.h).")
       .def(py::init([](py::handle source, const std::string& isa) {
              return new lrk::Frontend(model_file(source).frontend(), isa);

@@ -26,13 +26,16 @@ void bias_relu(float* y, int rows, int ldy, int n, const FloatBuffer& bias) {
 
 void FrontendWeights::validate() const {
   const size_t bins = size_t(fft_size) / 2 + 1;
-  check(frame_length > 0 && frame_shift > 0 && fft_size >= frame_length && (fft_size & (fft_size - 1)) == 0, "frame",
-        "needs 0 < length <= fft size (a power of two), shift > 0");
+  check(fft_size >= 16 && fft_size <= 65536 && (fft_size & (fft_size - 1)) == 0, "fft",
+        "the fft size must be a power of two from 16 to 65536");
+  check(frame_length > 0 && frame_shift > 0 && frame_shift <= 65536 && fft_size >= frame_length, "frame",
+        "needs 0 < length <= fft size, 0 < shift <= 65536");
   check(window.size() == size_t(frame_length), "window", "needs frame_length values");
   check(mel_bins >= 3 && mel.size() == size_t(mel_bins) * bins, "mel", "needs mel_bins (>= 3) x (fft_size / 2 + 1) values");
   check(mean.size() == size_t(mel_bins) && std.size() == size_t(mel_bins), "cmvn", "needs mel_bins means and stds");
   for (float s : std) check(s > 0, "cmvn", "std must be positive");
-  check(channels > 0 && (time_stride == 1 || time_stride == 2), "conv", "needs channels > 0 and a time stride of 1 or 2");
+  check(channels > 0 && channels <= 4096 && (time_stride == 1 || time_stride == 2), "conv",
+        "needs 0 < channels <= 4096 and a time stride of 1 or 2");
   check(conv1_w.size() == size_t(channels) * 9 && conv1_b.size() == size_t(channels), "conv1", "needs channels x 1 x 3 x 3 weights and channels biases");
   check(conv2_w.size() == size_t(channels) * channels * 9 && conv2_b.size() == size_t(channels), "conv2",
         "needs channels x channels x 3 x 3 weights and channels biases");

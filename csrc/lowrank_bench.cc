@@ -4,15 +4,16 @@
 //   lowrank_bench (--weights FILE | --synthetic L,DIRS,IN,H,RANK_IH,RANK_HH) [--mode utterance|stream]
 //                 [--frames N] [--batch B] [--reps N] [--warmup N] [--isa NAME] [--input FILE] [--dump FILE]
 //                 [--roofline BYTES]
-//   lowrank_bench --model FILE.lrkm --audio FILE [--reps N] [--warmup N] [--isa NAME]
+//   lowrank_bench --model FILE.lrkm (--audio FILE.wav | --raw-audio FILE.f32) [--reps N] [--warmup N] [--isa NAME]
 //
 // --weights takes a model file (csrc/model_file.h) and runs its `encoder` stack: a whole model's,
 // or a file that holds that stack alone. Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
 // frame, and the build and CPU report; --input reads batch x frames x input float32 values (else a
 // fixed pseudo-random input); --dump writes the outputs of the last run as float32; rank 0 means
 // dense; --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
-// A model (csrc/model_file.h) on one utterance (a 16 kHz mono 16-bit PCM .wav, or raw float32
-// samples at 16 kHz): the transcript and the milliseconds of each stage and in all.
+// A model (csrc/model_file.h) on one utterance (a 16 kHz mono 16-bit PCM .wav file, or with
+// --raw-audio little-endian float32 samples at 16 kHz): the transcript and the milliseconds of each
+// stage and in all.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +27,7 @@
 #include <time.h>
 
 #include "asr.h"
+#include "audio_file.h"
 #include "build_info.h"
 #include "lstm.h"
 
@@ -79,7 +81,7 @@ lrk::StackWeights synthetic(const std::string& spec) {
 }
 
 struct Args {
-  std::string weights, synthetic, model, audio, mode = "utterance", isa = "auto", input, dump;
+  std::string weights, synthetic, model, audio, raw_audio, mode = "utterance", isa = "auto", input, dump;
   int frames = 200, batch = 1, reps = 30, warmup = 3;
   long roofline = 0;
 };
@@ -94,6 +96,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--synthetic") a.synthetic = v;
     else if (k == "--model") a.model = v;
     else if (k == "--audio") a.audio = v;
+    else if (k == "--raw-audio") a.raw_audio = v;
     else if (k == "--mode") a.mode = v;
     else if (k == "--isa") a.isa = v;
     else if (k == "--input") a.input = v;
@@ -107,7 +110,9 @@ Args parse(int argc, char** argv) {
   }
   if (int(!a.weights.empty()) + int(!a.synthetic.empty()) + int(!a.model.empty()) != 1)
     throw std::invalid_argument("give exactly one of --weights, --synthetic, --model");
-  if (a.model.empty() != a.audio.empty()) throw std::invalid_argument("--model and --audio go together");
+  if (!a.audio.empty() && !a.raw_audio.empty()) throw std::invalid_argument("give --audio or --raw-audio, not both");
+  if (a.model.empty() != (a.audio.empty() && a.raw_audio.empty()))
+    throw std::invalid_argument("--model goes with --audio (a wav file) or --raw-audio (float32 samples)");
   if (a.mode != "utterance" && a.mode != "stream") throw std::invalid_argument("--mode is utterance or stream");
   if (a.frames < 1 || a.batch < 1 || a.reps < 1 || a.warmup < 0)
     throw std::invalid_argument("--frames, --batch and --reps must be >= 1, --warmup >= 0");
@@ -119,45 +124,37 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5))];
 }
 
-uint32_t le32(const unsigned char* p) { return p[0] | p[1] << 8 | p[2] << 16 | uint32_t(p[3]) << 24; }
-
-// A .wav file (RIFF, PCM 16-bit, mono, 16 kHz) or raw float32 samples, as floats in [-1, 1].
-std::vector<float> read_audio(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error(path + ": cannot open audio file");
-  std::vector<unsigned char> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (b.size() >= 12 && std::memcmp(b.data(), "RIFF", 4) == 0 && std::memcmp(b.data() + 8, "WAVE", 4) == 0) {
-    bool fmt_ok = false;
-    for (size_t p = 12; p + 8 <= b.size();) {
-      const uint32_t size = le32(&b[p + 4]);
-      const size_t body = p + 8;
-      if (body + size > b.size()) throw std::runtime_error(path + ": truncated wav chunk");
-      if (std::memcmp(&b[p], "fmt ", 4) == 0) {
-        const int format = b[body] | b[body + 1] << 8, channels = b[body + 2] | b[body + 3] << 8;
-        const int bits = b[body + 14] | b[body + 15] << 8;
-        if (format != 1 || channels != 1 || le32(&b[body + 4]) != 16000 || bits != 16)
-          throw std::runtime_error(path + ": field fmt: needs PCM, 1 channel, 16000 Hz, 16 bits");
-        fmt_ok = true;
-      } else if (std::memcmp(&b[p], "data", 4) == 0) {
-        if (!fmt_ok) throw std::runtime_error(path + ": data chunk before the fmt chunk");
-        std::vector<float> x(size / 2);
-        for (size_t i = 0; i < x.size(); ++i) x[i] = float(int16_t(b[body + 2 * i] | b[body + 2 * i + 1] << 8)) / 32768.0f;
-        return x;
-      }
-      p = body + size + (size & 1);
+// JSON string contents: quotes, backslashes and control characters escaped.
+std::string json_escaped(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += char(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += char(c);
     }
-    throw std::runtime_error(path + ": no data chunk");
   }
-  if (b.empty() || b.size() % 4) throw std::runtime_error(path + ": neither a wav file nor raw float32 samples");
-  std::vector<float> x(b.size() / 4);
-  std::memcpy(x.data(), b.data(), b.size());
-  return x;
+  return out;
+}
+
+// A model file; one without a checksum (format version 1) still loads, with a warning.
+lrk::ModelFile open_model(const std::string& path) {
+  lrk::ModelFile file = lrk::ModelFile::open(path);
+  if (!file.checksummed()) std::fprintf(stderr, "lowrank_bench: warning: %s: format version 1 has no checksum\n", path.c_str());
+  return file;
 }
 
 // The whole model on one utterance: the transcript of the last run and median stage times.
 int run_model(const Args& a) {
-  lrk::Asr asr(lrk::read_model(lrk::ModelFile::open(a.model)), a.isa);
-  const std::vector<float> audio = read_audio(a.audio);
+  lrk::Asr asr(lrk::read_model(open_model(a.model)), a.isa);
+  const std::string path = a.audio.empty() ? a.raw_audio : a.audio;
+  const std::string bytes = lrk::read_bytes(path);
+  const std::vector<float> audio = a.audio.empty() ? lrk::parse_raw_f32(bytes, path) : lrk::parse_wav(bytes, path);
   lrk::Asr::Result r;
   for (int i = 0; i < a.warmup; ++i) r = asr.transcribe(audio.data(), int(audio.size()));
   std::vector<std::vector<double>> ms(5);
@@ -170,11 +167,7 @@ int run_model(const Args& a) {
     }
     ms[4].push_back(total);
   }
-  std::string text;  // JSON-escaped
-  for (char c : r.text) {
-    if (c == '"' || c == '\\') text += '\\';
-    text += c;
-  }
+  const std::string text = json_escaped(r.text);
   const double seconds = double(audio.size()) / 16000.0;
   std::printf("{\"mode\": \"model\", \"isa\": \"%s\", \"reps\": %d, \"text\": \"%s\", \"samples\": %zu, "
               "\"audio_seconds\": %.4f, \"frames\": %d, \"encoder_frames\": %d, \"output_tokens\": %zu, \"ms\": {",
@@ -193,7 +186,7 @@ int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
     if (!a.model.empty()) return run_model(a);
-    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : lrk::ModelFile::open(a.weights).stack("encoder"),
+    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : open_model(a.weights).stack("encoder"),
                          a.isa);
     const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
     std::vector<float> x(n_in);

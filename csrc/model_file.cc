@@ -1,5 +1,6 @@
 #include "model_file.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -11,11 +12,11 @@ namespace {
 // allocated for them, so a short file cannot ask for gigabytes.
 class Cursor {
  public:
-  Cursor(const std::string& bytes, const ModelFile& file) : b_(bytes), file_(file) {}
-  size_t left() const { return b_.size() - pos_; }
+  Cursor(const char* data, size_t size, const ModelFile& file) : b_(data), size_(size), file_(file) {}
+  size_t left() const { return size_ - pos_; }
   void take(void* dst, size_t n, const std::string& what) {
     if (n > left()) file_.fail("truncated (reading " + what + ")");
-    std::memcpy(dst, b_.data() + pos_, n);
+    std::memcpy(dst, b_ + pos_, n);
     pos_ += n;
   }
   uint32_t u32(const std::string& what) {
@@ -25,28 +26,52 @@ class Cursor {
   }
 
  private:
-  const std::string& b_;
+  const char* b_;
+  size_t size_;
   const ModelFile& file_;
   size_t pos_ = 0;
 };
 
 }  // namespace
 
+// CRC-32 (the zlib polynomial, as Python's zlib.crc32), bitwise: a model file is read once.
+static uint32_t crc32(const char* p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  for (size_t k = 0; k < n; ++k) {
+    c ^= uint8_t(p[k]);
+    for (int j = 0; j < 8; ++j) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+  }
+  return ~c;
+}
+
 ModelFile::ModelFile(const std::string& bytes, const std::string& name) : name_(name) {
-  Cursor in(bytes, *this);
   char magic[4] = {};
-  if (bytes.size() < 4 || (in.take(magic, 4, "the magic"), std::string(magic, 4) != "LRKM"))
+  if (bytes.size() < 12 || (std::memcpy(magic, bytes.data(), 4), std::string(magic, 4) != "LRKM"))
     fail("not a model file (magic is not LRKM)");
-  const uint32_t version = in.u32("version");
-  if (version != kModelVersion)
-    fail("format version " + std::to_string(version) + ", this build reads " + std::to_string(kModelVersion));
+  std::memcpy(&version_, bytes.data() + 4, 4);
+  if (version_ < 1 || version_ > kModelVersion)
+    fail("format version " + std::to_string(version_) + ", this build reads 1 to " + std::to_string(kModelVersion));
+  size_t size = bytes.size();
+  if (version_ >= 2) {
+    if (size < 16) fail("truncated (no checksum)");
+    uint32_t stored = 0;
+    std::memcpy(&stored, bytes.data() + size - 4, 4);
+    if (crc32(bytes.data(), size - 4) != stored) fail("checksum mismatch: the file is corrupted or truncated");
+    size -= 4;
+  }
+  Cursor in(bytes.data(), size, *this);
+  in.take(magic, 4, "the magic");
+  in.u32("version");
   const uint32_t count = in.u32("the entry count");
+  if (count > in.left() / 10) fail("truncated (" + std::to_string(count) + " entries declared)");
   for (uint32_t k = 0; k < count; ++k) {
     const uint32_t len = in.u32("a name length");
     if (len == 0 || len > 256) fail("entry " + std::to_string(k) + ": name length out of range");
     if (len > in.left()) fail("truncated (reading entry " + std::to_string(k) + "'s name)");
     std::string entry(len, '\0');
     in.take(&entry[0], len, "a name");
+    for (char c : entry)
+      if (c < 0x21 || c > 0x7E) fail("entry " + std::to_string(k) + ": the name is not printable ASCII");
     if (has(entry)) fail("entry '" + entry + "' appears twice");
     Entry e;
     in.take(&e.type, 1, entry);
@@ -56,12 +81,17 @@ ModelFile::ModelFile(const std::string& bytes, const std::string& name) : name_(
     size_t n = 1;
     for (uint32_t d = 0; d < ndim; ++d) {
       e.dims.push_back(in.u32(entry));
-      n *= e.dims.back();  // each factor < 2^32 and the product so far <= left / 4: no overflow
+      if (e.dims.back() < 1 || e.dims.back() > kMaxDim)
+        fail("entry '" + entry + "': dimension " + std::to_string(d) + " is " + std::to_string(e.dims.back()) +
+             ", outside 1.." + std::to_string(kMaxDim));
+      n *= e.dims.back();  // each factor <= 2^24 and the product so far <= left / 4: no overflow
       if (n > in.left() / 4) fail("truncated (entry '" + entry + "' declares more values than the file holds)");
     }
     if (e.type == 'f') {
       e.f.resize(n);
       in.take(e.f.data(), n * 4, entry);
+      for (size_t v = 0; v < n; ++v)
+        if (!std::isfinite(e.f[v])) fail("entry '" + entry + "': value " + std::to_string(v) + " is not finite");
     } else {
       e.i.resize(n);
       in.take(e.i.data(), n * 4, entry);
@@ -69,6 +99,11 @@ ModelFile::ModelFile(const std::string& bytes, const std::string& name) : name_(
     entries_[entry] = std::move(e);
   }
   if (in.left()) fail("trailing bytes after the last entry");
+}
+
+void ModelFile::check_all_used() const {
+  for (const auto& [entry, e] : entries_)
+    if (!e.used) fail("entry '" + entry + "': not part of a model file");
 }
 
 ModelFile ModelFile::open(const std::string& path) {
@@ -85,6 +120,7 @@ const ModelFile::Entry& ModelFile::get(const std::string& entry, char type, int 
   if (it->second.type != type || int(it->second.dims.size()) != ndim)
     fail("entry '" + entry + "': expected " + (type == 'f' ? "float32" : "int32") + " with " + std::to_string(ndim) +
          " dimension(s)");
+  it->second.used = true;
   return it->second;
 }
 
@@ -99,6 +135,7 @@ std::vector<int32_t> ModelFile::ints(const std::string& entry, size_t n) const {
 std::vector<uint32_t> ModelFile::dims(const std::string& entry) const {
   auto it = entries_.find(entry);
   if (it == entries_.end()) fail("missing entry '" + entry + "'");
+  it->second.used = true;
   return it->second.dims;
 }
 
@@ -190,10 +227,14 @@ DecoderWeights ModelFile::decoder() const {
   d.key = linear("decoder.key");
   d.query = linear("decoder.query");
   d.loc_conv = floats("decoder.loc_conv", 2);
+  const std::vector<uint32_t> conv = dims("decoder.loc_conv");
   d.loc = linear("decoder.loc");
   d.energy = linear("decoder.energy");
   d.out = linear("decoder.out");
   d.ctc = linear("decoder.ctc");
+  if (int(conv[0]) != d.loc.w.cols)
+    fail("entry 'decoder.loc_conv': " + std::to_string(conv[0]) + " channels, decoder.loc takes " +
+         std::to_string(d.loc.w.cols));
   const std::vector<int32_t> tokens = ints("decoder.tokens", 3);
   d.sos = tokens[0];
   d.eos = tokens[1];
@@ -207,8 +248,13 @@ DecoderWeights ModelFile::decoder() const {
 }
 
 DecodeLimits ModelFile::limits() const {
-  const std::vector<float> v = floats("decoder.limits");
+  const std::vector<float> v = floats("decoder.limits");  // finite, as every float entry
   if (v.size() != 4) fail("entry 'decoder.limits': expected 4 values");
+  // Checked before any becomes an integer; the caps keep a decode to at most ~100 steps a frame.
+  if (!(v[0] > 0 && v[0] <= 100)) fail("entry 'decoder.limits': max_len_ratio must be in (0, 100]");
+  if (!(v[1] >= 0 && v[1] <= 100)) fail("entry 'decoder.limits': ctc_len_ratio must be in [0, 100]");
+  if (!(v[2] >= 0 && v[2] <= 10000 && v[3] >= 0 && v[3] <= 10000))
+    fail("entry 'decoder.limits': ctc_len_margin and min_len must be in [0, 10000]");
   return {v[0], v[1], int(v[2]), int(v[3])};
 }
 
@@ -219,7 +265,15 @@ ModelWeights read_model(const ModelFile& file) {
   m.decoder = file.decoder();
   m.limits = file.limits();
   const std::vector<int32_t> vocab = file.ints("vocab", size_t(m.decoder.out.w.rows));
+  for (size_t t = 0; t < vocab.size(); ++t) {
+    const int32_t cp = vocab[t];
+    // 0 prints nothing; otherwise a printable Unicode scalar value: no C0/C1 controls, no surrogates
+    const bool ok = cp == 0 || (cp >= 0x20 && cp < 0x7F) || (cp >= 0xA0 && cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF));
+    if (!ok) file.fail("entry 'vocab': token " + std::to_string(t) + " has code point " + std::to_string(cp) +
+                       ", not a printable Unicode character");
+  }
   m.vocab.assign(vocab.begin(), vocab.end());
+  file.check_all_used();
   return m;
 }
 

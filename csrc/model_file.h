@@ -17,7 +17,10 @@
 
 namespace lrk {
 
-constexpr unsigned kModelVersion = 1;
+// Version 2 ends with the CRC-32 of every byte before it; version 1 files (no checksum) still load.
+constexpr unsigned kModelVersion = 2;
+// No dimension of any entry may exceed this (sizes then fit an int with room for 4 * H and sums).
+constexpr uint32_t kMaxDim = 1u << 24;
 
 // A malformed, foreign or inconsistent file: the message names the file and the entry.
 struct FormatError : std::runtime_error {
@@ -33,6 +36,10 @@ class ModelFile {
 
   bool has(const std::string& entry) const { return entries_.count(entry) != 0; }
   const std::string& name() const { return name_; }
+  unsigned version() const { return version_; }
+  bool checksummed() const { return version_ >= 2; }
+  // Throws FormatError naming the first entry no accessor has read: a whole model uses every entry.
+  void check_all_used() const;
   [[noreturn]] void fail(const std::string& what) const { throw FormatError(name_ + ": " + what); }
 
   std::vector<float> floats(const std::string& entry, int ndim = 1) const;
@@ -51,10 +58,12 @@ class ModelFile {
     std::vector<uint32_t> dims;
     std::vector<float> f;
     std::vector<int32_t> i;
+    mutable bool used = false;
   };
   const Entry& get(const std::string& entry, char type, int ndim) const;
 
   std::string name_;
+  unsigned version_ = 0;
   std::map<std::string, Entry> entries_;
 };
 

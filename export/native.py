@@ -5,6 +5,7 @@ Everything the C++ runtime loads goes through this one format: a whole model (`w
 `lowrank_bench --weights` and the latency table time), and the in-process objects below, which are
 built from the same bytes (`stack`, `decoder`, `frontend`, `NativeAsr`)."""
 import struct
+import zlib
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, cell_name
 from pipeline.model.decode import DecodeConfig
 
-MAGIC, VERSION = b"LRKM", 1
+MAGIC, VERSION = b"LRKM", 2  # version 2 ends with the CRC-32 of every byte before it
 
 
 def _array(t):
@@ -132,7 +133,8 @@ def encode(entries):
         a = np.ascontiguousarray(a, np.int32 if a.dtype == np.int32 else np.float32)
         out += [struct.pack("<I", len(name)), name.encode(), b"i" if a.dtype == np.int32 else b"f",
                 struct.pack(f"<I{a.ndim}I", a.ndim, *a.shape), a.astype("<" + a.dtype.str[1:]).tobytes()]
-    return b"".join(out)
+    body = b"".join(out)
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def write(path, entries):

@@ -3,6 +3,7 @@ streaming with state across calls, every SIMD path this CPU runs, and the aarch6
 import copy
 import json
 import subprocess
+import zlib
 
 import numpy as np
 import pytest
@@ -182,16 +183,23 @@ def test_lowrank_bench_runs_weights_file(tmp_path, host_build, mode):
 
 
 def test_lowrank_bench_rejects_bad_weight_files(tmp_path, host_build):
-    """The loader checks every declared size against the bytes left before it allocates."""
+    """The loader checks the checksum, then every declared size against the bytes left before it allocates."""
     native.write_stack(tmp_path / "w.bin", make_lstm(8, 4, 2))
     raw = (tmp_path / "w.bin").read_bytes()
+    body = raw[:-4]
+
+    def sealed(b):  # a structurally bad file with a valid checksum, so that the reader gets to the structure
+        return b + zlib.crc32(b).to_bytes(4, "little")
+
     first = 12 + 4 + len("encoder.directions") + 1 + 4  # the first entry's dims
-    huge = raw[:first] + (1 << 30).to_bytes(4, "little") + raw[first + 4:]
-    twice = native.encode({"encoder.cells": np.array([1], np.int32)})
+    huge = body[:first] + (1 << 20).to_bytes(4, "little") + body[first + 4:]
+    twice = native.encode({"encoder.cells": np.array([1], np.int32)})[:-4]
     twice = twice[:8] + (2).to_bytes(4, "little") + twice[12:] + twice[12:]
-    cases = {"truncated": (raw[:-10], "truncated"), "foreign": (b"PK\x03\x04" + raw[4:], "magic"),
-             "trailing": (raw + b"\0" * 4, "trailing bytes"), "huge": (huge, "declares more values than the file"),
-             "twice": (twice, "entry 'encoder.cells' appears twice"),
+    cases = {"corrupted": (raw[:40] + bytes([raw[40] ^ 1]) + raw[41:], "checksum mismatch"),
+             "truncated": (sealed(body[:-10]), "truncated"), "foreign": (b"PK\x03\x04" + raw[4:], "magic"),
+             "trailing": (sealed(body + b"\0" * 4), "trailing bytes"),
+             "huge": (sealed(huge), "declares more values than the file"),
+             "twice": (sealed(twice), "entry 'encoder.cells' appears twice"),
              "version": (raw[:4] + (7).to_bytes(4, "little") + raw[8:], "format version 7")}
     for name, (blob, message) in cases.items():
         (tmp_path / name).write_bytes(blob)

@@ -196,8 +196,8 @@ def test_model_file_runs_standalone(overfit, host_build, tmp_path):
         audio, sr = load_audio(r["audio_filepath"])
         sf.write(tmp_path / "a.wav", audio, sr, subtype="PCM_16")
         audio.astype("<f4").tofile(tmp_path / "a.f32")
-        for path in (tmp_path / "a.wav", tmp_path / "a.f32"):
-            res = run(tmp_path / "m.lrkm", "--audio", path)
+        for flag, path in (("--audio", tmp_path / "a.wav"), ("--raw-audio", tmp_path / "a.f32")):
+            res = run(tmp_path / "m.lrkm", flag, path)
             assert res.returncode == 0, res.stderr
             report = json.loads(res.stdout)
             assert report["text"] == asr.transcribe(audio, sr) and report["total_ms"]["median"] > 0
@@ -206,10 +206,10 @@ def test_model_file_runs_standalone(overfit, host_build, tmp_path):
     assert res.returncode == 2 and "8k.wav: field fmt" in res.stderr
     data = (tmp_path / "m.lrkm").read_bytes()
     (tmp_path / "cut.lrkm").write_bytes(data[: len(data) // 2])
-    res = run(tmp_path / "cut.lrkm", "--audio", tmp_path / "a.f32")
-    assert res.returncode == 2 and "cut.lrkm: truncated" in res.stderr
+    res = run(tmp_path / "cut.lrkm", "--raw-audio", tmp_path / "a.f32")
+    assert res.returncode == 2 and "cut.lrkm: checksum mismatch" in res.stderr
     (tmp_path / "bad.lrkm").write_bytes(b"LRKX" + data[4:])
-    res = run(tmp_path / "bad.lrkm", "--audio", tmp_path / "a.f32")
+    res = run(tmp_path / "bad.lrkm", "--raw-audio", tmp_path / "a.f32")
     assert res.returncode == 2 and "bad.lrkm: not a model file" in res.stderr
 
 

@@ -171,8 +171,10 @@ class Runner:
         return report
 
     def model(self, model_file, audio_file, reps=5, warmup=1):
-        """The JSON report of `lowrank_bench --model --audio` (the whole model on one utterance)."""
-        report = self._run(["--reps", reps, "--warmup", warmup], {"--model": model_file, "--audio": audio_file})
+        """The JSON report of `lowrank_bench --model` on one utterance: a wav file, or raw float32 samples
+        (`.f32`)."""
+        flag = "--raw-audio" if Path(audio_file).suffix == ".f32" else "--audio"
+        report = self._run(["--reps", reps, "--warmup", warmup], {"--model": model_file, flag: audio_file})
         if not isinstance(report.get("total_ms"), dict) or "text" not in report:
             raise PipelineError(f"{self.t.spec}: lowrank_bench returned no model report (got {report!r:.120})")
         return report
