@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 CORPUS ?= corpus/default
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup corpus compress test test-fast native-check checksums clean baseline-asset
+.PHONY: setup corpus compress test test-fast native-check fuzz-check checksums clean baseline-asset
 setup: $(STAMP)
 
 # Reinstall when the package metadata, the build or the native sources change.
@@ -41,6 +41,16 @@ test-fast: setup
 # The C++ checks: kernels on every SIMD path against PyTorch, the aarch64 build under qemu, kernel_check.
 native-check: setup
 	$(PY) -m pytest tests/test_native.py tests/test_lstm_kernel.py tests/test_native_asr.py
+
+# The C++ readers of untrusted files under ASan and UBSan: sanitized checks, regression inputs, then
+# FUZZ_SECONDS of libFuzzer per target (tests/fuzz/README.md).
+FUZZ_BUILD   ?= build/fuzz
+FUZZ_SECONDS ?= 60
+fuzz-check: setup
+	cmake -S . -B $(FUZZ_BUILD) -DCMAKE_CXX_COMPILER=clang++-14 -DLRK_PYTHON=OFF -DLRK_SANITIZE=address,undefined \
+		-DLRK_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build $(FUZZ_BUILD) --parallel 2 >/dev/null
+	$(PY) scripts/fuzz_check.py --build $(FUZZ_BUILD) --seconds $(FUZZ_SECONDS)
 
 # After a deliberate change under assets/ (tests/test_repository.py checks the list).
 checksums:

@@ -84,6 +84,18 @@ def write_text(path, text):
             os.fsync(f.fileno())
 
 
+def read_json(path, kind=dict):
+    """A JSON file the project wrote earlier (a run folder's config, a cache): any damage, such as a
+    truncated or hand-edited file, is a PipelineError naming the file instead of a traceback."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{path}: unreadable JSON ({e})") from None
+    if not isinstance(obj, kind):
+        raise PipelineError(f"{path}: expected a JSON {kind.__name__}, found {type(obj).__name__}")
+    return obj
+
+
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -21,7 +21,7 @@ import torch
 
 from export.native import write_model
 from export.onnx_export import export
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, read_json, write_json
 from pipeline.bench import bench, side_by_side
 from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
@@ -75,7 +75,7 @@ def _check_config(out, want, resume):
     if path.exists():
         if not resume:
             raise PipelineError(f"{out}: holds a compress run already; pass --resume or choose another --out")
-        have = json.loads(path.read_text())
+        have = read_json(path)
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             raise PipelineError(f"{path}: field(s) {', '.join(diff)} differ from this run's; start a new --out")

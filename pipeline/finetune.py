@@ -6,13 +6,12 @@ from a teacher (the uncompressed model): the KL divergence from its CTC and deco
 The result goes to `OUT/model.safetensors`, written last, so its presence means the fine-tuning
 finished.
 """
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.atomic import write_json
+from pipeline.atomic import read_json, write_json
 from pipeline.data.dataset import SpeechDataset, duration_batches
 from pipeline.errors import PipelineError
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
@@ -81,7 +80,7 @@ def finetune(model, cmvn, train_rows, out, steps, lr=3e-4, batch_seconds=64.0, t
 def cached_scores(path, checkpoint, rows, threads):
     """Greedy scores of a checkpoint on `rows`, cached in `path` (read back, not recomputed, when it is there)."""
     if path.exists():
-        return json.loads(path.read_text())
+        return read_json(path)
     torch.set_num_threads(threads)
     model, cmvn, _ = load_checkpoint(checkpoint)
     metrics, _ = evaluate(model, cmvn, rows, progress=False)

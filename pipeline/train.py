@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_json, write_text
+from pipeline.atomic import atomic_path, read_json, write_json, write_text
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
 from pipeline.data.features import Cmvn, compute_cmvn
 from pipeline.data.manifest import read_manifest
@@ -104,7 +104,7 @@ def _configs(out, config_path, resume):
     if resume:
         if not (out / "state.pt").exists():
             raise PipelineError(f"{out / 'state.pt'}: nothing to resume (no state file)")
-        saved = json.loads((out / "config.json").read_text())
+        saved = read_json(out / "config.json")
         where = f"{out}/config.json"
         return ModelConfig.from_dict(saved["model"], where), TrainConfig.from_dict(saved["train"], where)
     if (out / "state.pt").exists():
@@ -172,14 +172,23 @@ def new_progress():
     return {"epoch": 0, "batch": 0, "step": 0, "best_wer": None, "history": []}
 
 
+def load_state_file(path):
+    """A run folder's torch state (its own resume state), or a PipelineError naming the file."""
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as e:  # a truncated or foreign file fails in zipfile or pickle, with many error types
+        raise PipelineError(f"{path}: unreadable state file ({type(e).__name__}: {str(e)[:200]}); "
+                            f"start a new run folder") from None
+
+
 def load_state(out, model, opt):
     """Loads a run folder's state.pt into model and optimiser; returns its progress."""
-    saved = torch.load(out / "state.pt", weights_only=False)
+    saved = load_state_file(out / "state.pt")
     model.load_state_dict(saved["model"])
     opt_path = out / saved["optimizer_file"]
     if not opt_path.exists():
         raise PipelineError(f"{opt_path}: optimiser state named by {out / 'state.pt'} is missing")
-    opt.load_state_dict(torch.load(opt_path, weights_only=False))
+    opt.load_state_dict(load_state_file(opt_path))
     return saved["progress"]
 
 

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 CACHE="${PIPELINE_CACHE:-$HOME/.cache/asr-pipeline}"
-BUILD_PKGS="build-essential cmake g++-aarch64-linux-gnu qemu-user openssh-client openssh-server"
+BUILD_PKGS="build-essential cmake g++-aarch64-linux-gnu qemu-user openssh-client openssh-server clang-14 libclang-rt-14-dev"
 TTS_PKGS="espeak-ng mbrola mbrola-us1 mbrola-en1 festival festlex-cmu festlex-poslex festlex-oald
   festvox-kallpc16k festvox-kdlpc16k festvox-rablpc16k festvox-don festvox-us1 festvox-en1
   flite libttspico-utils rhvoice rhvoice-english"

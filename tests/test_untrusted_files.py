@@ -14,8 +14,13 @@ import torch
 from export import native
 from pipeline import _native
 from pipeline.data.features import Cmvn
+from pipeline.errors import PipelineError
+from pipeline.finetune import cached_scores
+from pipeline.latency.table import LatencyTable
 from pipeline.model.asr import ASRModel
 from pipeline.model.config import ModelConfig
+from pipeline.train import _configs as train_configs
+from pipeline.train import load_state_file
 
 TINY = ModelConfig(enc_layers=1, enc_hidden=16, dec_hidden=16, att_dim=8, conv_channels=4, embed_dim=8,
                    att_conv_channels=2, att_conv_kernel=5, dropout=0.0)
@@ -184,3 +189,27 @@ def test_a_data_chunk_past_the_end_is_refused(model_file, tmp_path, host_build):
     (tmp_path / "cut.wav").write_bytes(bytes(wav))
     res = _bench(host_build, "--model", model_file, "--audio", tmp_path / "cut.wav", "--reps", "1")
     assert res.returncode == 2 and "cut.wav: truncated" in res.stderr, res.stderr
+
+
+# ---- files the Python stages read back: caches and run folders ----------------------------------
+
+def test_a_damaged_latency_cache_is_named(tmp_path):
+    table = LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+    for text, field in (("{not json", "unreadable JSON"), ("[1, 2]", "expected a JSON dict"),
+                        ('{"us_per_frame": {"16,8,0,0": [1.0, -2.0]}}', "us_per_frame.16,8,0,0"),
+                        ('{"us_per_frame": {"16,8,0,0": "fast"}}', "us_per_frame.16,8,0,0")):
+        table.path.write_text(text)
+        with pytest.raises(PipelineError, match=f"{table.path.name}: .*{field}"):
+            LatencyTable(frames=10, reps=1, cache_dir=tmp_path)
+
+
+def test_a_damaged_run_folder_is_named(tmp_path):
+    (tmp_path / "state.pt").write_bytes(b"PK\x03\x04 not a torch file")
+    (tmp_path / "config.json").write_text('{"model": ')
+    with pytest.raises(PipelineError, match="config.json: unreadable JSON"):
+        train_configs(tmp_path, None, resume=True)
+    with pytest.raises(PipelineError, match="state.pt: unreadable state file"):
+        load_state_file(tmp_path / "state.pt")
+    (tmp_path / "dev.json").write_text("[]")
+    with pytest.raises(PipelineError, match="dev.json: expected a JSON dict"):
+        cached_scores(tmp_path / "dev.json", None, [], 1)

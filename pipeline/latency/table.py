@@ -23,7 +23,7 @@ Cached on disk as JSON, keyed by target, runtime and kernel version; a run kille
 resumes where it stopped.
 """
 import copy
-import json
+import math
 import random
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from export.native import write_stack
 from export.onnx_export import lowering_seconds, stack_seconds
-from pipeline.atomic import write_json
+from pipeline.atomic import read_json, write_json
 from pipeline.data.features import FeatureConfig
 from pipeline.errors import PipelineError
 from pipeline.latency.targets import CACHE, Runner, kernel_version, parse_target, temp_weights_path
@@ -96,11 +96,7 @@ class LatencyTable:
         self.path = Path(cache_dir or CACHE / "latency") / f"{self.target.key()}-{runtime}-{kernel_version()}.json"
         self.entries, self.calibration = {}, {}
         if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-                self.entries, self.calibration = saved["us_per_frame"], saved.get("calibration", {})
-            except (OSError, json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise PipelineError(f"{self.path}: unreadable latency table ({e}); delete it to measure again") from None
+            self.entries, self.calibration = _read_cache(self.path)
         self._runner = None
 
     @staticmethod
@@ -189,6 +185,20 @@ class LatencyTable:
         ranks = _ranks(model)
         return self.lstm_us(at_ranks(encoder_cells(model), ranks), at_ranks(decoder_cells(model), ranks),
                             self.scale(model), steps_per_frame)
+
+
+def _read_cache(path):
+    """(entries, calibration) of a cached table: every entry a list of positive finite microseconds."""
+    saved = read_json(path)
+    entries, calibration = saved.get("us_per_frame"), saved.get("calibration", {})
+    if not isinstance(entries, dict) or not isinstance(calibration, dict):
+        raise PipelineError(f"{path}: field 'us_per_frame' or 'calibration' is not an object; delete it to measure again")
+    for key, values in entries.items():
+        if not (isinstance(values, list) and values and all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)):
+            raise PipelineError(f"{path}: field 'us_per_frame.{key}' must be a list of positive numbers; "
+                                f"delete the file to measure again")
+    return entries, calibration
 
 
 def _signature(model):

@@ -46,8 +46,9 @@ def kernel_version():
     """The hash of the sources lowrank_bench is built from (all of csrc/ but the Python bindings):
     binaries and latency tables are keyed by it, so a kernel change invalidates both."""
     h = hashlib.sha256()
-    for p in sorted(p for p in (ROOT / "csrc").glob("*") if p.name != "bindings.cc") + [ROOT / "CMakeLists.txt"]:
-        h.update(p.name.encode() + p.read_bytes())
+    files = sorted(p for p in (ROOT / "csrc").rglob("*") if p.is_file() and p.name != "bindings.cc")
+    for p in files + [ROOT / "CMakeLists.txt"]:
+        h.update(p.relative_to(ROOT).as_posix().encode() + p.read_bytes())
     return h.hexdigest()[:16]
 
 

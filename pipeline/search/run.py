@@ -13,7 +13,6 @@ Rewards (higher is better; the budget wall keeps every episode at or under its t
 - `amc`: -WER x log(cost) (AMC's accuracy-guaranteed mode).
 """
 import copy
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, save_png, write_json, write_jsonl
+from pipeline.atomic import atomic_path, read_json, save_png, write_json, write_jsonl
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel
@@ -32,6 +31,7 @@ from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.parallel import RayPool
 from pipeline.search.space import Approximator, RankSpace, searchable
+from pipeline.train import load_state_file
 
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
 REWARDS = ("wer", "punish", "amc")
@@ -111,7 +111,7 @@ def _config_file(out, cfg, model_path, subset_path, resume):
     if resume:
         if not (out / "state.pt").exists():
             raise PipelineError(f"{out / 'state.pt'}: nothing to resume (no state file)")
-        have = json.loads(path.read_text())
+        have = read_json(path)
         for key in ("model_sha256", "subset"):
             if have.get(key) != want[key]:
                 raise PipelineError(f"{path}: field '{key}' differs from this run's; start a new --out")
@@ -167,7 +167,7 @@ def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progres
     agent = make_agent(cfg.agent, cfg.episodes, cfg.seed, space.uniform_action())
     st = {"episode": 0, "log": []}
     if resume:
-        saved = torch.load(out / "state.pt", weights_only=False)
+        saved = load_state_file(out / "state.pt")
         try:
             agent.load_state_dict(saved["agent"])
         except (RuntimeError, KeyError, TypeError, ValueError) as e:  # e.g. another state size (space.STATE_DIM)
