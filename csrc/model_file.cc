@@ -184,11 +184,7 @@ StackWeights ModelFile::stack(const std::string& prefix) const {
     c.hidden = c.hh.cols;
     s.cells.push_back(std::move(c));
   }
-  try {
-    s.validate();
-  } catch (const std::invalid_argument& err) {
-    fail("stack '" + prefix + "': " + err.what());
-  }
+  validate(s, "stack '" + prefix + "': ");
   return s;
 }
 
@@ -216,11 +212,7 @@ FrontendWeights ModelFile::frontend() const {
   f.conv1_b = floats("frontend.conv1_b");
   f.conv2_w = floats("frontend.conv2_w");
   f.conv2_b = floats("frontend.conv2_b");
-  try {
-    f.validate();
-  } catch (const std::invalid_argument& err) {
-    fail(err.what());
-  }
+  validate(f);
   return f;
 }
 
@@ -244,11 +236,7 @@ DecoderWeights ModelFile::decoder() const {
   d.sos = tokens[0];
   d.eos = tokens[1];
   d.blank = tokens[2];
-  try {
-    d.validate();
-  } catch (const std::invalid_argument& err) {
-    fail(err.what());
-  }
+  validate(d);
   return d;
 }
 

@@ -61,6 +61,15 @@ class ModelFile {
     mutable bool used = false;
   };
   const Entry& get(const std::string& entry, char type, int ndim) const;
+  // w.validate(), its std::invalid_argument thrown again as a FormatError naming this file.
+  template <class Weights>
+  void validate(const Weights& w, const std::string& what = "") const {
+    try {
+      w.validate();
+    } catch (const std::invalid_argument& err) {
+      fail(what + err.what());
+    }
+  }
 
   std::string name_;
   unsigned version_ = 0;

@@ -105,7 +105,6 @@ def cmd_transcribe(args):
             print(f"{f}\t{asr.transcribe_file(f, beam=args.beam, decoder=args.decoder)}", flush=True)
         return
 
-
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
     cfg = _decode_config(args)
