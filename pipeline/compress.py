@@ -12,7 +12,6 @@ encoder stack, on a device), `scores.json` (WER per split), `bench.json` (latenc
 `report.md` and its plots. Every stage leaves its result file last and is skipped when that file is
 there; the stages inside (search, fine-tuning) resume themselves, so `--resume` redoes nothing.
 """
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -207,9 +206,9 @@ def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
         rows = [{"label": label, **{k: v for k, v in r.items() if k != "transcripts"}}
                 for (_, _, label), r in zip(runs, results)]
         write_json(bench_path, {"threads": 1, "runs": rows})
-    final_from = json.loads((out / "iterations.json").read_text())["final_from"]
-    report = write_report(out, json.loads(scores.read_text()), json.loads(bench_path.read_text()), history, base,
+    final_from = read_json(out / "iterations.json")["final_from"]
+    report = write_report(out, read_json(scores), read_json(bench_path), history, base,
                           stopped, cfg, final_from)
     log(f"report: {report}")
-    return {"history": history, "stopped": stopped, "scores": json.loads(scores.read_text()),
-            "bench": json.loads(bench_path.read_text()), "final": str(final), "final_from": final_from}
+    return {"history": history, "stopped": stopped, "scores": read_json(scores),
+            "bench": read_json(bench_path), "final": str(final), "final_from": final_from}

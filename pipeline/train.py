@@ -63,10 +63,7 @@ def load_config_file(path):
     """A JSON file with optional `model` and `train` objects overriding the defaults."""
     if path is None:
         return ModelConfig(), TrainConfig()
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise PipelineError(f"{path}: cannot read config ({e})") from None
+    obj = read_json(path)
     return (ModelConfig.from_dict(obj.get("model", {}), f"{path}: field 'model'"),
             TrainConfig.from_dict(obj.get("train", {}), f"{path}: field 'train'"))
 

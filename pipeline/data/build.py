@@ -22,7 +22,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path, write_json, write_jsonl
+from pipeline.atomic import atomic_path, read_json, write_json, write_jsonl
 from pipeline.data import audio as A
 from pipeline.data import augment, real, text, voices
 from pipeline.data.features import compute_cmvn
@@ -220,7 +220,7 @@ def build(preset_name, out_dir, seed=0, workers=None):
     meta = {"format_version": FORMAT_VERSION, "preset": preset_name, "seed": seed, **asdict(preset)}
     meta_path = out_dir / "corpus.json"
     if meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_json(meta_path)
         if {k: old.get(k) for k in meta} != meta:
             raise PipelineError(f"{meta_path}: folder holds a corpus built with preset {old.get('preset')!r} "
                                 f"seed {old.get('seed')}; choose another --out")
