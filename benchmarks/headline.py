@@ -1,7 +1,7 @@
 """The README's headline table: each shipped model's greedy WER on whole splits, and its end-to-end
-latency natively and in onnxruntime, the runtimes and models timed side by side (they take turns
-utterance by utterance, so a slow spell of the machine slows all alike; a speedup is the median of
-the passes' ratios). WER is computed once per model and split and kept in the results file, so a
+latency natively and in onnxruntime (fp32), the runtimes and models timed side by side (they take
+turns utterance by utterance, so a slow spell of the machine slows all alike; a speedup is the median
+of the passes' ratios, over the same runtime's dense baseline). WER is computed once per model and split and kept in the results file, so a
 rerun only times.
 
     python benchmarks/headline.py [--data corpus/default] [--json results/headline_<machine>.json]
@@ -52,8 +52,9 @@ def latency(data, utterances, reps):
 
 
 def table(result):
+    """Markdown: WER per split (against the baseline's), and each runtime's median ms with its speedup
+    over the same runtime's dense baseline."""
     lat = result["latency"]
-    ref = lat["native/baseline"]["pass_ms"]
     lines = ["| model | LSTM weights | " + " | ".join(f"{s} WER" for s in SPLITS) +
              " | native ms (speedup) | onnxruntime ms (speedup) |", "|---" * (4 + len(SPLITS)) + "|"]
     base = result["wer"]["baseline"]
@@ -61,9 +62,11 @@ def table(result):
         w = result["wer"][name]
         cells = [f"{w[s]['wer']:.3f}" + ("" if name == "baseline" else f" ({w[s]['wer'] / base[s]['wer']:.3f}x)")
                  for s in SPLITS]
-        times = [f"{lat[f'{rt}/{name}']['median_ms']:.0f} ({speedup(ref, lat[f'{rt}/{name}']['pass_ms'])[0]:.2f}x)"
+        times = [f"{lat[f'{rt}/{name}']['median_ms']:.0f} "
+                 f"({speedup(lat[f'{rt}/baseline']['pass_ms'], lat[f'{rt}/{name}']['pass_ms'])[0]:.2f}x)"
                  for rt in RUNTIMES]
-        lines.append(f"| {name} | {result['lstm_compression'][name]:.2f}x smaller | " + " | ".join(cells + times) + " |")
+        size = "dense" if name == "baseline" else f"{result['lstm_compression'][name]:.2f}x fewer"
+        lines.append(f"| {name} | {size} | " + " | ".join(cells + times) + " |")
     return "\n".join(lines)
 
 
@@ -83,7 +86,8 @@ def main():
     word_error_rates(result, args.data, args.threads, print)
     write_json(path, result)
     result["latency"] = latency(args.data, args.utterances, args.reps)
-    result["latency_setup"] = f"1 thread, {args.utterances} test utterances, {args.reps} passes, speedups over native dense"
+    result["latency_setup"] = (f"1 thread, {args.utterances} test utterances, {args.reps} passes, speedups over the "
+                               f"same runtime's dense baseline")
     write_json(path, result)
     print(f"{result['machine']}; WER greedy on whole splits; latency {result['latency_setup']}\n{table(result)}")
 
