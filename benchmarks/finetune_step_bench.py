@@ -1,7 +1,7 @@
 """Seconds per training step (loss + backward) of a model dense, factored through PyTorch's fused LSTM
 on W = U V (training mode), and factored stepping through the factors in Python, side by side.
 
-    python benchmarks/finetune_step_bench.py [--model runs/baseline/best.safetensors] [--fraction 0.25] \
+    python benchmarks/finetune_step_bench.py [--model assets/baseline/model.safetensors] [--fraction 0.25] \
         [--batch-seconds 64] [--threads 2]
 """
 import argparse
@@ -34,7 +34,7 @@ def step_seconds(model, batch, stepped=False, reps=2):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="runs/baseline/best.safetensors")
+    ap.add_argument("--model", default="assets/baseline/model.safetensors")
     ap.add_argument("--train", default="corpus/default/train.jsonl")
     ap.add_argument("--fraction", type=float, default=0.25)
     ap.add_argument("--batch-seconds", type=float, default=64)
