@@ -194,6 +194,8 @@ int main(int argc, char** argv) {
       std::ifstream f(a.input, std::ios::binary);
       if (!f.read(reinterpret_cast<char*>(x.data()), std::streamsize(n_in * 4)))
         throw std::runtime_error(a.input + ": needs " + std::to_string(n_in) + " float32 values");
+      for (size_t k = 0; k < n_in; ++k)
+        if (!std::isfinite(x[k])) throw std::runtime_error(a.input + ": value " + std::to_string(k) + " is not finite");
     } else {
       std::mt19937 rng(1);
       x = uniform(n_in, 1.0f, rng);

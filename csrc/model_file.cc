@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 
 namespace lrk {
 namespace {
@@ -112,11 +111,13 @@ void ModelFile::check_all_used() const {
 }
 
 ModelFile ModelFile::open(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw FormatError(path + ": cannot open model file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return ModelFile(s.str(), path);
+  std::ifstream in(path, std::ios::binary | std::ios::ate);  // read once, into one buffer of the file's size
+  const std::streamoff size = in ? std::streamoff(in.tellg()) : -1;
+  if (size < 0) throw FormatError(path + ": cannot open model file");
+  std::string bytes(size_t(size), '\0');
+  in.seekg(0);
+  if (!in.read(&bytes[0], size)) throw FormatError(path + ": cannot read model file");
+  return ModelFile(bytes, path);
 }
 
 const ModelFile::Entry& ModelFile::get(const std::string& entry, char type, int ndim) const {

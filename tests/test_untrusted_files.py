@@ -225,3 +225,14 @@ def test_a_damaged_run_folder_is_named(tmp_path):
     (tmp_path / "dev.json").write_text("[]")
     with pytest.raises(PipelineError, match="dev.json: expected a JSON dict"):
         cached_scores(tmp_path / "dev.json", None, [], 1)
+
+
+def test_non_finite_input_frames_are_refused(entries, tmp_path, host_build):
+    native.write(tmp_path / "stack.lrkm", {k: v for k, v in entries.items() if k.startswith("encoder.")})
+    inp = int(entries["encoder.0.ih"].shape[1])
+    x = np.zeros((2, inp), "<f4")
+    x[1, 3] = np.inf
+    (tmp_path / "x.f32").write_bytes(x.tobytes())
+    res = _bench(host_build, "--weights", tmp_path / "stack.lrkm", "--input", tmp_path / "x.f32", "--frames", 2,
+                 "--reps", 1)
+    assert res.returncode == 2 and f"x.f32: value {inp + 3} is not finite" in res.stderr, res.stderr
