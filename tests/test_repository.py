@@ -45,14 +45,21 @@ def documents():
             *sorted((ROOT / "assets").glob("*/MODEL_CARD.md"))]
 
 
+def anchors(doc):
+    """The anchors of a Markdown file's headings, as GitHub makes them."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in doc.read_text().splitlines() if line.startswith("#")}
+
+
 def test_every_link_in_the_docs_resolves():
     broken = []
     for doc in documents():
         for target in LINK.findall(doc.read_text()):
-            if target.startswith(("http://", "https://", "mailto:", "#")):
+            if target.startswith(("http://", "https://", "mailto:")):
                 continue
-            path = target.split("#")[0]
-            if not (doc.parent / path).exists():
+            path, _, anchor = target.partition("#")
+            dest = doc.parent / path if path else doc
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
                 broken.append(f"{doc.relative_to(ROOT)}: {target}")
     assert broken == []
 
