@@ -3,8 +3,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 namespace lrk {
 namespace {
@@ -48,14 +46,6 @@ std::vector<float> parse_raw_f32(const std::string& bytes, const std::string& na
   for (size_t k = 0; k < x.size(); ++k)
     if (!std::isfinite(x[k])) throw std::runtime_error(name + ": sample " + std::to_string(k) + " is not finite");
   return x;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 }  // namespace lrk

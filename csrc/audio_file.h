@@ -12,7 +12,5 @@ namespace lrk {
 std::vector<float> parse_wav(const std::string& bytes, const std::string& name);
 // Little-endian float32 samples; throws std::runtime_error naming `name`.
 std::vector<float> parse_raw_f32(const std::string& bytes, const std::string& name);
-// A whole file's bytes; throws std::runtime_error when it cannot be read.
-std::string read_bytes(const std::string& path);
 
 }  // namespace lrk

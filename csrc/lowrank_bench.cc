@@ -29,6 +29,7 @@
 #include "asr.h"
 #include "audio_file.h"
 #include "build_info.h"
+#include "file_bytes.h"
 #include "lstm.h"
 
 namespace {
@@ -191,11 +192,9 @@ int main(int argc, char** argv) {
     const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
     std::vector<float> x(n_in);
     if (!a.input.empty()) {
-      std::ifstream f(a.input, std::ios::binary);
-      if (!f.read(reinterpret_cast<char*>(x.data()), std::streamsize(n_in * 4)))
-        throw std::runtime_error(a.input + ": needs " + std::to_string(n_in) + " float32 values");
-      for (size_t k = 0; k < n_in; ++k)
-        if (!std::isfinite(x[k])) throw std::runtime_error(a.input + ": value " + std::to_string(k) + " is not finite");
+      x = lrk::parse_raw_f32(lrk::read_bytes(a.input), a.input);
+      if (x.size() < n_in) throw std::runtime_error(a.input + ": needs " + std::to_string(n_in) + " float32 values");
+      x.resize(n_in);
     } else {
       std::mt19937 rng(1);
       x = uniform(n_in, 1.0f, rng);

@@ -2,7 +2,8 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
+
+#include "file_bytes.h"
 
 namespace lrk {
 namespace {
@@ -111,12 +112,12 @@ void ModelFile::check_all_used() const {
 }
 
 ModelFile ModelFile::open(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);  // read once, into one buffer of the file's size
-  const std::streamoff size = in ? std::streamoff(in.tellg()) : -1;
-  if (size < 0) throw FormatError(path + ": cannot open model file");
-  std::string bytes(size_t(size), '\0');
-  in.seekg(0);
-  if (!in.read(&bytes[0], size)) throw FormatError(path + ": cannot read model file");
+  std::string bytes;
+  try {
+    bytes = read_bytes(path);
+  } catch (const std::runtime_error& err) {
+    throw FormatError(err.what());  // a ValueError in Python, as every other fault of a model file
+  }
   return ModelFile(bytes, path);
 }
 

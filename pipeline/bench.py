@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import native
-from export.native import write_model
+from export.native import NativeAsr, write_model
 from export.onnx_export import export
 from export.runner import OnnxAsr
 from pipeline.data.audio import load_audio, resample
@@ -49,7 +48,7 @@ def _runtime_fn(runtime, checkpoint, model, cmvn):
             return greedy(model, f, torch.tensor([f.shape[1]]))[0]
         return run
     if runtime == "native":
-        return native.NativeAsr(model, cmvn).transcribe
+        return NativeAsr(model, cmvn).transcribe
     if runtime == "onnx":
         out = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
         export(checkpoint, out, log=lambda *_: None)
