@@ -18,11 +18,12 @@ from pathlib import Path
 
 from pipeline.atomic import write_json
 from pipeline.bench import row_speedup
-from pipeline.compress import cached_scores
 from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.errors import PipelineError
+from pipeline.finetune import cached_scores
 from pipeline.lowrank import cost_table
-from pipeline.lowrank.checkpoint import load_checkpoint, sha256
+from pipeline.lowrank.checkpoint import load_checkpoint
+from pipeline.task import fingerprint
 
 
 def _json(path):
@@ -48,12 +49,12 @@ def summary(spec, baseline):
     run, _, k = spec.partition(":")
     run = Path(run)
     cfg = _json(run / "config.json")
-    if sha256(baseline) != cfg["model_sha256"]:
+    if fingerprint(load_checkpoint(baseline)[0]) != cfg["model_sha256"]:
         raise PipelineError(f"{run / 'config.json'}: model_sha256 is not that of {baseline}; pass --baseline")
     # -1: the run has not finished its iterations, so no iteration is its final model yet
     final_from = _json(run / "iterations.json")["final_from"] if (run / "iterations.json").exists() else -1
     ckpt, dev, search, k = _iteration(run, int(k) if k else None, final_from)
-    rows = evenly_spaced(read_manifest(Path(cfg["data"]) / "test.jsonl"), cfg["compress"]["score_utterances"])
+    rows = evenly_spaced(read_manifest(Path(cfg["data"]) / "test.jsonl"), cfg["asr"]["score_utterances"])
     threads = cfg["compress"]["threads"]
     test_base = cached_scores(run / "score_baseline_test.json", baseline, rows, threads)
     is_final = k == final_from
@@ -68,7 +69,7 @@ def summary(spec, baseline):
             "finetune_steps": c["finetune_steps"], "iteration": k,
             "target": search["target"],
             "target_kind": "compression" if c["target_compression"] else "speedup",
-            "cost_ratio": search["best"]["cost_ratio"], "subset_wer": search["best"].get("wer"),
+            "cost_ratio": search["best"]["cost_ratio"], "subset_wer": search["best"].get("metric"),
             "lstm_compression": cost_table(load_checkpoint(ckpt)[0])[1]["lstm_compression"],
             "dev_wer": dev["wer"], "dev_wer_baseline": _json(run / "baseline_dev.json")["wer"],
             "test_wer": test["wer"], "test_wer_baseline": test_base["wer"],

@@ -13,6 +13,7 @@ from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
 from pipeline.lowrank.checkpoint import load_checkpoint
 from pipeline.machine import cpu_name
+from pipeline.model.evaluate import SubsetWer
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.parallel import RayPool
 from pipeline.search.space import Approximator, searchable
@@ -31,16 +32,17 @@ def main():
     rows = read_manifest(args.subset)
     layer_list = searchable(model)
     policies = random_policies(model, args.policies, seed=1)
-    local = SubsetEvaluator(Approximator(model, layer_list), cmvn, rows, None)
+    metric = SubsetWer(cmvn, rows)
+    local = SubsetEvaluator(Approximator(model, layer_list), metric, None)
     results = []
     t = time.perf_counter()
-    expected = [local.score(p)["wer"] for p in policies]
+    expected = [local.score(p)["metric"] for p in policies]
     results.append({"how": "this process, 1 thread", "seconds": time.perf_counter() - t})
     for workers in (1, 2):
-        pool = RayPool(args.model, args.subset, [l.name for l in layer_list], workers=workers)
+        pool = RayPool(model, layer_list, metric, workers=workers)
         pool.map(policies[:workers])  # workers loaded and warm
         t = time.perf_counter()
-        got = [m["wer"] for m in pool.map(policies)]
+        got = [m["metric"] for m in pool.map(policies)]
         results.append({"how": f"Ray, {workers} worker(s) x 1 thread", "seconds": time.perf_counter() - t,
                         "same_wer": got == expected})
         pool.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.asr_task import asr_task
 from pipeline.atomic import write_json
 from pipeline.data.manifest import read_manifest
 from pipeline.lowrank import factorize
@@ -67,16 +68,16 @@ def main():
             run = Path(args.runs) / f"{target}-{agent}-{reward}"
             cfg = _config(target, agent, reward, episodes, seed=0)
             t = time.perf_counter()
-            r = search(args.model, run, cfg, args.subset, resume=(run / "state.pt").exists(), progress=True,
+            r = search(asr_task(args.model, subset=args.subset), run, cfg, resume=(run / "state.pt").exists(), progress=True,
                        workers=None if single else args.workers)
             seconds = time.perf_counter() - t
             model = factorize(copy.deepcopy(base), r["best"]["ranks"])
             m, _ = evaluate(model, cmvn, dev, progress=False)
             results.append({"target": target, "agent": agent, "reward": reward, "episodes": episodes,
-                            "evaluations": r["evaluations"], "subset_wer": r["best"]["wer"], "dev_wer": m["wer"],
+                            "evaluations": r["evaluations"], "subset_wer": r["best"]["metric"], "dev_wer": m["wer"],
                             "cost_ratio": r["best"]["cost_ratio"], "search_seconds": round(seconds, 1)})
             write_json(args.out, {"meta": meta, "results": results})
-            print(f"{target} {agent:<9} {reward:<6}: dev WER {m['wer']:.4f} (subset {r['best']['wer']:.4f}) at "
+            print(f"{target} {agent:<9} {reward:<6}: dev WER {m['wer']:.4f} (subset {r['best']['metric']:.4f}) at "
                   f"{r['best']['cost_ratio']:.3f} of dense; {r['evaluations']} evaluations", flush=True)
     print("\n| target | agent | reward | dev WER | vs uniform | vs random |\n|---|---|---|---|---|---|")
     for r in results:

@@ -43,9 +43,9 @@ def _dense(m):
 class LstmOpLowering(nn.Module):
     """A single-layer, one-direction LowRankLSTM as MatMul (V_i) + a standard LSTM (W = U_i, R = U_h V_h)."""
 
-    def __init__(self, lr):
+    def __init__(self, lr, cell=None):
         super().__init__()
-        cell = lr.cells[cell_name(0, 0)]
+        cell = lr.cells[cell or cell_name(0, 0)]
         self.v = None if cell.ih.rank is None else nn.Parameter(cell.ih.V.detach().clone())
         w_ih = cell.ih.weight if cell.ih.rank is None else cell.ih.U
         self.lstm = nn.LSTM(w_ih.shape[1], lr.hidden_size, batch_first=True)
@@ -220,7 +220,7 @@ class ExportDecoderStep(nn.Module):
         return logp, h, c, context, weights
 
 
-def _to_onnx(module, args, input_names, output_names, dynamic_axes):
+def to_onnx(module, args, input_names, output_names, dynamic_axes):
     """torch.onnx.export (TorchScript exporter: dynamo=False keeps an LSTM one ONNX LSTM op) to a proto."""
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
@@ -230,7 +230,7 @@ def _to_onnx(module, args, input_names, output_names, dynamic_axes):
     return onnx.load_from_string(buf.getvalue())
 
 
-def _save(proto, path, model_id):
+def save_proto(proto, path, model_id):
     proto.ir_version = min(proto.ir_version, 8)  # what onnxruntime 1.23 and its mobile builds read
     del proto.metadata_props[:]
     proto.metadata_props.add(key="model_id", value=model_id)
@@ -264,8 +264,8 @@ def lowering_seconds(mod, frames=200):
     x = torch.randn(1, frames, mod.input_size)
     feed, axes = {"x": x.numpy()}, {"x": {1: "T"}, "y": {1: "T"}}
     if not isinstance(mod, LowRankLSTM):
-        return {"lstm_op": _time_session(_to_onnx(_BatchFirstLstm(mod).eval(), (x,), ["x"], ["y"], axes), feed)}
-    proto = _to_onnx(_Single(mod).eval(), (x,), ["x"], ["y"], axes)
+        return {"lstm_op": _time_session(to_onnx(_BatchFirstLstm(mod).eval(), (x,), ["x"], ["y"], axes), feed)}
+    proto = to_onnx(_Single(mod).eval(), (x,), ["x"], ["y"], axes)
     t_op = _time_session(proto, feed)
     node = lstm_nodes(proto.graph, ["lstm"])["lstm"]
     return {"lstm_op": t_op, "scan": _time_session(scan_lowering(proto, node, mod, "s"), feed)}
@@ -297,7 +297,7 @@ def stack_seconds(model, frames=200):
     choice = {name: m["lowering"] for name, m in choose_lowering(model, frames).items()}
     enc = ExportEncoder(model, Cmvn(torch.zeros(model.cfg.n_mels), torch.ones(model.cfg.n_mels)), choice).eval()
     x = torch.randn(1, frames, model.encoder.subsample.out_dim)
-    proto = _to_onnx(_StackOnly(enc), (x,), ["x"], ["y"], {"x": {1: "T"}, "y": {1: "T"}})
+    proto = to_onnx(_StackOnly(enc), (x,), ["x"], ["y"], {"x": {1: "T"}, "y": {1: "T"}})
     return _time_session(_apply_scan(proto, model, choice), {"x": x.numpy()})
 
 
@@ -323,25 +323,25 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
     cfg = model.cfg
     enc = ExportEncoder(model, cmvn, choice).eval()
     feats = torch.randn(1, 120, cfg.n_mels)
-    proto = _to_onnx(enc, (feats,), ["feats"], ["enc", "keys", "ctc_logp"],
+    proto = to_onnx(enc, (feats,), ["feats"], ["enc", "keys", "ctc_logp"],
                      {"feats": {1: "frames"}, "enc": {1: "enc_frames"}, "keys": {1: "enc_frames"},
                       "ctc_logp": {1: "enc_frames"}})
-    _save(_apply_scan(proto, model, choice), out / "encoder.onnx", model_id)
+    save_proto(_apply_scan(proto, model, choice), out / "encoder.onnx", model_id)
     with torch.no_grad():
         e, k, _ = enc(feats)
     h = torch.zeros(cfg.dec_layers, 1, cfg.dec_hidden)
     args = (torch.tensor([1]), h, h.clone(), torch.zeros(1, e.shape[2]), torch.full((1, e.shape[1]), 1.0 / e.shape[1]),
             e, k)
-    step = _to_onnx(ExportDecoderStep(model).eval(), args, ["token", "h", "c", "context", "weights", "enc", "keys"],
+    step = to_onnx(ExportDecoderStep(model).eval(), args, ["token", "h", "c", "context", "weights", "enc", "keys"],
                     ["logp", "h_out", "c_out", "context_out", "weights_out"],
                     {"weights": {1: "enc_frames"}, "enc": {1: "enc_frames"}, "keys": {1: "enc_frames"},
                      "weights_out": {1: "enc_frames"}})
-    _save(step, out / "decoder_step.onnx", model_id)
+    save_proto(step, out / "decoder_step.onnx", model_id)
     files = {"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"}
     if int8:
-        files.update(_quantize(out, model_id))
+        files.update(quantize(out, model_id))
     if ort_format:
-        files.update(_to_ort(out, [f for f in files.values()]))
+        files.update(to_ort(out, [f for f in files.values()]))
     meta = {"format_version": FORMAT_VERSION, "model_id": model_id, "checkpoint": str(checkpoint),
             "model_config": cfg.to_dict(), "vocab": header["vocab"], "cmvn": cmvn.to_json(),
             "ranks": header.get("ranks", {}), "lowering": measured, "files": files, "opset": OPSET,
@@ -351,12 +351,13 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
     return meta
 
 
-def _quantize(out, model_id):
+def quantize(out, model_id, keys=("encoder", "decoder_step")):
+    """OUT/<key>.int8.onnx from OUT/<key>.onnx for each key (onnxruntime's dynamic quantisation)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process is for static quantisation
     files = {}
-    for key in ("encoder", "decoder_step"):
+    for key in keys:
         dst = out / f"{key}.int8.onnx"
         with atomic_path(dst) as tmp:
             # Conv would become ConvInteger, which onnxruntime's CPU provider lacks: weights of the
@@ -364,12 +365,12 @@ def _quantize(out, model_id):
             quantize_dynamic(str(out / f"{key}.onnx"), str(tmp), weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gemm", "LSTM"])
         proto = onnx.load(str(dst))
-        _save(proto, dst, model_id)
+        save_proto(proto, dst, model_id)
         files[f"{key}_int8"] = dst.name
     return files
 
 
-def _to_ort(out, names):
+def to_ort(out, names):
     """onnxruntime's own converter to the ORT format for mobile (`onnxruntime.tools.convert_onnx_models_to_ort`)."""
     files = {}
     with tempfile.TemporaryDirectory(dir=out) as tmp:

@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+import traceback
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -12,6 +13,7 @@ from export.native import NativeAsr, write_model
 from export.onnx_export import export, parity
 from export.runner import OnnxAsr
 from pipeline import _native
+from pipeline.asr_task import AsrConfig, asr_task
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.bench import bench
 from pipeline.compress import CompressConfig, compress
@@ -20,7 +22,7 @@ from pipeline.data.build import build, format_summary
 from pipeline.data.features import fbank
 from pipeline.data.librispeech import librispeech_rows
 from pipeline.data.manifest import check_decodes, evenly_spaced, read_manifest
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, UserCodeError
 from pipeline.finetune import cached_scores, finetune
 from pipeline.latency.table import LatencyTable, validate
 from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
@@ -30,6 +32,7 @@ from pipeline.model.decode import DecodeConfig, decode
 from pipeline.model.evaluate import evaluate
 from pipeline.search.run import SearchConfig, search
 from pipeline.search.subset import build_subset
+from pipeline.task import load_task
 from pipeline.train import train
 
 
@@ -220,22 +223,46 @@ def cmd_subset(args):
 
 def cmd_search(args):
     torch.set_num_threads(args.threads)
-    r = search(_model_path(args), args.out, _config(SearchConfig, args), args.subset, args.resume, ray=args.ray,
-               workers=args.workers)
+    if not Path(args.subset).exists():
+        raise PipelineError(f"{args.subset}: evaluation subset not found; make it with `python -m pipeline subset`")
+    task = asr_task(_model_path(args), subset=args.subset)
+    r = search(task, args.out, _config(SearchConfig, args), args.resume, ray=args.ray, workers=args.workers)
     b = r["best"]
-    print(f"best of {r['episodes']} episodes ({r['evaluations']} WER evaluations): subset WER {b['wer']:.4f} "
-          f"(dense {r['base_wer']:.4f}) at {b['cost_ratio']:.3f} of the dense {r['cost']} -> "
+    print(f"best of {r['episodes']} episodes ({r['evaluations']} evaluations): subset {r['metric']} {b['metric']:.4f} "
+          f"(dense {r['base_metric']:.4f}) at {b['cost_ratio']:.3f} of the dense {r['cost']} -> "
           f"{args.out}/best.safetensors")
 
 
+def _task_args(pairs):
+    """--task-arg KEY=VALUE pairs as keyword arguments; a VALUE that parses as JSON is taken as such."""
+    out = {}
+    for pair in pairs or ():
+        key, eq, value = pair.partition("=")
+        if not eq or not key.isidentifier():
+            raise PipelineError(f"--task-arg {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def cmd_compress(args):
-    r = compress(_model_path(args), args.data, args.out, _config(CompressConfig, args), args.resume,
-                 ray=args.ray, workers=args.workers)
+    if args.task:
+        task = load_task(args.task, _task_args(args.task_arg))
+    else:
+        if args.task_arg:
+            raise PipelineError("--task-arg goes with --task")
+        acfg = _config(AsrConfig, args)
+        if not 0.0 <= acfg.distill <= 1.0:
+            raise PipelineError(f"--distill {acfg.distill}: a weight between 0 and 1")
+        task = asr_task(_model_path(args), args.data, acfg, out=Path(args.out))
+    r = compress(task, args.out, _config(CompressConfig, args), args.resume, ray=args.ray, workers=args.workers)
     if r is None:  # a torchrun rank other than 0
         return
     row = next((h for h in r["history"] if h["iteration"] == r["final_from"]), None)
-    what = (f"{1 / row['cost_ratio']:.2f}x from iteration {row['iteration']}, dev WER {row['dev_wer']:.4f}" if row
-            else "the baseline (no iteration stayed within the WER tolerance)")
+    what = (f"{1 / row['cost_ratio']:.2f}x from iteration {row['iteration']}, {task.metric} {row['metric']:.4f}" if row
+            else f"the baseline (no iteration stayed within the {task.metric} tolerance)")
     print(f"final: {what}; {r['final']}; report in {args.out}/report.md")
 
 
@@ -378,6 +405,11 @@ def make_parser():
     ss.set_defaults(func=cmd_subset)
     cp = sub.add_parser("compress", help="iterative search and fine-tuning to a target, then export, benchmark "
                                           "and report (resumable)")
+    cp.add_argument("--task", metavar="MODULE:FACTORY",
+                    help="compress your own model: a function returning a pipeline.task.Task (docs/your-model.md); "
+                         "default: the built-in recogniser at --model on --data")
+    cp.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="a keyword argument of the factory "
+                                                                             "(repeatable; VALUE as JSON where it parses)")
     cp.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     cp.add_argument("--data", default="corpus/default", help="corpus folder (default: corpus/default)")
     cp.add_argument("--target-compression", type=float, metavar="X")
@@ -424,6 +456,8 @@ def main(argv=None):
     try:
         args.func(args)
     except PipelineError as e:
+        if isinstance(e, UserCodeError) and e.__cause__ is not None:
+            traceback.print_exception(e.__cause__, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -1,35 +1,31 @@
-"""`python -m pipeline compress`: search, fine-tune, search again (Interspeech 2020), then export,
-benchmark, score and report.
+"""`python -m pipeline compress` and `compress(task, ...)`: search, fine-tune, search again
+(Interspeech 2020), then score, export, benchmark and report, for any task (pipeline/task.py).
 
 Iteration k of K searches the current model toward the intermediate target X^(k/K) (relative to the
-dense baseline; ranks only shrink), fine-tunes the best policy on `train`, and scores it on the full
-`dev`. It stops early, and says so, when dev WER rises past (1 + tolerance) x the baseline's.
+dense baseline; ranks only shrink), fine-tunes the best policy with the task's `finetune`, and scores
+it with its `evaluate`. It stops early, and says so, when the metric rises past (1 + tolerance) x the
+baseline's.
 
-Run folder: `config.json`; `baseline_dev.json`; `iter-<k>/search/` (a search run), `iter-<k>/finetune/`
-(its state and `model.safetensors`), `iter-<k>/dev.json`; then `final.safetensors`, `export/` (ONNX,
-int8, .ort), `native/model.lrkm` (the whole model, for `lowrank_bench --model`, or `--weights` for its
-encoder stack, on a device), `scores.json` (WER per split), `bench.json` (latency per runtime),
-`report.md` and its plots. Every stage leaves its result file last and is skipped when that file is
-there; the stages inside (search, fine-tuning) resume themselves, so `--resume` redoes nothing.
+Run folder: `config.json`; `baseline_dev.json` (the baseline's `evaluate`); `iter-<k>/search/` (a
+search run), `iter-<k>/finetune/` (the task's own state and `model.safetensors`), `iter-<k>/dev.json`;
+then `final.safetensors`, `scores.json` (metrics per split), `export/` (ONNX fp32, int8, .ort, and
+`done.json` with the parity figures), `native/model.lrkm` (the LSTM stacks the C++ runtime runs; the
+whole recogniser for the built-in task), `bench.json` (latency per runtime), `report.md` and its
+plots. Every stage leaves its result file last and is skipped when that file is there; the stages
+inside (search, the recogniser's fine-tuning) resume themselves, so `--resume` redoes nothing.
 """
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from export.native import write_model
-from export.onnx_export import export
-from pipeline.atomic import atomic_path, read_json, write_json
-from pipeline.bench import bench, side_by_side
-from pipeline.data.manifest import evenly_spaced, read_manifest
+from export.generic import export_onnx, native_ms, native_parity, native_stacks, onnx_ms, time_ms, write_native
+from pipeline.atomic import read_json, write_json
 from pipeline.errors import PipelineError
-from pipeline.finetune import cached_scores, finetune
-from pipeline.latency.targets import parse_target
-from pipeline.lowrank.checkpoint import load_checkpoint, sha256
 from pipeline.report import write_report
 from pipeline.search.run import SearchConfig, search
-from pipeline.search.subset import stratified, write_subset
+from pipeline.task import check_inputs, fingerprint, load_factored, measure, run_finetune, save_factored
 from pipeline.train import process_group
 
 DEFAULT_TARGET = 5.0  # compression of the searched weights when no target is given
@@ -43,15 +39,10 @@ class CompressConfig:
     episodes: int = 30            # per search
     agent: str = "ddpg"
     finetune_steps: int = 80      # per iteration
-    dev_utterances: int = 300     # evenly spaced dev utterances scored per iteration (0: all)
-    score_utterances: int = 200   # ... per split for the final scores (0: all)
-    finetune_lr: float = 3e-4
-    distill: float = 0.0          # weight of distillation from the uncompressed model in fine-tuning
-    tolerance: float = 0.05       # stop when dev WER > (1 + tolerance) x the baseline's
+    tolerance: float = 0.05       # stop when the metric > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
-    threads: int = 2
+    threads: int = 2              # for the search's evaluations
     seed: int = 0
-    bench_utterances: int = 10
 
     def validate(self):
         if self.target_compression is not None and self.target_speedup is not None:
@@ -60,8 +51,6 @@ class CompressConfig:
             self.target_compression = DEFAULT_TARGET
         if self.iterations < 1 or self.finetune_steps < 0 or self.episodes < 1:
             raise PipelineError("--iterations and --episodes must be at least 1, --finetune-steps at least 0")
-        if not 0.0 <= self.distill <= 1.0:
-            raise PipelineError(f"--distill {self.distill}: a weight between 0 and 1")
         return self
 
     @property
@@ -84,31 +73,38 @@ def _check_config(out, want, resume):
     write_json(path, want)
 
 
-def _subset(data, out):
-    """The search's subset: the corpus's checked one if there is one, else a stratified 12% of dev."""
-    checked = Path(data) / "dev_subset.jsonl"
-    if checked.exists():
-        return checked
-    path = out / "dev_subset.jsonl"
-    if not path.exists():
-        write_subset(path, stratified(read_manifest(Path(data) / "dev.jsonl"), 0.12))
-    return path
+def _cached(path, fn):
+    """fn()'s JSON result, from `path` when a earlier run left it there."""
+    if path.exists():
+        return read_json(path)
+    value = fn()
+    write_json(path, value)
+    return value
 
 
-def compress(model_path, data, out, cfg, resume=False, progress=True, log=print, ray=None, workers=None):
-    """Runs (or resumes) a compression run; returns finalize's result. Under torchrun every rank
-    fine-tunes its share of each batch (DDP); rank 0 alone searches (on Ray with `ray`/`workers`, as
-    `search` does), scores and writes, and the other ranks return None."""
+def _save(task, path, model, meta):
+    (task.save or save_factored)(path, model, meta)
+
+
+def _load(task, path):
+    return task.load(path) if task.load else load_factored(path, task.model)
+
+
+def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, workers=None):
+    """Runs (or resumes) a compression run of a task (pipeline/task.py); returns finalize's result.
+    Under torchrun every rank fine-tunes (the task's finetune splits the batches); rank 0 alone
+    searches (on Ray with `ray`/`workers`), scores and writes, and the other ranks return None."""
     rank, world = process_group()
-    cfg, out, data = cfg.validate(), Path(out), Path(data)
-    train_rows = read_manifest(data / "train.jsonl")
+    cfg, out, baseline = cfg.validate(), Path(out), task.model.eval()
     if rank == 0:
-        _check_config(out, {"compress": asdict(cfg), "model_sha256": sha256(model_path), "data": str(data)}, resume)
-        dev_rows = evenly_spaced(read_manifest(data / "dev.jsonl"), cfg.dev_utterances)
-        subset = _subset(data, out)
-        base = cached_scores(out / "baseline_dev.json", model_path, dev_rows, cfg.threads)
-        log(f"baseline: dev WER {base['wer']:.4f}")
-    current, history, stopped = Path(model_path), [], None
+        task.layers()  # a selection that matches nothing fails here, before anything is written
+        if task.example_inputs or task.export is None:
+            check_inputs(task, baseline)
+        _check_config(out, {"compress": asdict(cfg), "task": task.name, "model_sha256": fingerprint(baseline),
+                            **task.extra}, resume)
+        base = _cached(out / "baseline_dev.json", lambda: measure(task, "evaluate", task.evaluate, baseline))
+        log(f"baseline: {task.metric} {base['metric']:.4f}")
+    current, current_path, history, stopped = baseline, None, [], None
     for k in range(cfg.iterations):
         step_target = cfg.target ** ((k + 1) / cfg.iterations)
         it = out / f"iter-{k + 1}"
@@ -116,46 +112,43 @@ def compress(model_path, data, out, cfg, resume=False, progress=True, log=print,
             key = "target_compression" if cfg.target_compression else "target_speedup"
             scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
                                 seed=cfg.seed + k)
-            result = search(current, it / "search", scfg, subset, resume=(it / "search" / "state.pt").exists(),
-                            progress=progress, ray=ray, workers=workers)
+            result = search(replace(task, model=current), it / "search", scfg,
+                            resume=(it / "search" / "state.pt").exists(), progress=progress, ray=ray, workers=workers)
         _barrier(world)
         tuned = it / "finetune" / "model.safetensors"
         if not tuned.exists():
-            _finetune(it, model_path, train_rows, cfg, k, rank, world, progress)
+            model = _load(task, it / "search" / "best.safetensors").train()
+            if task.finetune is not None and cfg.finetune_steps:
+                run_finetune(task, model, cfg.finetune_steps, it / "finetune", k)
+            if rank == 0:
+                _save(task, tuned, model.eval(), {"provenance": {"search_run": str(it / "search"),
+                                                                  "finetune_steps": cfg.finetune_steps}})
         _barrier(world)
         if rank == 0:
-            dev = cached_scores(it / "dev.json", tuned, dev_rows, cfg.threads)
+            model = _load(task, tuned)
+            dev = _cached(it / "dev.json", lambda: measure(task, "evaluate", task.evaluate, model))
             row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
-                   "subset_wer_before_finetune": result["best"]["wer"], "dev_wer": dev["wer"],
-                   "dev_cer": dev["cer"], "checkpoint": str(tuned)}
+                   "subset_metric_before_finetune": result["best"]["metric"], "metric": dev["metric"],
+                   "scores": dev, "checkpoint": str(tuned)}
             history.append(row)
-            log(f"iteration {k + 1}: {step_target:.2f}x, subset WER {row['subset_wer_before_finetune']:.4f} after "
-                f"the search, dev WER {dev['wer']:.4f} after fine-tuning")
-            if dev["wer"] > base["wer"] * (1 + cfg.tolerance):
-                stopped = (f"stopped after iteration {k + 1}: dev WER {dev['wer']:.4f} is past "
-                           f"{1 + cfg.tolerance:.2f}x the baseline's {base['wer']:.4f}")
+            log(f"iteration {k + 1}: {step_target:.2f}x, subset {task.metric} "
+                f"{row['subset_metric_before_finetune']:.4f} after the search, {dev['metric']:.4f} after fine-tuning")
+            if dev["metric"] > base["metric"] * (1 + cfg.tolerance):
+                stopped = (f"stopped after iteration {k + 1}: {task.metric} {dev['metric']:.4f} is past "
+                           f"{1 + cfg.tolerance:.2f}x the baseline's {base['metric']:.4f}")
                 log(stopped)
         if _shared(stopped, world):
             break
-        current = tuned
+        current_path = tuned
+        current = _load(task, tuned)
     if rank != 0:
         return None
-    final_from = next((h["iteration"] for h in history if Path(h["checkpoint"]) == current), None)
+    final_from = next((h["iteration"] for h in history if Path(h["checkpoint"]) == current_path), None)
     write_json(out / "iterations.json", {"history": history, "stopped": stopped, "final_from": final_from})
     final = out / "final.safetensors"
     if not final.exists():
-        with atomic_path(final) as tmp:
-            shutil.copyfile(current, tmp)
-    return finalize(out, final, Path(model_path), data, cfg, history, base, stopped, log)
-
-
-def _finetune(it, model_path, train_rows, cfg, k, rank, world, progress):
-    model, cmvn, header = load_checkpoint(it / "search" / "best.safetensors")
-    teacher = load_checkpoint(model_path)[0] if cfg.distill else None
-    finetune(model, cmvn, train_rows, it / "finetune", cfg.finetune_steps, cfg.finetune_lr, threads=cfg.threads,
-             seed=cfg.seed + k, progress=progress and rank == 0, teacher=teacher, distill=cfg.distill,
-             provenance={**header.get("provenance", {}), "finetune_steps": cfg.finetune_steps},
-             rank=rank, world=world)
+        _save(task, final, current, {"provenance": {"final_from": final_from}})
+    return finalize(task, out, final, cfg, history, base, stopped, log)
 
 
 def _barrier(world):
@@ -172,43 +165,72 @@ def _shared(value, world):
     return box[0]
 
 
-def finalize(out, final, baseline, data, cfg, history, base, stopped, log):
+def finalize(task, out, final, cfg, history, base, stopped, log):
     """Scores, exports, benchmarks and the report of the final model."""
-    scores = out / "scores.json"
-    if not scores.exists():
-        s = {}
-        for split in ("dev", "test", "test_real"):
-            manifest = data / f"{split}.jsonl"
-            if manifest.exists():
-                rows = evenly_spaced(read_manifest(manifest), cfg.score_utterances)
-                s[split] = {"baseline": cached_scores(out / f"score_baseline_{split}.json", baseline, rows, cfg.threads),
-                            "final": cached_scores(out / f"score_final_{split}.json", final, rows, cfg.threads)}
-        write_json(scores, s)
-    if not (out / "export" / "model.json").exists():
-        export(final, out / "export", int8=True, ort_format=True, log=lambda *_: None)
-    native = out / "native"
-    if not (native / "model.lrkm").exists():
-        model, cmvn, _ = load_checkpoint(final)
-        native.mkdir(parents=True, exist_ok=True)
-        write_model(native / "model.lrkm", model, cmvn)
+    baseline, model = task.model.eval(), _load(task, final)
+    scores_of = task.scores or (lambda m: {"evaluate": measure(task, "evaluate", task.evaluate, m)})
+    scores = _cached(out / "scores.json", lambda: _splits(scores_of(baseline), scores_of(model)))
+    if not (out / "export" / "done.json").exists():
+        done = task.export(final, out) if task.export is not None else _export(task, model, out)
+        write_json(out / "export" / "done.json", done or {})
     bench_path = out / "bench.json"
     if not bench_path.exists():
-        runs = [("torch", baseline, "dense (PyTorch)"), ("native", baseline, "dense (native)"),
-                ("torch", final, "compressed (PyTorch)"), ("native", final, "compressed (native)"),
-                ("onnx", final, "compressed (onnxruntime)")]
-        log("benchmark: " + ", ".join(label for _, _, label in runs))
-        if parse_target(cfg.device).kind == "local":
-            results = side_by_side([(rt, ckpt) for rt, ckpt, _ in runs], data / "dev.jsonl", 1, cfg.bench_utterances,
-                                   reps=3)
+        if task.benchmark is not None:
+            bench = task.benchmark(final, out, cfg)
         else:
-            results = [bench(ckpt, data / "dev.jsonl", rt, cfg.device if rt == "native" else "local", 1,
-                             cfg.bench_utterances, reps=3) for rt, ckpt, _ in runs]
-        rows = [{"label": label, **{k: v for k, v in r.items() if k != "transcripts"}}
-                for (_, _, label), r in zip(runs, results)]
-        write_json(bench_path, {"threads": 1, "runs": rows})
+            bench = _benchmark(task, baseline, model, out)
+        write_json(bench_path, bench)
     final_from = read_json(out / "iterations.json")["final_from"]
-    report = write_report(out, read_json(scores), read_json(bench_path), history, base,
+    report = write_report(out, task.metric, scores, read_json(bench_path), history, base,
                           stopped, cfg, final_from)
     log(f"report: {report}")
-    return {"history": history, "stopped": stopped, "scores": read_json(scores),
+    return {"history": history, "stopped": stopped, "scores": scores,
             "bench": read_json(bench_path), "final": str(final), "final_from": final_from}
+
+
+def _splits(baseline, final):
+    return {split: {"baseline": baseline[split], "final": final[split]} for split in baseline}
+
+
+def _export(task, model, out):
+    """ONNX (fp32, int8, .ort) from the example inputs, and the native stacks."""
+    onnx = export_onnx(model, task.example_inputs, out / "export", model_id=fingerprint(model)[:16])
+    stacks = write_native(out / "native" / "model.lrkm", model)
+    return {**onnx, "native_stacks": stacks, "native_parity": native_parity(model)}
+
+
+def _benchmark(task, baseline, model, out, reps=30):
+    """PyTorch and onnxruntime (fp32, int8) on the example inputs, and the native LSTM stacks on 100
+    frames, dense against compressed, side by side in one process, 1 thread."""
+    torch.set_num_threads(1)
+    dense_onnx = export_onnx(baseline, task.example_inputs, out / "export" / "dense", ort_format=False,
+                             model_id=fingerprint(baseline)[:16])["files"]
+    runs = []
+
+    def row(label, timing):
+        med, times = timing
+        runs.append({"label": label, "median_ms": med, "p90_ms": float(np.percentile(times, 90)), "pass_ms": times})
+
+    for name, m, folder, files in (("dense", baseline, out / "export" / "dense", dense_onnx),
+                                   ("compressed", model, out / "export", {"fp32": "model.onnx", "int8": "model.int8.onnx"})):
+        with torch.no_grad():
+            row(f"{name} (PyTorch)", time_ms(lambda: m(*task.example_inputs), reps))
+        row(f"{name} (onnxruntime)", onnx_ms(folder / files["fp32"], task.example_inputs, reps))
+        row(f"{name} (onnxruntime int8)", onnx_ms(folder / files["int8"], task.example_inputs, reps))
+        stacks = native_stacks(m)
+        if stacks:
+            per = [native_ms(s, reps=reps) for s in stacks.values()]
+            row(f"{name} LSTM stacks (native, 100 frames)", (sum(p[0] for p in per), [sum(t) for t in zip(*(p[1] for p in per))]))
+            row(f"{name} LSTM stacks (PyTorch, 100 frames)", _torch_stacks_ms(stacks, reps))
+    return {"threads": 1, "reference": "dense (onnxruntime)", "runs": runs}
+
+
+def _torch_stacks_ms(stacks, reps, frames=100):
+    xs = {n: torch.randn(frames, 1, s.input_size) if not s.batch_first else torch.randn(1, frames, s.input_size)
+          for n, s in stacks.items()}
+
+    def run():
+        with torch.no_grad():
+            for n, s in stacks.items():
+                s.eval()(xs[n])
+    return time_ms(run, reps)

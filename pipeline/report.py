@@ -1,5 +1,5 @@
-"""`report.md` of a compress run and its plots: WER against compression per iteration, latency per
-runtime; the search curves and rank-per-layer plots of each iteration are linked from the search runs."""
+"""`report.md` of a compress run and its plots: the task's metric against compression per iteration,
+latency per runtime; the search curves and rank-per-layer plots of each iteration are linked from the search runs."""
 import platform
 
 from pipeline.atomic import save_png, write_text
@@ -7,7 +7,7 @@ from pipeline.bench import row_speedup
 from pipeline.machine import cpu_name
 
 
-def _plots(out, history, base, bench):
+def _plots(out, metric, history, base, bench):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,10 +15,10 @@ def _plots(out, history, base, bench):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [1.0] + [1 / h["cost_ratio"] for h in history]
-    ax.plot(x, [base["wer"]] + [h["dev_wer"] for h in history], "o-", label="after fine-tuning (full dev)")
-    ax.plot(x[1:], [h["subset_wer_before_finetune"] for h in history], "x--", label="after search (subset)")
+    ax.plot(x, [base["metric"]] + [h["metric"] for h in history], "o-", label="after fine-tuning (evaluate)")
+    ax.plot(x[1:], [h["subset_metric_before_finetune"] for h in history], "x--", label="after search (subset)")
     ax.set_xlabel("compression of the searched cost (x)")
-    ax.set_ylabel("WER")
+    ax.set_ylabel(metric)
     ax.legend()
     fig.tight_layout()
     save_png(fig, out / "wer_vs_compression.png")
@@ -27,7 +27,7 @@ def _plots(out, history, base, bench):
     runs = bench["runs"]
     ax.barh([r["label"] for r in runs], [r["median_ms"] for r in runs])
     ax.invert_yaxis()
-    ax.set_xlabel(f"median ms for the fixed utterance set ({bench['threads']} thread)")
+    ax.set_xlabel(f"median ms ({bench['threads']} thread)")
     fig.tight_layout()
     save_png(fig, out / "latency.png")
     plt.close(fig)
@@ -39,35 +39,42 @@ def _speedup(ref, r):
     return f"{med:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f})" if span else "")
 
 
-def write_report(out, scores, bench, history, base, stopped, cfg, final_from):
-    _plots(out, history, base, bench)
+def write_report(out, metric, scores, bench, history, base, stopped, cfg, final_from):
+    _plots(out, metric, history, base, bench)
     target = f"{cfg.target:g}x " + ("compression" if cfg.target_compression else "speedup")
     lines = [f"# Compression report: {target} in {cfg.iterations} iteration(s)", "",
              f"Machine: {platform.machine()} ({cpu_name()}), {cfg.threads} thread(s) for search "
-             f"and fine-tuning, 1 for the benchmark.", ""]
+             f"and fine-tuning, {bench['threads']} for the benchmark.", ""]
     if stopped:
         lines += [f"**{stopped}.**", ""]
     lines += ["The final model is " + (f"iteration {final_from}'s." if final_from else
-                                       "the baseline: no iteration stayed within the WER tolerance."), ""]
-    lines += ["## Iterations", "", "| iteration | target | cost / dense | subset WER after search | dev WER after fine-tuning |",
-              "|---|---|---|---|---|", f"| baseline | 1x | 1.000 | | {base['wer']:.4f} |"]
-    lines += [f"| {h['iteration']} | {h['target']:.2f}x | {h['cost_ratio']:.3f} | {h['subset_wer_before_finetune']:.4f} | "
-              f"{h['dev_wer']:.4f} |" for h in history]
-    lines += ["", "![WER against compression](wer_vs_compression.png)", "", "## WER per split (greedy)", "",
-              "| split | baseline WER | final WER | baseline CER | final CER |", "|---|---|---|---|---|"]
-    lines += [f"| {split} | {s['baseline']['wer']:.4f} | {s['final']['wer']:.4f} | {s['baseline']['cer']:.4f} | "
-              f"{s['final']['cer']:.4f} |" for split, s in scores.items()]
-    dense = next((r for r in bench["runs"] if r["label"] == "dense (native)"), None)
-    lines += ["", "## Latency, end to end (features, encoder, greedy decoding)", "",
-              "| runtime | median ms | p90 ms | real-time factor | speedup over native dense (range over passes) |", "|---|---|---|---|---|"]
+                                       f"the baseline: no iteration stayed within the {metric} tolerance."), ""]
+    lines += ["## Iterations", "", f"| iteration | target | cost / dense | subset {metric} after search | "
+              f"{metric} after fine-tuning |", "|---|---|---|---|---|", f"| baseline | 1x | 1.000 | | {base['metric']:.4f} |"]
+    lines += [f"| {h['iteration']} | {h['target']:.2f}x | {h['cost_ratio']:.3f} | {h['subset_metric_before_finetune']:.4f} | "
+              f"{h['metric']:.4f} |" for h in history]
+    cer = all("cer" in s["baseline"] and "cer" in s["final"] for s in scores.values())
+    lines += ["", f"![{metric} against compression](wer_vs_compression.png)", "", f"## {metric} per split", "",
+              f"| split | baseline {metric} | final {metric} | final / baseline |" + (" baseline CER | final CER |" if cer else ""),
+              "|---|---|---|---|" + ("---|---|" if cer else "")]
+    for split, s in scores.items():
+        b, f = s["baseline"]["metric"], s["final"]["metric"]
+        lines.append(f"| {split} | {b:.4f} | {f:.4f} | {f / b if b else float('nan'):.3f} |" +
+                     (f" {s['baseline']['cer']:.4f} | {s['final']['cer']:.4f} |" if cer else ""))
+    ref = next((r for r in bench["runs"] if r["label"] == bench.get("reference")), None)
+    rtf = all("rtf" in r for r in bench["runs"])
+    lines += ["", "## Latency", "", f"| runtime | median ms | p90 ms |{' real-time factor |' if rtf else ''} "
+              f"speedup over {bench.get('reference', 'the first row')} (range over passes) |",
+              "|---|---|---|" + ("---|" if rtf else "") + "---|"]
     for r in bench["runs"]:
-        speed = _speedup(dense, r) if dense else ""
-        lines.append(f"| {r['label']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['rtf']:.4f} | {speed} |")
+        speed = _speedup(ref, r) if ref else ""
+        lines.append(f"| {r['label']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} |" +
+                     (f" {r['rtf']:.4f} |" if rtf else "") + f" {speed} |")
     lines += ["", "![latency per runtime](latency.png)", "", "## Search curves and ranks per layer", ""]
     for h in history:
         k = h["iteration"]
         lines += [f"Iteration {k}: ![search](iter-{k}/search/search.png) ![ranks](iter-{k}/search/best_ranks.png)"]
-    lines += ["", "Artefacts: `final.safetensors`, `export/` (ONNX fp32, int8, .ort), `native/model.lrkm` (the whole "
-              "model for `lowrank_bench --model` on a device)."]
+    lines += ["", "Artefacts: `final.safetensors`, `export/` (ONNX fp32, int8, .ort), `native/model.lrkm` (what the "
+              "C++ runtime runs: `lowrank_bench --model` for the recogniser, `--weights` for an LSTM stack)."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

@@ -32,7 +32,7 @@ def _args(model, corpus, out, *extra):
 def _result(out):
     it = json.loads((out / "iterations.json").read_text())
     tensors = load_file(str(out / "final.safetensors"))
-    return ([(h["cost_ratio"], h["dev_wer"]) for h in it["history"]], json.loads((out / "scores.json").read_text()),
+    return ([(h["cost_ratio"], h["metric"]) for h in it["history"]], json.loads((out / "scores.json").read_text()),
             {k: v.tolist() for k, v in tensors.items()})
 
 
@@ -52,7 +52,7 @@ def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_
     scores = json.loads((whole / "scores.json").read_text())
     assert set(scores) == {"dev", "test", "test_real"}
     report = (whole / "report.md").read_text()
-    assert "| test |" in report and "speedup over native dense" in report
+    assert "| test |" in report and "speedup over dense (native)" in report
     assert all(len(r["pass_ms"]) == 3 for r in bench["runs"])  # the passes its speedups are taken over
     assert re.search(r"\| compressed \(native\) \|.* \| [\d.]+x \([\d.]+-[\d.]+\) \|", report)
     _check_compare(whole, tiny_model, it, scores, tmp_path)
@@ -85,8 +85,8 @@ def _check_compare(run, model, it, scores, tmp_path):
     assert final["iteration"] == it["final_from"] and first["iteration"] == 1
     assert final["test_wer"] == scores["test"]["final"]["wer"]
     assert final["test_wer_baseline"] == first["test_wer_baseline"] == scores["test"]["baseline"]["wer"]
-    assert first["dev_wer"] == it["history"][0]["dev_wer"]
-    assert first["subset_wer"] == it["history"][0]["subset_wer_before_finetune"]
+    assert first["dev_wer"] == it["history"][0]["metric"]
+    assert first["subset_wer"] == it["history"][0]["subset_metric_before_finetune"]
     assert final["native_speedup"] > 0
     other = run / "iter-1" / "finetune" / "model.safetensors"  # fine-tuned, so never the runs' baseline
     r = subprocess.run([sys.executable, "benchmarks/compress_compare.py", "--runs", str(run), "--baseline", str(other)],
@@ -110,14 +110,14 @@ def test_compress_refuses_a_used_folder_and_a_changed_config(tiny_model, tiny_co
 
 
 def test_search_subset_of_a_relative_corpus_path_reads_back_from_the_run_folder(tiny_corpus, tmp_path, monkeypatch):
-    from pipeline.compress import _subset
+    from pipeline.asr_task import subset_path
     from pipeline.data.manifest import read_manifest
 
     corpus, _ = tiny_corpus
     monkeypatch.chdir(corpus.parent)  # `--data corpus` as `make compress` passes it: relative to the cwd
     run = tmp_path / "run"
     run.mkdir()
-    rows = read_manifest(_subset(corpus.name, run))  # audio paths resolve from the run folder
+    rows = read_manifest(subset_path(corpus.name, run))  # audio paths resolve from the run folder
     assert rows and all(Path(r["audio_filepath"]).exists() for r in rows)
 
 

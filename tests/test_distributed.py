@@ -18,7 +18,7 @@ def _search(files, out, *extra):
 
 
 def _log(out):
-    return [(r["ranks"], r["wer"], r["reward"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
+    return [(r["ranks"], r["metric"], r["reward"]) for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())]
 
 
 def _keys(out):

@@ -13,6 +13,7 @@ LAYERS = [
     ["pipeline.data"],
     ["pipeline.model"],
     ["pipeline.lowrank"],
+    ["pipeline.task"],
     ["pipeline.train"],
     ["export"],
     ["pipeline.latency"],
@@ -20,6 +21,7 @@ LAYERS = [
     ["pipeline.report"],
     ["pipeline.finetune"],
     ["pipeline.compress"],
+    ["pipeline.asr_task"],
     ["pipeline.cli"],
     ["pipeline.__main__"],
 ]

@@ -14,11 +14,11 @@ from conftest import run_cli
 
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel
-from pipeline.lowrank import factorize, uniform_ranks
+from pipeline.lowrank import densify, factorize, uniform_ranks
 from pipeline.model.config import ModelConfig
 from pipeline.search.agents import DDPGAgent, RandomAgent, ReinforceAgent
 from pipeline.search.run import SearchConfig, run_episode
-from pipeline.search.space import STATE_DIM, Approximator, RankSpace, dense_twin, searchable
+from pipeline.search.space import STATE_DIM, Approximator, RankSpace, searchable
 from pipeline.search.subset import spearman, stratified
 
 
@@ -97,7 +97,7 @@ def test_dense_twin_of_a_factored_model_computes_the_same(overfit):
     factored = factorize(copy.deepcopy(model), uniform_ranks(model, 0.5))
     with torch.no_grad():
         a = factored.encode(batch[0], batch[1])[0]
-        b = dense_twin(factored).encode(batch[0], batch[1])[0]
+        b = densify(factored).encode(batch[0], batch[1])[0]
     assert float((a - b).abs().max()) < 1e-5
 
 
@@ -167,7 +167,7 @@ def test_resume_after_kill_repeats_no_evaluation(search_files, tmp_path):
     assert len(keys) == len(set(keys)), "an evaluation was repeated after resume"
     a = [json.loads(x) for x in (whole / "log.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (killed / "log.jsonl").read_text().splitlines()]
-    assert [(x["ranks"], x["wer"]) for x in a] == [(x["ranks"], x["wer"]) for x in b]
+    assert [(x["ranks"], x["metric"]) for x in a] == [(x["ranks"], x["metric"]) for x in b]
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -1,9 +1,13 @@
-"""Apply per-layer ranks to a model: every LSTM matrix (per layer and direction, W_ih and W_hh
-apart) and every Linear can be factorised, or factorised again to a lower rank.
+"""Apply per-layer ranks to any model: every matrix of an nn.LSTM (per layer and direction, W_ih,
+W_hh and the projection W_hr apart), nn.GRU, nn.LSTMCell, nn.GRUCell and nn.Linear can be
+factorised, or factorised again to a lower rank.
 
-Layer names: `<module path>.l<k>[_reverse].ih|hh` for LSTM matrices, `<module path>` for Linears,
-e.g. `encoder.lstms.0.bwd.l0.hh`, `decoder.lstm.l0.ih`, `decoder.out`, `ctc`.
+Layer names: `<module path>.l<k>[_reverse].ih|hh|hr` for LSTM and GRU matrices, `<module path>.ih|hh`
+for cells, `<module path>` for Linears, e.g. `encoder.lstms.0.bwd.l0.hh`, `decoder.out`, `rnn.l1.hr`.
+A model may name module-path globs that stay dense unless a rank spec names them (`keep_dense`).
 """
+import copy
+import fnmatch
 import json
 from dataclasses import dataclass
 
@@ -11,52 +15,109 @@ import torch
 from torch import nn
 
 from pipeline.errors import PipelineError
-from pipeline.lowrank.modules import LowRankLinear, LowRankLSTM, cell_name, dense_weight
+from pipeline.lowrank.modules import RECURRENT, LowRankLinear, LowRankLSTM, LowRankRecurrent, cell_name, dense_module
 
 SNAP = 8
+TYPES = ("Linear", "LSTM", "GRU", "LSTMCell", "GRUCell")
 
 
 @dataclass
 class Layer:
     name: str
-    kind: str         # "lstm_ih", "lstm_hh" or "linear"
+    kind: str         # "<lstm|gru>_<ih|hh|hr>" or "linear"
     shape: tuple      # (m, n) of the dense weight
     rank: int | None  # current rank; None = dense
     module: str       # path of the owning module
+    param: str = "weight"  # the dense weight's name on the PyTorch module, e.g. "weight_hh_l0_reverse"
+    type: str = "Linear"   # the PyTorch class the module is or stands in for
 
 
-def _lstm_dims(mod):
-    return 2 if mod.bidirectional else 1
+def type_name(mod):
+    """The PyTorch class name a compressible module is or stands in for, else None."""
+    if isinstance(mod, (nn.Linear, LowRankLinear)):
+        return "Linear"
+    if isinstance(mod, LowRankLSTM):
+        return "LSTM"
+    if isinstance(mod, LowRankRecurrent):
+        return mod.original.__name__
+    if isinstance(mod, RECURRENT):
+        return type(mod).__name__
+    return None
+
+
+def _matrices(mod):
+    """(name suffix, kind, parameter name, weight tensor or factored matrix) of each matrix of a module."""
+    kind = type_name(mod)
+    if kind == "Linear":
+        yield "", "linear", "weight", mod
+        return
+    family = "gru" if kind.startswith("GRU") else "lstm"
+    if kind.endswith("Cell"):
+        for which in ("ih", "hh"):
+            yield f".{which}", f"{family}_{which}", f"weight_{which}", _weight(mod, f"weight_{which}")
+        return
+    for layer in range(mod.num_layers):
+        for d in range(2 if mod.bidirectional else 1):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            for which in ("ih", "hh") + (("hr",) if getattr(mod, "proj_size", 0) else ()):
+                w = getattr(mod.cells[cell_name(layer, d)], which) if isinstance(mod, LowRankLSTM) \
+                    else _weight(mod, f"weight_{which}{sfx}")
+                yield f".{cell_name(layer, d)}.{which}", f"{family}_{which}", f"weight_{which}{sfx}", w
+
+
+def _weight(mod, param):
+    return mod.matrices[param] if isinstance(mod, LowRankRecurrent) else getattr(mod, param)
 
 
 def layers(model):
-    """The compressible matrices of `model`, in forward order."""
+    """The compressible matrices of `model`, in the order of its modules."""
     out = []
     for path, mod in model.named_modules():
-        if isinstance(mod, (nn.LSTM, LowRankLSTM)):
-            for layer in range(mod.num_layers):
-                for d in range(_lstm_dims(mod)):
-                    for which in ("ih", "hh"):
-                        w = _lstm_matrix(mod, layer, d, which)
-                        rank = getattr(w, "rank", None) if not isinstance(w, torch.Tensor) else None
-                        shape = tuple(w.shape) if isinstance(w, torch.Tensor) else w.shape
-                        out.append(Layer(f"{path}.{cell_name(layer, d)}.{which}", f"lstm_{which}", shape, rank, path))
-        elif isinstance(mod, nn.Linear):
-            out.append(Layer(path, "linear", (mod.out_features, mod.in_features), None, path))
-        elif isinstance(mod, LowRankLinear):
-            out.append(Layer(path, "linear", (mod.out_features, mod.in_features), mod.rank, path))
+        kind = type_name(mod)
+        if kind is None:
+            continue
+        for suffix, k, param, w in _matrices(mod):
+            if isinstance(w, nn.Linear):
+                shape, rank = (w.out_features, w.in_features), None
+            elif isinstance(w, LowRankLinear):
+                shape, rank = (w.out_features, w.in_features), w.rank
+            elif isinstance(w, torch.Tensor):
+                shape, rank = tuple(w.shape), None
+            else:
+                shape, rank = w.shape, w.rank
+            out.append(Layer(path + suffix, k, shape, rank, path, param, kind))
     return out
 
 
-def _lstm_matrix(mod, layer, d, which):
-    if isinstance(mod, LowRankLSTM):
-        return getattr(mod.cells[cell_name(layer, d)], which)
-    suffix = f"_l{layer}" + ("_reverse" if d else "")
-    return getattr(mod, f"weight_{which}{suffix}")
+def select(model, include=None, exclude=(), types=None, where="layers"):
+    """The layers of `model` chosen as NNI's config_list chooses: module-path or layer-name globs to
+    include (default all) and exclude, and PyTorch class names (`types`, default all of TYPES). The
+    model's own `keep_dense` globs are excluded too. A glob or type that matches nothing is an error."""
+    every = layers(model)
+    if not every:
+        raise PipelineError(f"{where}: the model has no compressible layer (nn.Linear, nn.LSTM, nn.GRU, "
+                            f"nn.LSTMCell, nn.GRUCell)")
+    for t in types or ():
+        if t not in TYPES:
+            raise PipelineError(f"{where}: type {t!r} is not one of {', '.join(TYPES)}")
+    hit = lambda l, g: fnmatch.fnmatchcase(l.name, g) or fnmatch.fnmatchcase(l.module, g)
+    for label, globs in (("include", include or ()), ("exclude", exclude or ())):
+        for g in globs:
+            if not any(hit(l, g) for l in every):
+                raise PipelineError(f"{where}: {label} glob {g!r} matches no layer (layers: "
+                                    f"{', '.join(l.name for l in every[:6])}{' ...' if len(every) > 6 else ''})")
+    dense = tuple(getattr(model, "keep_dense", ()))
+    out = [l for l in every if (include is None or any(hit(l, g) for g in include))
+           and not any(hit(l, g) for g in (*exclude, *dense)) and (types is None or l.type in types)]
+    if not out:
+        raise PipelineError(f"{where}: the selection leaves no layer to compress")
+    return out
 
 
 def lstm_dense(mod, layer, d, which):
-    w = _lstm_matrix(mod, layer, d, which)
+    """The dense W_ih or W_hh of one layer and direction of an nn.LSTM or LowRankLSTM."""
+    w = getattr(mod.cells[cell_name(layer, d)], which) if isinstance(mod, LowRankLSTM) else \
+        getattr(mod, f"weight_{which}_l{layer}" + ("_reverse" if d else ""))
     return w if isinstance(w, torch.Tensor) else w.dense()
 
 
@@ -124,19 +185,12 @@ def load_rank_spec(path, model, snap=True):
     return parse_rank_spec(spec, model, snap, where=str(path))
 
 
-def is_output_layer(layer, model):
-    """A Linear onto the vocabulary (`ctc`, `decoder.out`). Below full rank its logits lie in a
-    subspace that cannot separate every character: `decoder.out` at rank 16 of 31 alone took the
-    shipped baseline's dev-subset WER from 0.54 to 0.99, to save 0.2% of the parameters. Uniform
-    policies and the search leave these dense; a rank spec may still name them."""
-    return layer.kind == "linear" and layer.shape[0] == model.cfg.vocab_size
-
-
-def uniform_ranks(model, fraction, snap=True):
-    """The same rank fraction for every compressible matrix but the output layers (the hand-picked
-    baseline)."""
-    return parse_rank_spec({l.name: float(fraction) for l in layers(model) if not is_output_layer(l, model)
-                            and (l.rank is None or round(fraction * min(l.shape)) <= l.rank)}, model, snap)
+def uniform_ranks(model, fraction, snap=True, layer_list=None):
+    """The same rank fraction for every selected matrix (default: `select(model)`, which leaves out
+    the model's `keep_dense` layers): the hand-picked baseline."""
+    chosen = select(model) if layer_list is None else layer_list
+    return parse_rank_spec({l.name: float(fraction) for l in chosen
+                            if l.rank is None or round(fraction * min(l.shape)) <= l.rank}, model, snap)
 
 
 def factorize(model, ranks, init=True):
@@ -149,14 +203,20 @@ def factorize(model, ranks, init=True):
     for path, changed in by_module.items():
         mod = model.get_submodule(path)
         want = {l.name: ranks[l.name] for l in changed}
-        new = _new_linear(mod, want[path], init) if changed[0].kind == "linear" else _new_lstm(mod, path, want, init)
+        if changed[0].kind == "linear":
+            new = _new_linear(mod, want[path], init)
+        elif isinstance(mod, LowRankLSTM) or (isinstance(mod, nn.LSTM) and not mod.proj_size and mod.bias):
+            new = _new_lstm(mod, path, want, init)
+        else:
+            have = {l.param: l.rank for l in layers(mod)}
+            new = LowRankRecurrent.from_module(mod, {**have, **{l.param: want[l.name] for l in changed}}, init)
         parent, _, attr = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model
 
 
 def _new_linear(mod, rank, init):
-    w = dense_weight(mod)
+    w = mod.weight if isinstance(mod, nn.Linear) else mod.dense_weight()
     bias = mod.bias
     if init:
         return LowRankLinear.from_weight(w, bias, rank)
@@ -164,17 +224,12 @@ def _new_linear(mod, rank, init):
 
 
 def _new_lstm(mod, path, want, init):
-    dirs = _lstm_dims(mod)
-    ranks = {}
-    for layer in range(mod.num_layers):
-        for d in range(dirs):
-            r = []
-            for which in ("ih", "hh"):
-                name = f"{path}.{cell_name(layer, d)}.{which}"
-                m = _lstm_matrix(mod, layer, d, which)
-                current = None if isinstance(m, torch.Tensor) else m.rank
-                r.append(want.get(name, current))
-            ranks[(layer, d)] = tuple(r)
+    """A LowRankLSTM (its factored inference path is what the ONNX and native exporters lower)."""
+    dirs = 2 if mod.bidirectional else 1
+    have = {l.name: l.rank for l in layers(mod)}
+    ranks = {(layer, d): tuple(want.get(f"{path}.{cell_name(layer, d)}.{w}", have[f".{cell_name(layer, d)}.{w}"])
+                               for w in ("ih", "hh"))
+             for layer in range(mod.num_layers) for d in range(dirs)}
     new = LowRankLSTM(mod.input_size, mod.hidden_size, mod.num_layers, mod.bidirectional, mod.batch_first, ranks)
     if init:
         for layer in range(mod.num_layers):
@@ -187,6 +242,20 @@ def _new_lstm(mod, path, want, init):
     return new
 
 
+def densify(model):
+    """A copy of `model` with every factored module replaced by the plain PyTorch module that
+    computes the same function (weights U V): the search's dense twin."""
+    twin = copy.deepcopy(model)
+    for path, mod in list(twin.named_modules()):
+        dense = dense_module(mod)
+        if dense is not None and path:
+            parent, _, attr = path.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, attr, dense)
+        elif dense is not None:
+            return dense
+    return twin
+
+
 def current_ranks(model):
     """{layer name: rank} of the factored layers: what a factored checkpoint stores."""
     return {l.name: l.rank for l in layers(model) if l.rank is not None}
@@ -196,12 +265,9 @@ def energies(model):
     """{layer name: singular-value energy kept} of the layers factorised in this process."""
     out = {}
     for path, mod in model.named_modules():
-        if isinstance(mod, LowRankLinear) and hasattr(mod, "energy"):
-            out[path] = mod.energy
-        elif isinstance(mod, LowRankLSTM):
-            for cname, cell in mod.cells.items():
-                for which in ("ih", "hh"):
-                    m = getattr(cell, which)
-                    if m.rank is not None and hasattr(m, "energy"):
-                        out[f"{path}.{cname}.{which}"] = m.energy
+        if type_name(mod) is None:
+            continue
+        for suffix, _, _, w in _matrices(mod):
+            if getattr(w, "rank", None) is not None and hasattr(w, "energy"):
+                out[path + suffix] = w.energy
     return out

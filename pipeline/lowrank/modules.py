@@ -1,10 +1,12 @@
-"""Low-rank drop-ins for `nn.Linear` and `nn.LSTM`: W (m x n) ~= U (m x r) V (r x n), from a truncated SVD.
+"""Low-rank drop-ins for `nn.Linear`, `nn.LSTM`, `nn.GRU`, `nn.LSTMCell` and `nn.GRUCell`:
+W (m x n) ~= U (m x r) V (r x n), from a truncated SVD.
 
 Singular values are split as sqrt(S) into both factors, so U and V have the same scale and
 fine-tune evenly. A factor pair can be factorised again to a lower rank (SVD of U V).
 """
 import torch
 from torch import _VF, nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from pipeline.model.asr import reverse_padded
@@ -186,3 +188,105 @@ class LowRankLSTM(nn.Module):
 
 def cell_name(layer, direction):
     return f"l{layer}" + ("_reverse" if direction == 1 else "")
+
+
+RECURRENT = (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)
+
+
+class LowRankRecurrent(nn.Module):
+    """Drop-in for an nn.LSTM (any proj_size, bias, dropout), nn.GRU, nn.LSTMCell or nn.GRUCell whose
+    weight matrices are each dense or factored. PyTorch's own module runs on the products U V: it is
+    kept on the meta device (no memory, not a submodule) and called with them (torch.func), so the
+    inputs, outputs, states, packing and error messages are the original's exactly.
+    `ranks[weight name] = rank` (e.g. "weight_hh_l0_reverse"), None or absent = dense."""
+
+    def __init__(self, shell, ranks=None):
+        super().__init__()
+        self.__dict__["shell"] = shell.to("meta")
+        ranks = ranks or {}
+        self.matrices, self.biases = nn.ModuleDict(), nn.ParameterDict()
+        for name, p in shell.named_parameters():
+            if name.startswith("weight"):
+                self.matrices[name] = _Matrix(p.shape[0], p.shape[1], ranks.get(name))
+            else:
+                self.biases[name] = nn.Parameter(torch.zeros(p.shape))
+
+    @property
+    def original(self):
+        """The class it stands in for, e.g. nn.GRU."""
+        return type(self.shell)
+
+    def __getattr__(self, name):  # hidden_size, num_layers, bidirectional, batch_first, proj_size ...
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name in ("shell", "matrices", "biases"):
+                raise
+            return getattr(self.__dict__["shell"], name)
+
+    def weights(self):
+        """{PyTorch parameter name: dense tensor}, inside the autograd graph."""
+        return {**{n: m.dense() for n, m in self.matrices.items()}, **dict(self.biases.items())}
+
+    def forward(self, *args, **kwargs):
+        self.shell.train(self.training)
+        return functional_call(self.shell, self.weights(), args, kwargs)
+
+    @classmethod
+    def from_module(cls, mod, ranks, init=True):
+        """From an original module or a LowRankRecurrent, each matrix at its rank in `ranks`."""
+        shell = mod.shell if isinstance(mod, LowRankRecurrent) else mod
+        new = cls(copy_shell(shell), ranks)
+        if init:
+            src = mod.weights() if isinstance(mod, LowRankRecurrent) else dict(mod.named_parameters())
+            for name, m in new.matrices.items():
+                m.set_from(src[name].detach())
+            with torch.no_grad():
+                for name, b in new.biases.items():
+                    b.copy_(src[name])
+        return new
+
+    def extra_repr(self):
+        ranks = {n: m.rank for n, m in self.matrices.items() if m.rank is not None}
+        return f"{self.shell!r}, ranks={ranks}"
+
+
+def copy_shell(mod):
+    """An empty module of the same class and arguments as `mod`, on the meta device."""
+    if isinstance(mod, (nn.LSTMCell, nn.GRUCell)):
+        kw = {"bias": mod.bias}
+    else:
+        kw = {k: getattr(mod, k) for k in ("num_layers", "bias", "batch_first", "dropout", "bidirectional")}
+        if isinstance(mod, nn.LSTM):
+            kw["proj_size"] = mod.proj_size
+    with torch.device("meta"):
+        return type(mod)(mod.input_size, mod.hidden_size, **kw)
+
+
+def dense_module(mod):
+    """The plain PyTorch module that computes what a factored one does (weights U V), or None for a
+    module that is not factored."""
+    with torch.no_grad():
+        if isinstance(mod, LowRankLinear):
+            out = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+            out.weight.copy_(mod.dense_weight())
+            if mod.bias is not None:
+                out.bias.copy_(mod.bias)
+            return out
+        if isinstance(mod, LowRankLSTM):
+            out = nn.LSTM(mod.input_size, mod.hidden_size, mod.num_layers, batch_first=mod.batch_first,
+                          bidirectional=mod.bidirectional)
+            for layer in range(mod.num_layers):
+                for d in range(2 if mod.bidirectional else 1):
+                    cell, sfx = mod.cells[cell_name(layer, d)], f"_l{layer}" + ("_reverse" if d else "")
+                    getattr(out, "weight_ih" + sfx).copy_(cell.ih.dense())
+                    getattr(out, "weight_hh" + sfx).copy_(cell.hh.dense())
+                    getattr(out, "bias_ih" + sfx).copy_(cell.bias)
+                    getattr(out, "bias_hh" + sfx).zero_()
+            return out
+        if isinstance(mod, LowRankRecurrent):
+            out = copy_shell(mod.shell).to_empty(device="cpu")
+            for name, w in mod.weights().items():
+                getattr(out, name).copy_(w)
+            return out
+    return None

@@ -4,7 +4,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.data.dataset import SpeechDataset, collate, duration_batches
-from pipeline.model.decode import DecodeConfig, decode
+from pipeline.model.decode import DecodeConfig, decode, greedy
 
 
 def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, progress=True):
@@ -34,3 +34,25 @@ def score(refs, hyps):
 def evaluate(model, cmvn, rows, cfg=DecodeConfig(), progress=True):
     hyps = transcribe_rows(model, cmvn, rows, cfg, progress=progress)
     return score([r["text"] for r in rows], hyps), hyps
+
+
+class SubsetWer:
+    """The recogniser's metric on a fixed set of rows, for a search that scores many models on it:
+    features computed once and batched, greedy decoding; {"metric": WER, "wer", "cer", ...}."""
+
+    def __init__(self, cmvn, rows, batch_seconds=200):
+        self.rows = rows
+        ds = SpeechDataset(rows, cmvn)
+        self.batches = []
+        for idx in duration_batches(rows, batch_seconds, max_batch=64):
+            feats, lengths, _, _ = collate([ds[i] for i in idx])
+            self.batches.append((idx, feats, lengths))
+
+    def __call__(self, model):
+        hyps = [None] * len(self.rows)
+        with torch.no_grad():
+            for idx, feats, lengths in self.batches:
+                for i, h in zip(idx, greedy(model, feats, lengths)):
+                    hyps[i] = h
+        s = score([r["text"] for r in self.rows], hyps)
+        return {"metric": s["wer"], **s}

@@ -1,5 +1,5 @@
-"""WER of a policy on the representative subset: features computed once, batched greedy decoding of
-the dense twin set to the policy's rank-r approximations, and an on-disk cache of policy -> WER.
+"""The metric of a policy: the task's `evaluate_subset` on the dense twin set to the policy's rank-r
+approximations, and an on-disk cache of policy -> metrics.
 
 The cache is JSON lines, appended and flushed to disk per evaluation; a torn last line (kill -9
 while writing) is ignored on load, so no finished evaluation is ever lost or repeated.
@@ -7,12 +7,6 @@ while writing) is ignored on load, so no finished evaluation is ever lost or rep
 import json
 import os
 from pathlib import Path
-
-import torch
-
-from pipeline.data.dataset import SpeechDataset, collate, duration_batches
-from pipeline.model.decode import greedy
-from pipeline.model.evaluate import score
 
 
 def policy_key(policy):
@@ -33,25 +27,16 @@ def read_cache(path):
 
 
 class SubsetEvaluator:
-    def __init__(self, approximator, cmvn, rows, cache_path, batch_seconds=200):
-        self.approx, self.rows = approximator, rows
+    """metric(model) -> {"metric": float, ...} of the twin at each policy, cached in `cache_path`."""
+
+    def __init__(self, approximator, metric, cache_path):
+        self.approx, self.metric = approximator, metric
         self.cache_path = Path(cache_path) if cache_path is not None else None
-        ds = SpeechDataset(rows, cmvn)
-        self.batches = []
-        for idx in duration_batches(rows, batch_seconds, max_batch=64):
-            feats, lengths, _, _ = collate([ds[i] for i in idx])
-            self.batches.append((idx, feats, lengths))
         self.cache = read_cache(self.cache_path) if self.cache_path is not None else {}
 
     def score(self, policy):
-        """{"wer", "cer", ...} of the policy on the subset, computed now (no cache)."""
-        model = self.approx.apply(policy)
-        hyps = [None] * len(self.rows)
-        with torch.no_grad():
-            for idx, feats, lengths in self.batches:
-                for i, h in zip(idx, greedy(model, feats, lengths)):
-                    hyps[i] = h
-        return score([r["text"] for r in self.rows], hyps)
+        """The policy's metrics, computed now (no cache)."""
+        return self.metric(self.approx.apply(policy))
 
     def __call__(self, policy):
         return self.many([policy])[0]

@@ -1,35 +1,31 @@
 """The search's evaluations on a Ray cluster: one actor per worker holds the model's dense twin and
-the subset's features and scores the policies it is sent. The driver alone writes the cache, in
+the task's metric and scores the policies it is sent. The driver alone writes the cache, in
 proposal order, so the record is the same whatever the number of workers; an actor that dies is
 restarted and its task retried by Ray (max_restarts / max_task_retries), so no evaluation is lost
 or recorded twice.
 
 `--workers N` alone starts a local Ray instance with N CPUs; `--ray auto|ADDRESS` joins a running
-cluster (every node needs this package installed, e.g. `pip install -e .` in the same path).
+cluster (every node needs this package installed, e.g. `pip install -e .` in the same path, and the
+task's module importable).
 """
 import torch
 
-from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.lowrank.checkpoint import load_checkpoint
-from pipeline.lowrank.factorize import layers
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.space import Approximator
 
 
 class _Worker:
-    def __init__(self, model_path, subset_path, layer_names, threads):
+    def __init__(self, model, layer_list, metric, threads):
         torch.set_num_threads(threads)
-        model, cmvn, _ = load_checkpoint(model_path)
-        chosen = [l for l in layers(model) if l.name in set(layer_names)]
-        self.evaluate = SubsetEvaluator(Approximator(model, chosen), cmvn, read_manifest(subset_path), None)
+        self.evaluate = SubsetEvaluator(Approximator(model, layer_list), metric, None)
 
     def score(self, policy):
         return self.evaluate.score(policy)
 
 
 class RayPool:
-    def __init__(self, model_path, subset_path, layer_names, address=None, workers=None, threads=1):
+    def __init__(self, model, layer_list, metric, address=None, workers=None, threads=1):
         try:
             import ray
             from ray.util import ActorPool
@@ -43,7 +39,7 @@ class RayPool:
                          object_store_memory=100 * 2**20)
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         remote = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(_Worker)
-        self.actors = [remote.remote(str(model_path), str(subset_path), list(layer_names), threads) for _ in range(n)]
+        self.actors = [remote.remote(model, list(layer_list), metric, threads) for _ in range(n)]
         self.pool = ActorPool(self.actors)
         self.ray = ray
 

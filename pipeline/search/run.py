@@ -1,16 +1,16 @@
-"""`python -m pipeline search`: the rank search loop, its run folder and its resume.
+"""The rank search loop on a task (pipeline/task.py), its run folder and its resume.
 
-Run folder: `config.json` (the search config; a resume must match it), `cache.jsonl` (policy -> WER
-on the subset, appended per evaluation), `state.pt` (agent, random states, episode log; written
+Run folder: `config.json` (the search config; a resume must match it), `cache.jsonl` (policy -> the
+task's subset metric, appended per evaluation), `state.pt` (agent, random states, episode log; written
 atomically after every episode), `log.jsonl` (one line per episode, from state.pt), `best.json`,
 `best.safetensors` (the best policy as a factored checkpoint), `search.png` and `best_ranks.png`.
 A killed run resumes from state.pt; the episodes after it replay the same actions (the random
 states are restored), so their evaluations come from the cache and none is repeated.
 
 Rewards (higher is better; the budget wall keeps every episode at or under its target cost):
-- `wer`: -WER on the subset (AMC's resource-constrained mode). The default: see README.
-- `punish`: cost saved (1 - cost / dense cost) minus 10 x the WER above the dense model's + tolerance.
-- `amc`: -WER x log(cost) (AMC's accuracy-guaranteed mode).
+- `wer`: -metric on the subset (AMC's resource-constrained mode; the name is the recogniser's). The default.
+- `punish`: cost saved (1 - cost / dense cost) minus 10 x the metric above the dense model's + tolerance.
+- `amc`: -metric x log(cost) (AMC's accuracy-guaranteed mode).
 """
 import copy
 from dataclasses import asdict, dataclass
@@ -21,16 +21,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, read_json, save_png, write_json, write_jsonl
-from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel
-from pipeline.latency.table import LatencyTable, steps_per_frame
-from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
 from pipeline.lowrank.factorize import factorize
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.parallel import RayPool
 from pipeline.search.space import Approximator, RankSpace, searchable
+from pipeline.task import fingerprint, measure, save_factored
 from pipeline.train import load_state_file
 
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
@@ -80,12 +78,12 @@ class SearchConfig:
         return self.target_compression or self.target_speedup
 
 
-def reward_of(name, wer, cost, reference, base_wer, tolerance):
+def reward_of(name, metric, cost, reference, base, tolerance):
     if name == "wer":
-        return -wer
+        return -metric
     if name == "punish":
-        return (1.0 - cost / reference) - PUNISHMENT * max(0.0, wer - base_wer - tolerance)
-    return -wer * float(np.log(cost))
+        return (1.0 - cost / reference) - PUNISHMENT * max(0.0, metric - base - tolerance)
+    return -metric * float(np.log(cost))
 
 
 def run_episode(space, agent, approx, episode):
@@ -103,16 +101,15 @@ def run_episode(space, agent, approx, episode):
     return decided, steps
 
 
-def _config_file(out, cfg, model_path, subset_path, resume):
+def _config_file(out, cfg, task, resume):
     """Writes config.json, or on resume checks that it matches (only --episodes may change)."""
-    want = {"search": asdict(cfg), "model": str(model_path), "model_sha256": sha256(model_path),
-            "subset": str(subset_path)}
+    want = {"search": asdict(cfg), "task": task.name, "model_sha256": fingerprint(task.model), **task.extra}
     path = out / "config.json"
     if resume:
         if not (out / "state.pt").exists():
             raise PipelineError(f"{out / 'state.pt'}: nothing to resume (no state file)")
         have = read_json(path)
-        for key in ("model_sha256", "subset"):
+        for key in ("model_sha256", *task.extra):
             if have.get(key) != want[key]:
                 raise PipelineError(f"{path}: field '{key}' differs from this run's; start a new --out")
         for k, v in have["search"].items():
@@ -124,31 +121,29 @@ def _config_file(out, cfg, model_path, subset_path, resume):
     write_json(path, want)
 
 
-def _cost_model(model, layer_list, cfg, rows):
-    """The native latency cost counts the decoder's LSTM at the subset's output steps per encoder
-    frame; onnxruntime's, the encoder stack alone."""
+def _cost_model(task, layer_list, cfg):
     if cfg.cost != "latency":
-        return CostModel(model, layer_list, cfg.cost)
+        return CostModel(task.model, layer_list, cfg.cost)
+    if task.latency_cost is None:
+        raise PipelineError(f"task '{task.name}': --cost latency needs the task's latency_cost hook; "
+                            f"search it by params or macs")
+    return task.latency_cost(task.model, layer_list, cfg)
 
-    table = LatencyTable(cfg.device, cfg.runtime)
-    table.measure(model)
-    spf = steps_per_frame(rows, model.cfg) if cfg.runtime == "native" else 0.0
-    return CostModel(model, layer_list, cfg.cost, table, spf)
 
-
-def search(model_path, out, cfg, subset_path, resume=False, progress=True, ray=None, workers=None):
+def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
+    """Searches ranks for `task.model` (its selected layers) under cfg's target; returns best.json's
+    content and writes `best.safetensors` (the task's `save`, else a task checkpoint)."""
     out, cfg = Path(out), cfg.validate()
-    if not Path(subset_path).exists():
-        raise PipelineError(f"{subset_path}: evaluation subset not found; make it with `python -m pipeline subset`")
-    _config_file(out, cfg, model_path, subset_path, resume)
-    model, cmvn, _ = load_checkpoint(model_path)
-    rows = read_manifest(subset_path)
-    cost = _cost_model(model, searchable(model, cfg.layers), cfg, rows)
-    space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers)
+    _config_file(out, cfg, task, resume)
+    model = task.model.eval()
+    layer_list = searchable(model, cfg.layers, task.layers())
+    cost = _cost_model(task, layer_list, cfg)
+    space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers, layer_list)
     approx = Approximator(model, space.layers)
-    evaluate = SubsetEvaluator(approx, cmvn, rows, out / "cache.jsonl")
-    base = evaluate({})["wer"]
-    pool = _pool(model_path, subset_path, space, ray, workers)
+    metric = _subset_metric(task)
+    evaluate = SubsetEvaluator(approx, metric, out / "cache.jsonl")
+    base = evaluate({})["metric"]
+    pool = RayPool(model, space.layers, metric, ray, workers) if ray is not None or workers is not None else None
     try:
         if cfg.agent == "greedy":
             log = greedy_search(space, evaluate, cfg, base, pool)
@@ -159,7 +154,18 @@ def search(model_path, out, cfg, subset_path, resume=False, progress=True, ray=N
     finally:
         if pool is not None:
             pool.close()
-    return finish(out, model, cmvn, model_path, subset_path, log, base, cfg, space, approx)
+    return finish(out, task, log, base, cfg, space, approx)
+
+
+class _subset_metric:
+    """The task's evaluate_subset (else evaluate) as measure() checks it; picklable for Ray."""
+
+    def __init__(self, task):
+        self.task = task
+        self.fn = task.evaluate_subset or task.evaluate
+
+    def __call__(self, model):
+        return measure(self.task, "evaluate_subset" if self.task.evaluate_subset else "evaluate", self.fn, model)
 
 
 def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progress):
@@ -189,7 +195,7 @@ def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progres
             torch.save({"agent": agent.state_dict(), "progress": st}, tmp)
         write_jsonl(out / "log.jsonl", st["log"])
         best = max(st["log"], key=lambda r: r["reward"])
-        bar.set_postfix(best_wer=f"{best['wer']:.3f}", wer=f"{row['wer']:.3f}", cost=f"{row['cost_ratio']:.3f}")
+        bar.set_postfix(best=f"{best['metric']:.3f}", metric=f"{row['metric']:.3f}", cost=f"{row['cost_ratio']:.3f}")
         bar.update(len(proposals))
     bar.close()
     return st["log"]
@@ -197,28 +203,22 @@ def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progres
 
 def _row(policy, metrics, space, cfg, base, episode, evaluations, kind="episode"):
     c = space.cost.total(policy)
-    return {"episode": episode, "kind": kind, "wer": metrics["wer"], "cer": metrics["cer"],
+    return {"episode": episode, "kind": kind, "metric": metrics["metric"],
+            "details": {k: v for k, v in metrics.items() if k != "metric"},
             "cost": c, "cost_ratio": c / space.cost.reference, "meets_budget": c <= space.budget * (1 + 1e-9),
-            "reward": reward_of(cfg.reward, metrics["wer"], c, space.cost.reference, base, cfg.tolerance),
+            "reward": reward_of(cfg.reward, metrics["metric"], c, space.cost.reference, base, cfg.tolerance),
             "evaluations": evaluations, "ranks": policy}
-
-
-def _pool(model_path, subset_path, space, ray, workers):
-    if ray is None and workers is None:
-        return None
-
-    return RayPool(model_path, subset_path, [l.name for l in space.layers], ray, workers)
 
 
 def greedy_search(space, evaluate, cfg, base, pool=None):
     """Greedy by per-layer sensitivity: each layer alone at a quarter of its rank (one evaluation
-    each), then ranks lowered step by step where the WER rise per unit of cost saved is smallest,
+    each), then ranks lowered step by step where the metric's rise per unit of cost saved is smallest,
     until the budget is met; the result is evaluated once."""
     probe_action = (0.25 - cfg.min_fraction) / (1 - cfg.min_fraction)
     probes = [{l.name: space.rank_of(l, probe_action)} for l in space.layers]
     rows = [_row(p, m, space, cfg, base, i, len(evaluate.cache), kind="probe")
             for i, (p, m) in enumerate(zip(probes, evaluate.many(probes, pool)))]
-    sens = {l.name: max(0.0, r["wer"] - base) / max(1e-12, 1.0 - r["cost_ratio"]) for l, r in zip(space.layers, rows)}
+    sens = {l.name: max(0.0, r["metric"] - base) / max(1e-12, 1.0 - r["cost_ratio"]) for l, r in zip(space.layers, rows)}
     policy = {l.name: l.rank for l in space.layers}
     steps = {l.name: space.candidates(l) for l in space.layers}
     while space.cost.total(policy) > space.budget:
@@ -232,25 +232,24 @@ def greedy_search(space, evaluate, cfg, base, pool=None):
     return rows
 
 
-def finish(out, model, cmvn, model_path, subset_path, log, base, cfg, space, approx):
+def finish(out, task, log, base, cfg, space, approx):
     episodes = [r for r in log if r["kind"] == "episode"]
     best = max(episodes, key=lambda r: r["reward"])
-    result = {"best": best, "base_wer": base, "episodes": len(episodes), "evaluations": log[-1]["evaluations"],
-              "target": cfg.target, "cost": cfg.cost, "agent": cfg.agent, "reward": cfg.reward,
-              "energy": {n: approx.energy(n, r) for n, r in best["ranks"].items()}}
+    result = {"best": best, "base_metric": base, "metric": task.metric, "episodes": len(episodes),
+              "evaluations": log[-1]["evaluations"], "target": cfg.target, "cost": cfg.cost, "agent": cfg.agent,
+              "reward": cfg.reward, "energy": {n: approx.energy(n, r) for n, r in best["ranks"].items()}}
     write_json(out / "best.json", result)
     write_jsonl(out / "log.jsonl", log)
-    factored = factorize(copy.deepcopy(model), best["ranks"])
-    save_checkpoint(out / "best.safetensors", factored, cmvn,
-                    {"parent_sha256": sha256(model_path), "parent": str(model_path), "search_run": str(out),
-                     "subset": str(subset_path)},
-                    {"subset_wer": best["wer"], "cost_ratio": best["cost_ratio"], "cost": cfg.cost},
-                    result["energy"])
-    plot(out, log, best, space)
+    factored = factorize(copy.deepcopy(task.model), best["ranks"])
+    meta = {"provenance": {"parent_sha256": fingerprint(task.model), "search_run": str(out), **task.extra},
+            "metrics": {"subset_metric": best["metric"], "cost_ratio": best["cost_ratio"], "cost": cfg.cost},
+            "energy": result["energy"]}
+    (task.save or save_factored)(out / "best.safetensors", factored, meta)
+    plot(out, log, best, space, task.metric)
     return result
 
 
-def plot(out, log, best, space):
+def plot(out, log, best, space, metric="metric"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +258,7 @@ def plot(out, log, best, space):
     eps = [r for r in log if r["kind"] == "episode"]
     x = [r["episode"] for r in eps]
     fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
-    for ax, key, label in zip(axes, ("reward", "wer", "cost_ratio"), ("reward", "WER (subset)", "cost / dense")):
+    for ax, key, label in zip(axes, ("reward", "metric", "cost_ratio"), ("reward", f"{metric} (subset)", "cost / dense")):
         ys = [r[key] for r in eps]
         ax.plot(x, ys, ".", ms=3, alpha=0.6)
         if key != "cost_ratio":
@@ -279,7 +278,7 @@ def plot(out, log, best, space):
     ax.set_yticks(range(len(names)), [f"{n} ({best['ranks'][n] or 'dense'})" for n in names], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("rank kept (fraction of the layer's limit)")
-    ax.set_title(f"best policy: WER {best['wer']:.3f}, cost {best['cost_ratio']:.3f} of dense")
+    ax.set_title(f"best policy: {metric} {best['metric']:.3f}, cost {best['cost_ratio']:.3f} of dense")
     fig.tight_layout()
     save_png(fig, out / "best_ranks.png")
     plt.close(fig)

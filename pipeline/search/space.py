@@ -16,70 +16,43 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.lowrank.factorize import SNAP, is_output_layer, layers, lstm_bias, lstm_dense, max_rank, saves_parameters
-from pipeline.lowrank.modules import LowRankLinear, LowRankLSTM, dense_weight
-from pipeline.model.asr import ASRModel
+from pipeline.lowrank.factorize import SNAP, densify, max_rank, saves_parameters, select
 
 ENERGY_FRACTIONS = (0.125, 0.25, 0.5, 0.75)
 STATE_DIM = 15
 SPREAD = 3.0
 
 
-def searchable(model, which="all"):
-    """The layers a search walks, in forward order: every LSTM matrix and Linear whose low-rank form
-    can save parameters, but the output layers (`which="lstm"`: the LSTM matrices only)."""
-    out = [l for l in layers(model) if (saves_parameters(l.shape, SNAP) or l.rank is not None)
-           and not is_output_layer(l, model)]
+def searchable(model, which="all", layer_list=None):
+    """The layers a search walks, in forward order: the selected ones (default: `select(model)`, which
+    leaves out the model's `keep_dense` layers) whose low-rank form can save parameters
+    (`which="lstm"`: the recurrent matrices only)."""
+    chosen = select(model) if layer_list is None else layer_list
+    out = [l for l in chosen if saves_parameters(l.shape, SNAP) or l.rank is not None]
     if which == "lstm":
-        out = [l for l in out if l.kind.startswith("lstm")]
+        out = [l for l in out if l.kind != "linear"]
     elif which != "all":
         raise PipelineError(f"search layers {which!r}: choose all or lstm")
     return out
 
 
-def _weight_param(twin, name):
-    """The nn.LSTM / nn.Linear parameter of `twin` that holds layer `name`'s dense weight."""
-    head, _, last = name.rpartition(".")
-    if last in ("ih", "hh"):
-        path, _, cell = head.rpartition(".")
-        layer, _, rev = cell[1:].partition("_")
-        return getattr(twin.get_submodule(path), f"weight_{last}_l{layer}" + ("_reverse" if rev else ""))
-    return twin.get_submodule(name).weight
-
-
-def dense_twin(model):
-    """A dense ASRModel computing the same function as `model` (factored layers become U V)."""
-    twin = ASRModel(model.cfg)
-    own = twin.state_dict()
-    twin.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape},
-                         strict=False)
-    with torch.no_grad():
-        for path, mod in model.named_modules():
-            if isinstance(mod, LowRankLSTM):
-                target = twin.get_submodule(path)
-                for layer in range(mod.num_layers):
-                    for d in range(2 if mod.bidirectional else 1):
-                        suffix = f"_l{layer}" + ("_reverse" if d else "")
-                        for which in ("ih", "hh"):
-                            getattr(target, f"weight_{which}{suffix}").copy_(lstm_dense(mod, layer, d, which))
-                        getattr(target, f"bias_ih{suffix}").copy_(lstm_bias(mod, layer, d))
-                        getattr(target, f"bias_hh{suffix}").zero_()
-            elif isinstance(mod, LowRankLinear):
-                twin.get_submodule(path).weight.copy_(dense_weight(mod))
-    return twin.eval()
-
-
 class Approximator:
-    """Sets the dense twin's weights to the rank-r SVD approximation of each layer's weight."""
+    """A dense twin of the model (factored layers become U V; `densify`) whose weights it sets to the
+    rank-r SVD approximation of each layer's weight."""
 
     def __init__(self, model, layer_list):
-        self.twin = dense_twin(model)
-        self.svd, self.original = {}, {}
+        self.twin = densify(model).eval()
+        self.svd, self.original, self.params = {}, {}, {}
         for l in layer_list:
-            w = _weight_param(self.twin, l.name).detach()
+            self.params[l.name] = self._param(l)
+            w = self.params[l.name].detach()
             p, s, qt = torch.linalg.svd(w.double(), full_matrices=False)
             self.svd[l.name] = ((p * s).float(), qt.float(), (s ** 2).cumsum(0) / (s ** 2).sum().clamp_min(1e-30))
             self.original[l.name] = w.clone()
+
+    def _param(self, layer):
+        mod = self.twin.get_submodule(layer.module) if layer.module else self.twin
+        return getattr(mod, layer.param)
 
     def energy(self, name, rank):
         """Singular-value energy kept at `rank` (1.0 dense)."""
@@ -92,17 +65,17 @@ class Approximator:
             for name, (ps, qt, _) in self.svd.items():
                 rank = policy.get(name)
                 w = self.original[name] if rank is None else ps[:, :rank] @ qt[:rank]
-                _weight_param(self.twin, name).copy_(w)
+                self.params[name].copy_(w)
         return self.twin
 
 
 class RankSpace:
     """Walks the searched layers; turns keep fractions into ranks that fit the budget (AMC's action wall)."""
 
-    def __init__(self, model, cost, target, min_fraction=0.1, which="all"):
+    def __init__(self, model, cost, target, min_fraction=0.1, which="all", layer_list=None):
         if target <= 1.0:
             raise PipelineError(f"target {target}: must be above 1 (a compression or speedup factor)")
-        self.layers = searchable(model, which)
+        self.layers = searchable(model, which, layer_list)
         if not self.layers:
             raise PipelineError("the model has no layer that a low-rank form could shrink")
         self.cost, self.target, self.min_fraction = cost, target, min_fraction
@@ -188,7 +161,7 @@ class RankSpace:
         ref = self.cost.reference
         limit = self.limits[l.name]
         energy = [approx.energy(l.name, max(1, round(f * limit))) for f in ENERGY_FRACTIONS]
-        return np.array([i / max(1, len(self.layers) - 1), l.kind == "lstm_ih", l.kind == "lstm_hh",
+        return np.array([i / max(1, len(self.layers) - 1), l.kind.endswith("_ih"), l.kind.endswith("_hh"),
                          l.kind == "linear", l.shape[0] / top, l.shape[1] / top, self.shares[l.name], *energy,
                          min(1.0, self.cost.total({**decided, **rest_dense}) / ref),
                          max(0.0, self.budget - self.cost.total({**decided, **rest_small})) / ref,

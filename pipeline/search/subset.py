@@ -18,6 +18,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel
+from pipeline.model.evaluate import SubsetWer
 from pipeline.search.agents import RandomAgent
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.run import run_episode
@@ -88,12 +89,12 @@ def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, p
     subset = stratified(rows, fraction, seed)
     approx = Approximator(model, searchable(model))
     policies = random_policies(model, n_policies, seed, approx)
-    full = SubsetEvaluator(approx, cmvn, rows, out.with_suffix(".check-full.jsonl"))
-    part = SubsetEvaluator(approx, cmvn, subset, out.with_suffix(".check-subset.jsonl"))
+    full = SubsetEvaluator(approx, SubsetWer(cmvn, rows), out.with_suffix(".check-full.jsonl"))
+    part = SubsetEvaluator(approx, SubsetWer(cmvn, subset), out.with_suffix(".check-subset.jsonl"))
     full_wer, part_wer = [], []
     for p in tqdm(policies, desc="subset check (full manifest and subset)", unit="policy", disable=not progress):
-        full_wer.append(full(p)["wer"])
-        part_wer.append(part(p)["wer"])
+        full_wer.append(full(p)["metric"])
+        part_wer.append(part(p)["metric"])
     check = {"method": "stratified systematic: speakers, duration-sorted, every k-th (seeded start)",
              "fraction": fraction, "utterances": len(subset), "of": len(rows),
              "seconds": round(sum(r["duration"] for r in subset), 1), "seed": seed,

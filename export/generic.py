@@ -1,0 +1,169 @@
+"""Export of any model from its example inputs: ONNX (fp32, int8, .ort) checked against PyTorch on
+those inputs, and the native model file holding every LSTM stack the C++ runtime runs.
+
+The ONNX graph is traced at the example inputs' shapes (axes the tracer can tell are free stay
+free: torch.onnx marks none by itself, so a model meant for other lengths should be given inputs
+of the length it is benchmarked at). A factored Linear lowers to two MatMuls, a factored LSTM or
+GRU to its operator on the recomposed weights, or, for a LowRankLSTM in inference, to the unrolled
+two-MatMul recurrence at the example length.
+"""
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from export.native import encode, stack_entries, write
+from export.onnx_export import LstmOpLowering, quantize, save_proto, to_onnx, to_ort
+from pipeline import _native
+from pipeline.errors import PipelineError
+from pipeline.lowrank.modules import LowRankLSTM, cell_name
+
+
+def _names(prefix, n):
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+def _flat(outputs):
+    """The tensors of a model's output (a tensor, or nested tuples and lists of them), in order."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, (tuple, list)):
+        return [t for o in outputs for t in _flat(o)]
+    return []
+
+
+class OnnxLowRankLstm(nn.Module):
+    """A LowRankLSTM as one ONNX LSTM operator per layer and direction after a MatMul by V_i (the
+    recogniser encoder's "lstm_op" lowering, for any stack); from a zero state, as export traces it."""
+
+    def __init__(self, lr):
+        super().__init__()
+        self.batch_first, self.dirs = lr.batch_first, 2 if lr.bidirectional else 1
+        self.cells = nn.ModuleList(LstmOpLowering(lr, cell_name(layer, d))
+                                   for layer in range(lr.num_layers) for d in range(self.dirs))
+
+    def forward(self, x, hx=None):
+        if hx is not None:
+            raise PipelineError("ONNX export: a factored LSTM called with an initial state; export traces it "
+                                "from a zero state")
+        x = x if self.batch_first else x.transpose(0, 1)
+        hs, cs = [], []
+        for i in range(0, len(self.cells), self.dirs):
+            outs = []
+            for d in range(self.dirs):
+                cell = self.cells[i + d]
+                inp = x if d == 0 else torch.flip(x, [1])
+                y, (h, c) = cell.lstm(inp if cell.v is None else inp @ cell.v.t())
+                outs.append(y if d == 0 else torch.flip(y, [1]))
+                hs.append(h[0])
+                cs.append(c[0])
+            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
+        return (x if self.batch_first else x.transpose(0, 1)), (torch.stack(hs), torch.stack(cs))
+
+
+def onnx_view(model):
+    """A copy of `model` in which every LowRankLSTM is an OnnxLowRankLstm (what export traces)."""
+    view = copy.deepcopy(model).eval()
+    for path, mod in list(view.named_modules()):
+        if isinstance(mod, LowRankLSTM):
+            if not path:
+                return OnnxLowRankLstm(mod)
+            parent, _, attr = path.rpartition(".")
+            setattr(view.get_submodule(parent) if parent else view, attr, OnnxLowRankLstm(mod))
+    return view
+
+
+def export_onnx(model, example_inputs, out, int8=True, ort_format=True, model_id="model"):
+    """OUT/model.onnx (+ model.int8.onnx, .ort copies); returns {files, parity: max abs difference
+    between onnxruntime and PyTorch on the example inputs, per output}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    with torch.no_grad():
+        want = [t.numpy() for t in _flat(model(*example_inputs))]
+    if not want:
+        raise PipelineError("ONNX export: the model's output on example_inputs holds no tensor")
+    proto = to_onnx(onnx_view(model), tuple(example_inputs), _names("input", len(example_inputs)), _names("output", len(want)), None)
+    save_proto(proto, out / "model.onnx", model_id)
+    files = {"fp32": "model.onnx"}
+    if int8:
+        files["int8"] = quantize(out, model_id, keys=("model",))["model_int8"]
+    if ort_format:
+        files.update(to_ort(out, list(files.values())))
+    feed = feed_of(out / "model.onnx", example_inputs)
+    got = session(out / "model.onnx").run(None, feed)
+    diff = [float(np.abs(g - w).max()) if g.size else 0.0 for g, w in zip(got, want)]
+    return {"files": files, "parity": diff}
+
+
+def session(path, threads=1):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def feed_of(path, example_inputs):
+    names = [i.name for i in session(path).get_inputs()]
+    return {n: t.numpy() for n, t in zip(names, example_inputs)}
+
+
+def time_ms(fn, reps=20, warmup=2):
+    """Median milliseconds of fn() over `reps` calls, and every call's time."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)), times
+
+
+def onnx_ms(path, example_inputs, reps=20):
+    sess, feed = session(path), feed_of(path, example_inputs)
+    return time_ms(lambda: sess.run(None, feed), reps)
+
+
+def native_stacks(model):
+    """{module path: module} of the LSTM stacks the C++ runtime runs (nn.LSTM with biases and no
+    projection, LowRankLSTM); the others stay with PyTorch and onnxruntime."""
+    return {path: m for path, m in model.named_modules()
+            if isinstance(m, LowRankLSTM) or (isinstance(m, nn.LSTM) and not m.proj_size and m.bias)}
+
+
+def write_native(path, model):
+    """One model file with every native-runnable LSTM stack, each under its module path; returns
+    the paths (what `lowrank_bench --weights FILE --prefix PATH` and `LstmStack(FILE, PATH)` take)."""
+    stacks = native_stacks(model)
+    if not stacks:
+        return []
+    entries = {}
+    for name, m in stacks.items():
+        entries.update(stack_entries(m, name or "root"))
+    write(path, entries)
+    return [name or "root" for name in stacks]
+
+
+def native_parity(model, frames=50, seed=0):
+    """{stack: max abs difference between the C++ stack and PyTorch's module} on random inputs."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, m in native_stacks(model).items():
+        x = rng.standard_normal((frames, m.input_size)).astype(np.float32)
+        native = _native.LstmStack(encode(stack_entries(m, "s")), "s", "auto")
+        with torch.no_grad():
+            want = m.eval()(torch.from_numpy(x)[:, None] if not m.batch_first else torch.from_numpy(x)[None])[0]
+        out[name or "root"] = float(np.abs(native.forward(x) - want.reshape(frames, -1).numpy()).max())
+    return out
+
+
+def native_ms(module, frames=100, reps=20):
+    """Median ms of the C++ stack of `module` over `frames` frames of one utterance."""
+    native = _native.LstmStack(encode(stack_entries(module, "s")), "s", "auto")
+    x = np.random.default_rng(0).standard_normal((frames, module.input_size)).astype(np.float32)
+    return time_ms(lambda: native.forward(x), reps)

@@ -1,0 +1,117 @@
+"""The built-in LSTM attention recogniser as a task (pipeline/task.py): a checkpoint and a corpus.
+
+Its metric is greedy WER: `evaluate` on evenly spaced `dev` utterances, `evaluate_subset` on the
+search's representative subset (the corpus's checked `dev_subset.jsonl`, else a stratified 12% of
+`dev`), both decoding batched features computed once. Its hooks keep its own formats and figures:
+checkpoints with their config and CMVN (pipeline/lowrank/checkpoint.py), fine-tuning on `train`
+(optionally distilled from the uncompressed model), WER per split, the ONNX encoder/decoder graphs
+and the whole-model native file, the end-to-end benchmark side by side, and the native latency
+table as the search's latency cost.
+"""
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from export.native import write_model
+from export.onnx_export import export
+from pipeline.bench import bench, side_by_side
+from pipeline.data.manifest import evenly_spaced, read_manifest
+from pipeline.finetune import finetune
+from pipeline.latency.cost import CostModel
+from pipeline.latency.table import LatencyTable, steps_per_frame
+from pipeline.latency.targets import parse_target
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.evaluate import SubsetWer, evaluate
+from pipeline.search.subset import stratified, write_subset
+from pipeline.task import Task
+from pipeline.train import process_group
+
+
+@dataclass
+class AsrConfig:
+    dev_utterances: int = 300     # evenly spaced dev utterances scored per iteration (0: all)
+    score_utterances: int = 200   # ... per split for the final scores (0: all)
+    finetune_lr: float = 3e-4
+    distill: float = 0.0          # weight of distillation from the uncompressed model in fine-tuning
+    bench_utterances: int = 10
+    threads: int = 2
+    seed: int = 0
+
+
+def subset_path(data, out):
+    """The search's subset: the corpus's checked one if there is one, else a stratified 12% of dev
+    written into the run folder `out`."""
+    checked = Path(data) / "dev_subset.jsonl"
+    if checked.exists():
+        return checked
+    path = Path(out) / "dev_subset.jsonl"
+    if not path.exists():
+        write_subset(path, stratified(read_manifest(Path(data) / "dev.jsonl"), 0.12))
+    return path
+
+
+def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
+    """The recogniser at `model_path` judged on the corpus at `data` (`out`: where a subset is
+    written when the corpus has none; `subset`: a subset manifest of one's own). The manifests are
+    read when first needed, so a search needs the subset alone."""
+    model, cmvn, _ = load_checkpoint(model_path)
+    data = Path(data) if data is not None else None
+    subset = Path(subset) if subset is not None else subset_path(data, out if out is not None else data)
+    manifest = cache(lambda split: read_manifest(data / f"{split}.jsonl"))
+
+    def wer(m, rows):
+        torch.set_num_threads(cfg.threads)
+        metrics, _ = evaluate(m, cmvn, rows, progress=False)
+        return {"metric": metrics["wer"], **metrics}
+
+    def tune(m, steps, workdir, iteration=0):
+        rank, world = process_group()
+        finetune(m, cmvn, manifest("train"), workdir, steps, cfg.finetune_lr, threads=cfg.threads, seed=cfg.seed + iteration,
+                 progress=rank == 0, teacher=model if cfg.distill else None, distill=cfg.distill,
+                 provenance={"finetune_steps": steps}, rank=rank, world=world)
+
+    def scores(m):
+        out = {}
+        for split in ("dev", "test", "test_real"):
+            manifest = data / f"{split}.jsonl"
+            if manifest.exists():
+                out[split] = wer(m, evenly_spaced(read_manifest(manifest), cfg.score_utterances))
+        return out
+
+    def save(path, m, meta):
+        save_checkpoint(path, m, cmvn, meta.get("provenance"), meta.get("metrics"), meta.get("energy"))
+
+    def export_all(final, run):
+        export(final, run / "export", int8=True, ort_format=True, log=lambda *_: None)
+        (run / "native").mkdir(parents=True, exist_ok=True)
+        write_model(run / "native" / "model.lrkm", load_checkpoint(final)[0], cmvn)
+
+    def benchmark(final, run, ccfg):
+        runs = [("torch", model_path, "dense (PyTorch)"), ("native", model_path, "dense (native)"),
+                ("torch", final, "compressed (PyTorch)"), ("native", final, "compressed (native)"),
+                ("onnx", final, "compressed (onnxruntime)")]
+        if parse_target(ccfg.device).kind == "local":
+            results = side_by_side([(rt, ckpt) for rt, ckpt, _ in runs], data / "dev.jsonl", 1, cfg.bench_utterances,
+                                   reps=3)
+        else:
+            results = [bench(ckpt, data / "dev.jsonl", rt, ccfg.device if rt == "native" else "local", 1,
+                             cfg.bench_utterances, reps=3) for rt, ckpt, _ in runs]
+        rows = [{"label": label, **{k: v for k, v in r.items() if k != "transcripts"}}
+                for (_, _, label), r in zip(runs, results)]
+        return {"threads": 1, "reference": "dense (native)", "runs": rows}
+
+    def latency_cost(m, layer_list, scfg):
+        """The native cost counts the decoder's LSTM at the subset's output steps per encoder frame;
+        onnxruntime's, the encoder stack alone."""
+        table = LatencyTable(scfg.device, scfg.runtime)
+        table.measure(m)
+        spf = steps_per_frame(read_manifest(subset), m.cfg) if scfg.runtime == "native" else 0.0
+        return CostModel(m, layer_list, "latency", table, spf)
+
+    return Task(model=model, evaluate=lambda m: wer(m, evenly_spaced(manifest("dev"), cfg.dev_utterances)), evaluate_subset=SubsetWer(cmvn, read_manifest(subset)),
+                finetune=tune, metric="WER", name="asr", scores=scores, save=save,
+                load=lambda path: load_checkpoint(path)[0], export=export_all, benchmark=benchmark,
+                latency_cost=latency_cost,
+                extra={"model": str(model_path), "data": str(data), "subset": str(subset), "asr": asdict(cfg)})
