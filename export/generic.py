@@ -20,7 +20,7 @@ from export.native import encode, stack_entries, write
 from export.onnx_export import LstmOpLowering, quantize, save_proto, to_onnx, to_ort
 from pipeline import _native
 from pipeline.errors import PipelineError
-from pipeline.lowrank.modules import LowRankLSTM, cell_name
+from pipeline.lowrank.modules import LowRankLSTM, LowRankRecurrent, cell_name, dense_module
 
 
 def _names(prefix, n):
@@ -65,15 +65,77 @@ class OnnxLowRankLstm(nn.Module):
         return (x if self.batch_first else x.transpose(0, 1)), (torch.stack(hs), torch.stack(cs))
 
 
+class OnnxProjectedLstm(nn.Module):
+    """An LSTM with projections (nn.LSTM(proj_size=P) or its factored form), which torch.onnx does not
+    export, as explicit steps unrolled over the traced length: each matrix one MatMul, or two through
+    its rank. From a zero state over whole (unpadded) sequences."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.batch_first, self.layers, self.hidden = mod.batch_first, mod.num_layers, mod.hidden_size
+        self.proj, self.dirs = mod.proj_size, 2 if mod.bidirectional else 1
+        weights = mod.weights() if isinstance(mod, LowRankRecurrent) else dict(mod.named_parameters())
+        self.factors = nn.ParameterDict()
+        for name, w in weights.items():
+            m = mod.matrices[name] if isinstance(mod, LowRankRecurrent) and name in mod.matrices else None
+            if m is not None and m.rank is not None:
+                self.factors[name + "_U"], self.factors[name + "_V"] = (nn.Parameter(t.detach().clone())
+                                                                        for t in (m.U, m.V))
+            else:
+                self.factors[name] = nn.Parameter(w.detach().clone())
+
+    def _mul(self, x, name):
+        if name in self.factors:
+            return x @ self.factors[name].t()
+        return (x @ self.factors[name + "_V"].t()) @ self.factors[name + "_U"].t()
+
+    def _bias(self, name):
+        return self.factors[name] if name in self.factors else 0.0
+
+    def forward(self, x, hx=None):
+        if hx is not None:
+            raise PipelineError("ONNX export: a projected LSTM called with an initial state; export traces it "
+                                "from a zero state")
+        x = x if self.batch_first else x.transpose(0, 1)
+        hs, cs = [], []
+        for layer in range(self.layers):
+            outs = []
+            for d in range(self.dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                inp = x if d == 0 else torch.flip(x, [1])
+                pre = self._mul(inp, "weight_ih" + sfx) + self._bias("bias_ih" + sfx) + self._bias("bias_hh" + sfx)
+                h, c = x.new_zeros(x.shape[0], self.proj), x.new_zeros(x.shape[0], self.hidden)
+                ys = []
+                for t in range(x.shape[1]):
+                    i, f, g, o = (pre[:, t] + self._mul(h, "weight_hh" + sfx)).chunk(4, dim=1)
+                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                    h = self._mul(torch.sigmoid(o) * torch.tanh(c), "weight_hr" + sfx)
+                    ys.append(h)
+                y = torch.stack(ys, dim=1)
+                outs.append(y if d == 0 else torch.flip(y, [1]))
+                hs.append(h)
+                cs.append(c)
+            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
+        return (x if self.batch_first else x.transpose(0, 1)), (torch.stack(hs), torch.stack(cs))
+
+
+def _projected(mod):
+    return getattr(mod, "proj_size", 0) and (isinstance(mod, nn.LSTM) or
+                                            (isinstance(mod, LowRankRecurrent) and mod.original is nn.LSTM))
+
+
 def onnx_view(model):
-    """A copy of `model` in which every LowRankLSTM is an OnnxLowRankLstm (what export traces)."""
+    """A copy of `model` that the tracer can lower: every LowRankLSTM as an OnnxLowRankLstm, every
+    other factored recurrent module as its PyTorch module on U V (torch.func does not trace)."""
     view = copy.deepcopy(model).eval()
     for path, mod in list(view.named_modules()):
-        if isinstance(mod, LowRankLSTM):
-            if not path:
-                return OnnxLowRankLstm(mod)
+        new = OnnxLowRankLstm(mod) if isinstance(mod, LowRankLSTM) else OnnxProjectedLstm(mod) if _projected(mod) \
+            else dense_module(mod) if isinstance(mod, LowRankRecurrent) else None
+        if new is not None and not path:
+            return new
+        if new is not None:
             parent, _, attr = path.rpartition(".")
-            setattr(view.get_submodule(parent) if parent else view, attr, OnnxLowRankLstm(mod))
+            setattr(view.get_submodule(parent) if parent else view, attr, new)
     return view
 
 
@@ -160,6 +222,28 @@ def native_parity(model, frames=50, seed=0):
             want = m.eval()(torch.from_numpy(x)[:, None] if not m.batch_first else torch.from_numpy(x)[None])[0]
         out[name or "root"] = float(np.abs(native.forward(x) - want.reshape(frames, -1).numpy()).max())
     return out
+
+
+def _stack_input(module, frames, seed=0):
+    x = torch.from_numpy(np.random.default_rng(seed).standard_normal((frames, module.input_size)).astype(np.float32))
+    return x[None] if module.batch_first else x[:, None]
+
+
+class _Outputs(nn.Module):
+    def __init__(self, lstm):
+        super().__init__()
+        self.lstm = lstm
+
+    def forward(self, x):
+        return self.lstm(x)[0]
+
+
+def stack_onnx_ms(module, out, frames=100, reps=20):
+    """Median ms of an LSTM stack alone in onnxruntime on `frames` frames of one utterance (exported
+    as export_onnx lowers it), to set beside native_ms."""
+    x = _stack_input(module, frames)
+    export_onnx(_Outputs(module), (x,), out, int8=False, ort_format=False)
+    return onnx_ms(Path(out) / "model.onnx", (x,), reps)
 
 
 def native_ms(module, frames=100, reps=20):

@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.generic import export_onnx, native_ms, native_parity, native_stacks, onnx_ms, time_ms, write_native
+from export.generic import (
+    export_onnx,
+    native_ms,
+    native_parity,
+    native_stacks,
+    onnx_ms,
+    stack_onnx_ms,
+    time_ms,
+    write_native,
+)
 from pipeline.atomic import read_json, write_json
 from pipeline.errors import PipelineError
 from pipeline.report import write_report
@@ -67,7 +76,8 @@ def _check_config(out, want, resume):
         if have != want:
             diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
             raise PipelineError(f"{path}: field(s) {', '.join(diff)} differ from this run's; start a new --out")
-    elif resume:
+        return
+    if resume:
         raise PipelineError(f"{path}: nothing to resume")
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, want)
@@ -108,14 +118,16 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
     for k in range(cfg.iterations):
         step_target = cfg.target ** ((k + 1) / cfg.iterations)
         it = out / f"iter-{k + 1}"
-        if rank == 0:
+        tuned = it / "finetune" / "model.safetensors"
+        if rank == 0 and tuned.exists():  # the iteration is done: its search's result is on disk
+            result = read_json(it / "search" / "best.json")
+        elif rank == 0:
             key = "target_compression" if cfg.target_compression else "target_speedup"
             scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
                                 seed=cfg.seed + k)
             result = search(replace(task, model=current), it / "search", scfg,
                             resume=(it / "search" / "state.pt").exists(), progress=progress, ray=ray, workers=workers)
         _barrier(world)
-        tuned = it / "finetune" / "model.safetensors"
         if not tuned.exists():
             model = _load(task, it / "search" / "best.safetensors").train()
             if task.finetune is not None and cfg.finetune_steps:
@@ -217,20 +229,14 @@ def _benchmark(task, baseline, model, out, reps=30):
             row(f"{name} (PyTorch)", time_ms(lambda: m(*task.example_inputs), reps))
         row(f"{name} (onnxruntime)", onnx_ms(folder / files["fp32"], task.example_inputs, reps))
         row(f"{name} (onnxruntime int8)", onnx_ms(folder / files["int8"], task.example_inputs, reps))
-        stacks = native_stacks(m)
-        if stacks:
-            per = [native_ms(s, reps=reps) for s in stacks.values()]
-            row(f"{name} LSTM stacks (native, 100 frames)", (sum(p[0] for p in per), [sum(t) for t in zip(*(p[1] for p in per))]))
-            row(f"{name} LSTM stacks (PyTorch, 100 frames)", _torch_stacks_ms(stacks, reps))
+        stacks = list(native_stacks(m).values())
+        if stacks:  # the same 100 frames through each runtime
+            row(f"{name} LSTM stacks (native, 100 frames)", _total([native_ms(s, reps=reps) for s in stacks]))
+            row(f"{name} LSTM stacks (onnxruntime, 100 frames)",
+                _total([stack_onnx_ms(s, out / "export" / "stacks" / f"{name}-{i}", reps=reps) for i, s in enumerate(stacks)]))
     return {"threads": 1, "reference": "dense (onnxruntime)", "runs": runs}
 
 
-def _torch_stacks_ms(stacks, reps, frames=100):
-    xs = {n: torch.randn(frames, 1, s.input_size) if not s.batch_first else torch.randn(1, frames, s.input_size)
-          for n, s in stacks.items()}
-
-    def run():
-        with torch.no_grad():
-            for n, s in stacks.items():
-                s.eval()(xs[n])
-    return time_ms(run, reps)
+def _total(timings):
+    """(median, per-pass times) of several timings run one after the other."""
+    return sum(t[0] for t in timings), [sum(p) for p in zip(*(t[1] for t in timings))]

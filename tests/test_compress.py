@@ -57,9 +57,14 @@ def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_
     assert re.search(r"\| compressed \(native\) \|.* \| [\d.]+x \([\d.]+-[\d.]+\) \|", report)
     _check_compare(whole, tiny_model, it, scores, tmp_path)
 
+    # The same run through the Python API (the recogniser as a task), killed and resumed by the CLI.
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *_args(tiny_model, corpus, killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = (f"from pipeline.asr_task import AsrConfig, asr_task\n"
+           f"from pipeline.compress import CompressConfig, compress\n"
+           f"task = asr_task({str(tiny_model)!r}, {str(corpus)!r}, AsrConfig(distill=0.5, threads=1), out={str(killed)!r})\n"
+           f"compress(task, {str(killed)!r}, CompressConfig(target_compression=2.5, iterations=2, episodes=3, "
+           f"finetune_steps=3, threads=1))\n")
+    proc = subprocess.Popen([sys.executable, "-c", api], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:  # kill in the middle of iteration 1's fine-tuning
         if (killed / "iter-1" / "finetune" / "state.pt").exists():

@@ -36,6 +36,7 @@ def text_ids(manifest):
 @torch.no_grad()
 def bits_per_char(model, ids, length=200):
     """Mean bits per predicted character over consecutive chunks of `length` + 1 characters."""
+    length = min(length, len(ids) - 1)  # a short text is one chunk
     n = (len(ids) - 1) // length
     x = ids[: n * length].view(n, length)
     y = ids[1 : n * length + 1].view(n, length)

@@ -194,7 +194,8 @@ def uniform_ranks(model, fraction, snap=True, layer_list=None):
 
 
 def factorize(model, ranks, init=True):
-    """Replace modules in place so that each named layer has its rank; returns the model.
+    """Replace modules in place so that each named layer has its rank; returns the model (a new
+    module where the model is itself one layer, e.g. a bare nn.LSTM).
     init=False builds the structure only (to load a factored checkpoint's tensors into)."""
     by_module = {}
     for l in layers(model):
@@ -210,6 +211,8 @@ def factorize(model, ranks, init=True):
         else:
             have = {l.param: l.rank for l in layers(mod)}
             new = LowRankRecurrent.from_module(mod, {**have, **{l.param: want[l.name] for l in changed}}, init)
+        if not path:  # the model is the layer itself
+            return new
         parent, _, attr = path.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model

@@ -1,0 +1,202 @@
+"""Compress your own model: factored drop-ins for every supported PyTorch layer, layer selection,
+the task checkpoint with the user's class, ONNX export of any model, and a third-party-style task
+through `compress --task` with each kind of bad input."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from pipeline.errors import PipelineError
+from pipeline.lowrank import LowRankRecurrent, densify, factorize, layers, select, uniform_ranks
+from pipeline.task import load_factored, save_factored
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "tasks"))
+from toy import Toy  # noqa: E402
+
+MODULES = {
+    "lstm-proj-bi": lambda: nn.LSTM(12, 32, num_layers=2, bidirectional=True, proj_size=8, batch_first=True),
+    "lstm-nobias": lambda: nn.LSTM(12, 32, bias=False),
+    "gru-bi": lambda: nn.GRU(12, 32, num_layers=2, bidirectional=True),
+    "lstmcell": lambda: nn.LSTMCell(12, 32),
+    "grucell": lambda: nn.GRUCell(12, 32),
+}
+
+
+def _flat(out):
+    return [t for o in out for t in _flat(o)] if isinstance(out, (tuple, list)) else [out]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_full_rank_factors_are_a_drop_in_for_each_layer_type(name):
+    torch.manual_seed(0)
+    mod = MODULES[name]().eval()
+    full = factorize(copy.deepcopy(mod), {l.name: min(l.shape) for l in layers(mod)})
+    assert isinstance(full, LowRankRecurrent) and full.original is type(mod)
+    cell = name.endswith("cell")
+    x = torch.randn(3, 12) if cell else torch.randn(3, 7, 12) if mod.batch_first else torch.randn(7, 3, 12)
+    for args in ((x,), (x[0],)):  # batched and unbatched
+        for a, b in zip(_flat(mod(*args)), _flat(full(*args))):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    if not cell:
+        packed = pack_padded_sequence(x if mod.batch_first else x.transpose(0, 1), torch.tensor([7, 4, 2]),
+                                      batch_first=True, enforce_sorted=False)
+        for a, b in zip(_flat(mod(packed)[1]), _flat(full(packed)[1])):
+            assert torch.allclose(a, b, atol=1e-5)
+    half = factorize(copy.deepcopy(mod), uniform_ranks(mod, 0.5, snap=False))
+    assert sum(p.numel() for p in half.parameters()) < sum(p.numel() for p in mod.parameters())
+    half.train()
+    h = torch.randn(3, 32)  # a cell from a zero state gives its recurrent matrix no gradient
+    state = ((h, h) if name == "lstmcell" else h,) if cell else ()
+    sum(t.sum() for t in _flat(half(x, *state))).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in half.parameters())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_flat(half.eval()(x)), _flat(densify(half)(x))))
+
+
+def test_select_by_globs_and_types_and_its_errors():
+    model = Toy()
+    names = [l.name for l in select(model, include=["lstm*"], types=["LSTM"])]
+    assert names and all(n.startswith("lstm.") for n in names) and "lstm.l1_reverse.hr" in names
+    assert {l.type for l in select(model, exclude=["lstm", "gru"])} == {"Linear", "LSTMCell", "GRUCell"}
+    assert [l.name for l in select(model, types=["GRUCell"])] == ["gcell.ih", "gcell.hh"]
+    with pytest.raises(PipelineError, match="include glob 'encoder.\\*' matches no layer"):
+        select(model, include=["encoder.*"])
+    with pytest.raises(PipelineError, match="type 'Conv1d' is not one of"):
+        select(model, types=["Conv1d"])
+    with pytest.raises(PipelineError, match="no compressible layer"):
+        select(nn.Sequential(nn.ReLU()))
+
+
+def test_task_checkpoint_round_trips_with_the_users_class(tmp_path):
+    torch.manual_seed(0)
+    model = Toy().eval()
+    factored = factorize(copy.deepcopy(model), uniform_ranks(model, 0.5))
+    save_factored(tmp_path / "m.safetensors", factored, {"provenance": {"by": "test"}})
+    back = load_factored(tmp_path / "m.safetensors", model)
+    x = torch.randn(2, 9, 12)
+    assert torch.equal(back(x), factored(x)) and type(back) is Toy
+    assert {l.name: l.rank for l in layers(back)} == {l.name: l.rank for l in layers(factored)}
+
+
+def test_any_model_exports_to_onnx_with_parity(tmp_path):
+    from export.generic import export_onnx
+
+    torch.manual_seed(0)
+    model = Toy().eval()
+    factored = factorize(copy.deepcopy(model), uniform_ranks(model, 0.5))
+    x = torch.randn(1, 15, 12)
+    for m, out in ((model, tmp_path / "dense"), (factored, tmp_path / "factored")):
+        r = export_onnx(m, (x,), out, ort_format=False)
+        assert max(r["parity"]) < 1e-4, r
+        assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+
+
+def test_lstm_stacks_run_natively_inside_any_model(tmp_path):
+    from export.generic import native_parity, write_native
+    from pipeline import _native
+
+    class Lm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.rnn = nn.Embedding(10, 16), nn.LSTM(16, 48, num_layers=2, batch_first=True)
+
+        def forward(self, ids):
+            return self.rnn(self.embed(ids))[0]
+
+    torch.manual_seed(0)
+    model = Lm().eval()
+    factored = factorize(copy.deepcopy(model), uniform_ranks(model, 0.5))
+    assert max(native_parity(factored).values()) < 1e-4
+    assert write_native(tmp_path / "lm.lrkm", factored) == ["rnn"]
+    stack = _native.LstmStack(str(tmp_path / "lm.lrkm"), "rnn", "auto")
+    x = torch.randn(20, 16)
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(stack.forward(x.numpy())), factored.rnn(x[None])[0][0], atol=1e-4)
+
+
+def _compress(out, task, *extra, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "tasks")}
+    args = ["compress", "--task", task, "--out", str(out), "--target-compression", "2", "--iterations", "2",
+            "--episodes", "4", "--finetune-steps", "10", "--threads", "1", *extra]
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_a_third_party_model_compresses_end_to_end_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    r = _compress(out, "toy:good")
+    assert r.returncode == 0, r.stderr
+    it = json.loads((out / "iterations.json").read_text())
+    assert [h["iteration"] for h in it["history"]] == [1, 2]
+    assert all(h["cost_ratio"] <= 1 / h["target"] + 1e-9 for h in it["history"])
+    done = json.loads((out / "export" / "done.json").read_text())
+    assert max(done["parity"]) < 1e-4 and {"fp32", "int8", "model_ort"} <= set(done["files"])
+    bench = json.loads((out / "bench.json").read_text())
+    assert {"dense (onnxruntime)", "compressed (onnxruntime int8)"} <= {row["label"] for row in bench["runs"]}
+    assert "relative MSE" in (out / "report.md").read_text()
+    summary = {"report.md", "iterations.json", "wer_vs_compression.png", "latency.png"}  # written again
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in summary}
+    r = _compress(out, "toy:good", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing searched, trained or measured again
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("toy:no_layers", "no compressible layer"),
+    ("toy:nan_metric", "evaluate(model) returned nan"),
+    ("toy:raising_metric", "evaluate(model) raised RuntimeError: the user's metric broke"),
+    ("toy:bad_inputs", "the model on example_inputs raised RuntimeError"),
+    ("toy:bad_glob", "include glob 'encoder.*' matches no layer"),
+    ("toy:missing", "toy has no callable 'missing'"),
+    ("no_such_module:task", "cannot import no_such_module"),
+])
+def test_bad_input_from_the_user_is_one_clear_line_and_leaves_the_run_folder(tmp_path, factory, message):
+    out = tmp_path / "run"
+    r = _compress(out, factory)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, r.stderr
+    if factory == "toy:raising_metric":
+        assert "toy.py" in r.stderr and 'raise RuntimeError("the user\'s metric broke")' in r.stderr
+    if factory in ("toy:nan_metric", "toy:raising_metric"):  # failed once the run had begun: it resumes to the same point
+        again = _compress(out, factory, "--resume")
+        assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == last
+    else:  # refused before anything was written
+        assert not (out / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_the_character_language_model_example_compresses_exports_and_runs_natively(tiny_corpus, tmp_path):
+    corpus, _ = tiny_corpus
+    out = tmp_path / "lm"
+    args = ["compress", "--task", "examples.char_lm.task:task", "--task-arg", f"data={corpus}", "--task-arg", "hidden=64",
+            "--task-arg", "train_steps=60", "--task-arg", f"cache={tmp_path / 'cache'}", "--out", str(out),
+            "--target-compression", "3", "--iterations", "1", "--episodes", "4", "--finetune-steps", "20",
+            "--tolerance", "1", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    done = json.loads((out / "export" / "done.json").read_text())
+    assert max(done["parity"]) < 1e-4 and done["native_stacks"] == ["lstm"] and done["native_parity"]["lstm"] < 1e-4
+    it = json.loads((out / "iterations.json").read_text())
+    assert it["history"][0]["cost_ratio"] <= 1 / 3 + 1e-9
+    labels = {row["label"] for row in json.loads((out / "bench.json").read_text())["runs"]}
+    assert {"compressed LSTM stacks (native, 100 frames)", "compressed LSTM stacks (onnxruntime, 100 frames)"} <= labels
+
+
+@pytest.mark.slow
+def test_the_docs_example_runs_as_written_in_an_empty_folder(tmp_path):
+    text = (ROOT / "docs" / "your-model.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "compress_mine.py").write_text(code)
+    r = subprocess.run([sys.executable, "compress_mine.py"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "runs" / "tagger" / "report.md").exists()
+    assert (tmp_path / "runs" / "tagger" / "export" / "model.int8.onnx").exists()
