@@ -13,9 +13,11 @@ from functools import cache
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from export.native import write_model
 from export.onnx_export import export
+from pipeline.atomic import write_json
 from pipeline.bench import bench, side_by_side
 from pipeline.data.manifest import evenly_spaced, read_manifest
 from pipeline.finetune import finetune
@@ -24,7 +26,9 @@ from pipeline.latency.table import LatencyTable, steps_per_frame
 from pipeline.latency.targets import parse_target
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.evaluate import SubsetWer, evaluate
-from pipeline.search.subset import stratified, write_subset
+from pipeline.search.evaluator import SubsetEvaluator
+from pipeline.search.space import Approximator, searchable
+from pipeline.search.subset import random_policies, spearman, stratified, write_subset
 from pipeline.task import Task
 from pipeline.train import process_group
 
@@ -110,8 +114,31 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
         spf = steps_per_frame(read_manifest(subset), m.cfg) if scfg.runtime == "native" else 0.0
         return CostModel(m, layer_list, "latency", table, spf)
 
-    return Task(model=model, evaluate=lambda m: wer(m, evenly_spaced(manifest("dev"), cfg.dev_utterances)), evaluate_subset=SubsetWer(cmvn, read_manifest(subset)),
+    return Task(model=model, evaluate=lambda m: wer(m, evenly_spaced(manifest("dev"), cfg.dev_utterances)),
+                evaluate_subset=SubsetWer(cmvn, read_manifest(subset)),
                 finetune=tune, metric="WER", name="asr", scores=scores, save=save,
                 load=lambda path: load_checkpoint(path)[0], export=export_all, benchmark=benchmark,
                 latency_cost=latency_cost,
                 extra={"model": str(model_path), "data": str(data), "subset": str(subset), "asr": asdict(cfg)})
+
+
+def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, progress=True):
+    """Writes the subset manifest `out` and its check `<out>.json`; returns the check."""
+    out = Path(out)
+    subset = stratified(rows, fraction, seed)
+    approx = Approximator(model, searchable(model))
+    policies = random_policies(model, n_policies, seed, approx)
+    full = SubsetEvaluator(approx, SubsetWer(cmvn, rows), out.with_suffix(".check-full.jsonl"))
+    part = SubsetEvaluator(approx, SubsetWer(cmvn, subset), out.with_suffix(".check-subset.jsonl"))
+    full_wer, part_wer = [], []
+    for p in tqdm(policies, desc="subset check (full manifest and subset)", unit="policy", disable=not progress):
+        full_wer.append(full(p)["metric"])
+        part_wer.append(part(p)["metric"])
+    check = {"method": "stratified systematic: speakers, duration-sorted, every k-th (seeded start)",
+             "fraction": fraction, "utterances": len(subset), "of": len(rows),
+             "seconds": round(sum(r["duration"] for r in subset), 1), "seed": seed,
+             "policies": n_policies, "spearman": spearman(full_wer, part_wer),
+             "full_wer": full_wer, "subset_wer": part_wer, "policy_list": policies}
+    write_subset(out, subset)
+    write_json(out.with_suffix(".json"), check)
+    return check

@@ -13,7 +13,7 @@ from export.native import NativeAsr, write_model
 from export.onnx_export import export, parity
 from export.runner import OnnxAsr
 from pipeline import _native
-from pipeline.asr_task import AsrConfig, asr_task
+from pipeline.asr_task import AsrConfig, asr_task, build_subset
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.bench import bench
 from pipeline.compress import CompressConfig, compress
@@ -31,7 +31,6 @@ from pipeline.lowrank.factorize import energies
 from pipeline.model.decode import DecodeConfig, decode
 from pipeline.model.evaluate import evaluate
 from pipeline.search.run import SearchConfig, search
-from pipeline.search.subset import build_subset
 from pipeline.task import load_task
 from pipeline.train import train
 

@@ -62,13 +62,18 @@ class Task:
 
 
 def user_call(task, what, fn, *args, **kwargs):
-    """fn(*args, **kwargs); an exception in it becomes a UserCodeError naming the callable."""
+    """fn(*args, **kwargs); an exception in it becomes a UserCodeError naming the task (a Task or its
+    name) and the callable."""
     try:
         return fn(*args, **kwargs)
     except PipelineError:
         raise
     except Exception as e:  # the user's code: any exception is theirs to read, with its traceback
-        raise UserCodeError(f"task '{task.name}': {what} raised {type(e).__name__}: {e}") from e
+        raise UserCodeError(f"task '{_name(task)}': {what} raised {type(e).__name__}: {e}") from e
+
+
+def _name(task):
+    return task if isinstance(task, str) else task.name
 
 
 def measure(task, what, fn, model):
@@ -79,10 +84,10 @@ def measure(task, what, fn, model):
     if isinstance(m, torch.Tensor) and m.numel() == 1:
         m = m.item()
     if isinstance(m, bool) or not isinstance(m, (int, float)):
-        raise UserCodeError(f"task '{task.name}': {what}(model) returned {type(m).__name__}, not a number "
+        raise UserCodeError(f"task '{_name(task)}': {what}(model) returned {type(m).__name__}, not a number "
                             f"(or a dict with one under 'metric')")
     if not math.isfinite(m):
-        raise UserCodeError(f"task '{task.name}': {what}(model) returned {m}: the metric must be finite")
+        raise UserCodeError(f"task '{_name(task)}': {what}(model) returned {m}: the metric must be finite")
     out["metric"] = float(m)
     return out
 
@@ -152,9 +157,13 @@ def load_factored(path, template):
         raise PipelineError(f"{path}: not a readable checkpoint ({e})") from None
     if meta.get("format") != MAGIC:
         raise PipelineError(f"{path}: not a task checkpoint (metadata field 'format' is {meta.get('format')!r})")
-    header = json.loads(meta["header"])
+    try:
+        header = json.loads(meta["header"])
+        ranks = header["ranks"]
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise PipelineError(f"{path}: metadata field 'header' is missing, not JSON or has no 'ranks' ({e})") from None
     model = copy.deepcopy(template)
-    factorize(model, parse_rank_spec(header.get("ranks", {}), model, snap=False, where=f"{path}: field 'ranks'",
+    model = factorize(model, parse_rank_spec(ranks, model, snap=False, where=f"{path}: field 'ranks'",
                                      keep_unprofitable=True), init=False)
     try:
         model.load_state_dict(tensors, strict=True)

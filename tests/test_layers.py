@@ -93,6 +93,22 @@ def test_imports_follow_the_layers():
     assert violations(ROOT) == []
 
 
+# Stages that work on any model (docs/your-model.md): they may not import the recogniser, its
+# checkpoint or its task; the recogniser reaches them as a Task.
+MODEL_AGNOSTIC = ("pipeline.task", "pipeline.search", "pipeline.compress", "export.generic")
+RECOGNISER = ("pipeline.model", "pipeline.lowrank.checkpoint", "pipeline.asr_task", "pipeline.data")
+
+
+def recogniser_imports(root):
+    return [f"{path.relative_to(root)}:{line} imports {target}" for module, path in modules(root)
+            if module.startswith(MODEL_AGNOSTIC)
+            for line, target, _, _ in imports(root, path, module) if target.startswith(RECOGNISER)]
+
+
+def test_search_compress_and_the_generic_exporter_know_no_recogniser():
+    assert recogniser_imports(ROOT) == []
+
+
 def test_the_check_catches_upward_private_and_hidden_imports(tmp_path):
     for mod in ("pipeline/model", "pipeline/search", "pipeline/data"):
         (tmp_path / mod).mkdir(parents=True)

@@ -158,14 +158,15 @@ def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
 
 
 class _subset_metric:
-    """The task's evaluate_subset (else evaluate) as measure() checks it; picklable for Ray."""
+    """The task's evaluate_subset (else evaluate) as measure() checks it; holds that callable alone
+    (not the task), so Ray can send it to its workers."""
 
     def __init__(self, task):
-        self.task = task
-        self.fn = task.evaluate_subset or task.evaluate
+        self.name, self.fn = task.name, task.evaluate_subset or task.evaluate
+        self.what = "evaluate_subset" if task.evaluate_subset else "evaluate"
 
     def __call__(self, model):
-        return measure(self.task, "evaluate_subset" if self.task.evaluate_subset else "evaluate", self.fn, model)
+        return measure(self.name, self.what, self.fn, model)
 
 
 def _agent_search(out, cfg, space, approx, evaluate, base, pool, resume, progress):

@@ -13,14 +13,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from pipeline.atomic import write_json, write_jsonl
+from pipeline.atomic import write_jsonl
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel
-from pipeline.model.evaluate import SubsetWer
 from pipeline.search.agents import RandomAgent
-from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.run import run_episode
 from pipeline.search.space import Approximator, RankSpace, searchable
 
@@ -81,25 +78,3 @@ def random_policies(model, n, seed=0, approx=None):
 
 def _params_cost(model):
     return CostModel(model, searchable(model), "params")
-
-
-def build_subset(model, cmvn, rows, out, fraction=0.12, n_policies=20, seed=0, progress=True):
-    """Writes the subset manifest `out` and its check `<out>.json`; returns the check."""
-    out = Path(out)
-    subset = stratified(rows, fraction, seed)
-    approx = Approximator(model, searchable(model))
-    policies = random_policies(model, n_policies, seed, approx)
-    full = SubsetEvaluator(approx, SubsetWer(cmvn, rows), out.with_suffix(".check-full.jsonl"))
-    part = SubsetEvaluator(approx, SubsetWer(cmvn, subset), out.with_suffix(".check-subset.jsonl"))
-    full_wer, part_wer = [], []
-    for p in tqdm(policies, desc="subset check (full manifest and subset)", unit="policy", disable=not progress):
-        full_wer.append(full(p)["metric"])
-        part_wer.append(part(p)["metric"])
-    check = {"method": "stratified systematic: speakers, duration-sorted, every k-th (seeded start)",
-             "fraction": fraction, "utterances": len(subset), "of": len(rows),
-             "seconds": round(sum(r["duration"] for r in subset), 1), "seed": seed,
-             "policies": n_policies, "spearman": spearman(full_wer, part_wer),
-             "full_wer": full_wer, "subset_wer": part_wer, "policy_list": policies}
-    write_subset(out, subset)
-    write_json(out.with_suffix(".json"), check)
-    return check
