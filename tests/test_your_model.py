@@ -121,9 +121,9 @@ def test_lstm_stacks_run_natively_inside_any_model(tmp_path):
         assert torch.allclose(torch.from_numpy(stack.forward(x.numpy())), factored.rnn(x[None])[0][0], atol=1e-4)
 
 
-def _compress(out, task, *extra, timeout=600):
+def _compress(out, task, *extra, target=("--target-compression", "2"), timeout=600):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "tasks")}
-    args = ["compress", "--task", task, "--out", str(out), "--target-compression", "2", "--iterations", "2",
+    args = ["compress", "--task", task, "--out", str(out), *target, "--iterations", "2",
             "--episodes", "4", "--finetune-steps", "10", "--threads", "1", *extra]
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=ROOT)
@@ -200,3 +200,38 @@ def test_the_docs_example_runs_as_written_in_an_empty_folder(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "runs" / "tagger" / "report.md").exists()
     assert (tmp_path / "runs" / "tagger" / "export" / "model.int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_latency_budget_for_any_model_uses_the_native_table_of_its_lstm_stacks(tmp_path):
+    from pipeline.latency.cost import stack_latency_cost
+    from pipeline.latency.table import lstm_cells
+    from pipeline.search.agents import RandomAgent
+    from pipeline.search.run import run_episode
+    from pipeline.search.space import Approximator, RankSpace
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(16, 128, num_layers=2, bidirectional=True)
+            self.head = nn.Linear(256, 3)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0])
+
+    model = Tagger().eval()
+    assert lstm_cells(model) == [("rnn.l0", 16, 128), ("rnn.l0_reverse", 16, 128), ("rnn.l1", 256, 128),
+                                 ("rnn.l1_reverse", 256, 128)]
+    chosen = select(model)
+    cost = stack_latency_cost(model, chosen, progress=False)
+    assert cost.reference == pytest.approx(sum(cost.table.cell(inp, h, 0, 0) for _, inp, h in lstm_cells(model)))
+    assert cost.total({"head": 8}) == cost.reference  # the Linear is not in the native table's cost
+    floor = cost.total({l.name: 32 for l in chosen if l.kind == "lstm_hh"})
+    assert floor < cost.reference  # the recurrent matrices at a quarter of their rank cost less than dense
+    space = RankSpace(model, cost, 1 + (cost.reference / floor - 1) / 2, min_fraction=0.25, layer_list=chosen)
+    approx = Approximator(model, space.layers)
+    for ep in range(4):
+        policy, _ = run_episode(space, RandomAgent(seed=ep), approx, ep)
+        assert cost.total(policy) <= space.budget * (1 + 1e-9)
+    r = _compress(tmp_path / "toy", "toy:good", target=("--target-speedup", "2"))  # a GRU, a projected LSTM
+    assert r.returncode == 2 and "no LSTM stack the native kernels run" in r.stderr.splitlines()[-1]

@@ -30,6 +30,7 @@ from pathlib import Path
 from torch import nn
 from tqdm import tqdm
 
+from export.generic import native_stacks
 from export.native import write_stack
 from export.onnx_export import lowering_seconds, stack_seconds
 from pipeline.atomic import read_json, write_json
@@ -37,6 +38,7 @@ from pipeline.data.features import FeatureConfig
 from pipeline.errors import PipelineError
 from pipeline.latency.targets import CACHE, Runner, kernel_version, parse_target, temp_weights_path
 from pipeline.lowrank.factorize import SNAP, factorize, layers
+from pipeline.lowrank.modules import cell_name
 
 STEP = 32   # grid ranks: multiples of the widest kernel panel (32 rows with AVX-512), where costs step
 DENSE = 0
@@ -63,6 +65,18 @@ def decoder_cells(model):
     lstm = model.decoder.lstm
     return [(f"decoder.lstm.l{i}", lstm.input_size if i == 0 else lstm.hidden_size, lstm.hidden_size)
             for i in range(lstm.num_layers)]
+
+
+def lstm_cells(model):
+    """[(cell, input size, hidden)] of every LSTM stack of any model that the native kernels run, in
+    module order (for the recogniser: its encoder's cells, then its decoder's)."""
+    out = []
+    for path, mod in native_stacks(model).items():
+        dirs = 2 if mod.bidirectional else 1
+        for layer in range(mod.num_layers):
+            inp = mod.input_size if layer == 0 else mod.hidden_size * dirs
+            out += [(f"{path}.{cell_name(layer, d)}", inp, mod.hidden_size) for d in range(dirs)]
+    return out
 
 
 def at_ranks(cells, ranks):
@@ -110,17 +124,23 @@ class LatencyTable:
         shapes = sorted({(inp, h, UTTERANCE) for _, inp, h in encoder_cells(model)})
         if self.runtime == "native":
             shapes += sorted({(inp, h, STREAM) for _, inp, h in decoder_cells(model)})
+        done = self.measure_shapes(shapes, progress)
+        if _signature(model) in self.calibration:
+            return done
+        models = calibration_models(model)
+        self.set_calibration(models, measured_us(models, self.target, self.frames, self.reps, self.runtime))
+        return done + RUNS * CALIBRATION_POLICIES
+
+    def measure_shapes(self, shapes, progress=True):
+        """Measures every grid point of each (input, hidden, mode) cell shape not in the cache yet;
+        returns how many runs it made."""
         points = [(inp, h, a, b, mode) for inp, h, mode in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
         todo = [(p, r) for r in range(RUNS) for p in points if len(self.entries.get(self._key(*p), [])) <= r]
         for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec}, {self.runtime})", unit="run",
                          disable=not progress):
             self.entries.setdefault(self._key(*p), []).append(self._point_us(*p))
             self._save()
-        if _signature(model) in self.calibration:
-            return len(todo)
-        models = calibration_models(model)
-        self.set_calibration(models, measured_us(models, self.target, self.frames, self.reps, self.runtime))
-        return len(todo) + RUNS * CALIBRATION_POLICIES
+        return len(todo)
 
     def set_calibration(self, models, measured):
         """Stores the measured latency of the calibration models (all of one stack shape)."""

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, read_json, save_png, write_json, write_jsonl
 from pipeline.errors import PipelineError
-from pipeline.latency.cost import CostModel
+from pipeline.latency.cost import CostModel, stack_latency_cost
 from pipeline.lowrank.factorize import factorize
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
@@ -125,8 +125,7 @@ def _cost_model(task, layer_list, cfg):
     if cfg.cost != "latency":
         return CostModel(task.model, layer_list, cfg.cost)
     if task.latency_cost is None:
-        raise PipelineError(f"task '{task.name}': --cost latency needs the task's latency_cost hook; "
-                            f"search it by params or macs")
+        return stack_latency_cost(task.model, layer_list, cfg.device)
     return task.latency_cost(task.model, layer_list, cfg)
 
 
