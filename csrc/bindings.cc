@@ -138,7 +138,7 @@ py::object step(lrk::LstmStack& self, py::handle x_obj, py::object out) {
   // below touch, and through them a call took ~0.6 us longer (2% of an r = 128 step).
   const auto *xa = plain_floats(x_obj), *ya = plain_floats(out);
   if (xa && ya && xa->nd == 1 && xa->dimensions[0] == self.input_size() && ya->nd == 1 &&
-      ya->dimensions[0] == self.hidden_size() && (ya->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
+      ya->dimensions[0] == self.state_size() && (ya->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
     const float* xp = reinterpret_cast<const float*>(xa->data);
     float* yp = reinterpret_cast<float*>(ya->data);
     {
@@ -153,12 +153,12 @@ py::object step(lrk::LstmStack& self, py::handle x_obj, py::object out) {
   const int batch = x.ndim() == 2 ? int(x.shape(0)) : 1;
   FloatArray y;
   if (out.is_none()) {
-    y = x.ndim() == 2 ? FloatArray({batch, self.hidden_size()}) : FloatArray({self.hidden_size()});
+    y = x.ndim() == 2 ? FloatArray({batch, self.state_size()}) : FloatArray({self.state_size()});
   } else {  // a caller's buffer, reused across calls: no allocation per frame
     y = out.cast<py::array>();
     if (!py::isinstance<FloatArray>(out) || !(y.flags() & py::array::c_style) || !y.writeable() ||
-        y.size() != py::ssize_t(batch) * self.hidden_size())
-      throw py::value_error("step: out must be a writable C-contiguous float32 array of batch x hidden values");
+        y.size() != py::ssize_t(batch) * self.state_size())
+      throw py::value_error("step: out must be a writable C-contiguous float32 array of batch x state_size values");
   }
   float* yp = y.mutable_data();
   {
@@ -285,6 +285,8 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("directions", &lrk::LstmStack::directions)
       .def_property_readonly("input_size", &lrk::LstmStack::input_size)
       .def_property_readonly("hidden_size", &lrk::LstmStack::hidden_size)
+      .def_property_readonly("proj_size", &lrk::LstmStack::proj_size)
+      .def_property_readonly("state_size", &lrk::LstmStack::state_size)
       .def_property_readonly("output_size", &lrk::LstmStack::output_size)
       .def_property_readonly("input_weight_bytes", &lrk::LstmStack::input_weight_bytes)
       .def_property_readonly("recurrent_weight_bytes", &lrk::LstmStack::recurrent_weight_bytes)

@@ -1,13 +1,14 @@
 // lowrank_bench: latency of an LSTM stack, or of the whole model, on this device, without Python
 // (what a phone or board runs).
 //
-//   lowrank_bench (--weights FILE | --synthetic L,DIRS,IN,H,RANK_IH,RANK_HH) [--mode utterance|stream]
+//   lowrank_bench (--weights FILE [--stack NAME] | --synthetic L,DIRS,IN,H,RANK_IH,RANK_HH) [--mode utterance|stream]
 //                 [--frames N] [--batch B] [--reps N] [--warmup N] [--isa NAME] [--input FILE] [--dump FILE]
 //                 [--roofline BYTES]
 //   lowrank_bench --model FILE.lrkm (--audio FILE.wav | --raw-audio FILE.f32) [--reps N] [--warmup N] [--isa NAME]
 //
-// --weights takes a model file (csrc/model_file.h) and runs its `encoder` stack: a whole model's,
-// or a file that holds that stack alone. Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
+// --weights takes a model file (csrc/model_file.h) and runs one LSTM stack of it: `encoder` (a
+// whole recogniser's, or a file that holds that stack alone) or the one --stack names (a stack of
+// any model, under its module path). Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
 // frame, and the build and CPU report; --input reads batch x frames x input float32 values (else a
 // fixed pseudo-random input); --dump writes the outputs of the last run as float32; rank 0 means
 // dense; --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
@@ -82,7 +83,8 @@ lrk::StackWeights synthetic(const std::string& spec) {
 }
 
 struct Args {
-  std::string weights, synthetic, model, audio, raw_audio, mode = "utterance", isa = "auto", input, dump;
+  std::string weights, stack = "encoder", synthetic, model, audio, raw_audio, mode = "utterance", isa = "auto", input,
+      dump;
   int frames = 200, batch = 1, reps = 30, warmup = 3;
   long roofline = 0;
 };
@@ -94,6 +96,7 @@ Args parse(int argc, char** argv) {
     if (i + 1 >= argc) throw std::invalid_argument("missing value after " + k);
     const std::string v = argv[++i];
     if (k == "--weights") a.weights = v;
+    else if (k == "--stack") a.stack = v;
     else if (k == "--synthetic") a.synthetic = v;
     else if (k == "--model") a.model = v;
     else if (k == "--audio") a.audio = v;
@@ -187,7 +190,7 @@ int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
     if (!a.model.empty()) return run_model(a);
-    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : open_model(a.weights).stack("encoder"),
+    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : open_model(a.weights).stack(a.stack),
                          a.isa);
     const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
     std::vector<float> x(n_in);
@@ -200,7 +203,7 @@ int main(int argc, char** argv) {
       x = uniform(n_in, 1.0f, rng);
     }
     const bool stream = a.mode == "stream";
-    const int out = stream ? stack.hidden_size() : stack.output_size();
+    const int out = stream ? stack.state_size() : stack.output_size();
     std::vector<float> y(size_t(a.batch) * a.frames * out);
     std::vector<float> frame_in(size_t(a.batch) * stack.input_size());
     auto run = [&] {

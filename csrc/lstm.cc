@@ -23,14 +23,30 @@ LstmStack::LstmStack(const StackWeights& w, const std::string& isa) : kern_(kern
   dirs_ = w.directions;
   input_ = w.cells[0].input;
   hidden_ = w.cells[0].hidden;
+  proj_ = w.cells[0].proj;
   hp_ = round_up(hidden_, kern_.width);
+  sp_ = hp_;
   const std::vector<int> rows = gate_rows(hidden_, hp_);
   for (const CellWeights& c : w.cells) {
-    Cell cell{Matrix::make(kern_, c.ih, rows), Matrix::make(kern_, c.hh, rows), FloatBuffer(rows.size(), 0.0f)};
+    Cell cell{Matrix::make(kern_, c.ih, rows), Matrix::make(kern_, c.hh, rows), {}, FloatBuffer(rows.size(), 0.0f)};
+    if (proj_) {
+      cell.hr = Matrix::make(kern_, c.hr);
+      sp_ = cell.hr.out_padded();
+    }
     for (size_t i = 0; i < rows.size(); ++i)
       if (rows[i] >= 0) cell.bias[i] = c.bias[rows[i]];
     cells_.push_back(std::move(cell));
   }
+}
+
+void LstmStack::cell_out(const Cell& cell, float* g, int ldg, int batch, float* c, float* h) {
+  if (!proj_) {
+    kern_.cell(g, ldg, batch, hp_, cell.bias.data(), c, h, hp_);
+    return;
+  }
+  m_.resize(size_t(batch) * hp_);
+  kern_.cell(g, ldg, batch, hp_, cell.bias.data(), c, m_.data(), hp_);
+  cell.hr.apply(kern_, m_.data(), batch, hp_, h, sp_, false, tmp_);
 }
 
 void LstmStack::run_direction(const Cell& cell, const float* x, int ldx, int batch, int frames, bool reverse,
@@ -39,14 +55,15 @@ void LstmStack::run_direction(const Cell& cell, const float* x, int ldx, int bat
   const int n = batch * frames;
   xp_.resize(size_t(n) * G);
   cell.ih.apply(kern_, x, n, ldx, xp_.data(), G, false, tmp_);  // all frames' input projections at once
-  FloatBuffer h(size_t(batch) * hp_, 0.0f), c(size_t(batch) * hp_, 0.0f);
+  FloatBuffer h(size_t(batch) * sp_, 0.0f), c(size_t(batch) * hp_, 0.0f);
+  const int out = state_size();
   for (int t = 0; t < frames; ++t) {
     const int tt = reverse ? frames - 1 - t : t;
     float* g = xp_.data() + size_t(tt) * G;  // row of sequence 0; sequence b is frames * G further
-    if (t > 0) cell.hh.apply(kern_, h.data(), batch, hp_, g, frames * G, true, tmp_);
-    kern_.cell(g, frames * G, batch, hp_, cell.bias.data(), c.data(), h.data(), hp_);
+    if (t > 0) cell.hh.apply(kern_, h.data(), batch, sp_, g, frames * G, true, tmp_);
+    cell_out(cell, g, frames * G, batch, c.data(), h.data());
     for (int b = 0; b < batch; ++b)
-      std::copy_n(h.data() + size_t(b) * hp_, hidden_, y + (size_t(b) * frames + tt) * ldy);
+      std::copy_n(h.data() + size_t(b) * sp_, out, y + (size_t(b) * frames + tt) * ldy);
   }
 }
 
@@ -64,7 +81,7 @@ void LstmStack::forward(const float* x, int batch, int frames, float* y) {
       dst = buf_[l % 2].data();
     }
     for (int d = 0; d < dirs_; ++d)
-      run_direction(cells_[size_t(l) * dirs_ + d], cur, ldx, batch, frames, d == 1, dst + d * hidden_, out);
+      run_direction(cells_[size_t(l) * dirs_ + d], cur, ldx, batch, frames, d == 1, dst + d * state_size(), out);
     cur = dst;
     ldx = out;
   }
@@ -80,10 +97,10 @@ void LstmStack::step_factored(const float* vx, int batch, float* y) {
 void LstmStack::step_impl(const float* x, int batch, float* y, bool factored) {
   if (dirs_ != 1) throw std::invalid_argument("step: streaming needs a unidirectional stack (this one has 2 directions)");
   if (batch < 1) throw std::invalid_argument("step: batch must be >= 1");
-  const size_t state = size_t(layers_) * batch * hp_;
+  const size_t state = size_t(layers_) * batch * sp_;
   if (h_.empty()) {
     h_.assign(state, 0.0f);
-    c_.assign(state, 0.0f);
+    c_.assign(size_t(layers_) * batch * hp_, 0.0f);
   } else if (h_.size() != state) {
     throw std::invalid_argument("step: batch size changed from the previous call; call reset() first");
   }
@@ -94,18 +111,19 @@ void LstmStack::step_impl(const float* x, int batch, float* y, bool factored) {
   int ldx = input_;
   for (int l = 0; l < layers_; ++l) {
     const Cell& cell = cells_[l];
-    float* h = h_.data() + size_t(l) * batch * hp_;
+    float* h = h_.data() + size_t(l) * batch * sp_;
     float* c = c_.data() + size_t(l) * batch * hp_;
     if (l == 0 && factored)
       cell.ih.apply_u(kern_, cur, batch, cell.ih.rank, gates_.data(), G, false);
     else
       cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, false, tmp_);
-    cell.hh.apply(kern_, h, batch, hp_, gates_.data(), G, true, tmp_);
-    kern_.cell(gates_.data(), G, batch, hp_, cell.bias.data(), c, h, hp_);
+    cell.hh.apply(kern_, h, batch, sp_, gates_.data(), G, true, tmp_);
+    cell_out(cell, gates_.data(), G, batch, c, h);
     cur = h;
-    ldx = hp_;
+    ldx = sp_;
   }
-  for (int b = 0; b < batch; ++b) std::copy_n(cur + size_t(b) * hp_, hidden_, y + size_t(b) * hidden_);
+  const int out = state_size();
+  for (int b = 0; b < batch; ++b) std::copy_n(cur + size_t(b) * sp_, out, y + size_t(b) * out);
 }
 
 void LstmStack::reset() {
@@ -117,7 +135,7 @@ size_t LstmStack::input_weight_bytes() const { return input_macs() * sizeof(floa
 
 size_t LstmStack::recurrent_weight_bytes() const {
   size_t n = 0;
-  for (const Cell& c : cells_) n += c.hh.floats;
+  for (const Cell& c : cells_) n += c.hh.floats + c.hr.floats;
   return n * sizeof(float);
 }
 

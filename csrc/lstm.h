@@ -18,7 +18,7 @@ class LstmStack {
 
   // x (batch x frames x input) -> y (batch x frames x output_size()); sequences of equal length.
   void forward(const float* x, int batch, int frames, float* y);
-  // One frame: x (batch x input) -> y (batch x hidden); the state carries over to the next call.
+  // One frame: x (batch x input) -> y (batch x state_size()); the state carries over to the next call.
   void step(const float* x, int batch, float* y);
   // As step(), with layer 0's factored input matrix (W = U V) half applied by the caller:
   // vx = x . V^T (batch x its rank). Throws if that matrix is dense.
@@ -29,7 +29,9 @@ class LstmStack {
   int directions() const { return dirs_; }
   int input_size() const { return input_; }
   int hidden_size() const { return hidden_; }
-  int output_size() const { return dirs_ * hidden_; }
+  int proj_size() const { return proj_; }                    // 0: no projection
+  int state_size() const { return proj_ ? proj_ : hidden_; }  // h, what each direction outputs
+  int output_size() const { return dirs_ * state_size(); }
   const char* isa() const { return kern_.isa; }
   // Weight bytes streamed per frame: of the input matrices and of the recurrent ones, all cells.
   size_t input_weight_bytes() const;
@@ -39,18 +41,21 @@ class LstmStack {
 
  private:
   struct Cell {
-    Matrix ih, hh;
-    FloatBuffer bias;  // 4 * hp, padded like the gates
+    Matrix ih, hh, hr;  // hr: the projection (P x H), rank and size 0 without one
+    FloatBuffer bias;   // 4 * hp, padded like the gates
   };
+  // The cell's non-linearity on its gates g (rows ldg apart), then the projection if it has one:
+  // c (batch x hp) updated, h (batch x sp) = o * tanh(c), or its projection.
+  void cell_out(const Cell& cell, float* g, int ldg, int batch, float* c, float* h);
 
   void step_impl(const float* x, int batch, float* y, bool factored);
   void run_direction(const Cell& cell, const float* x, int ldx, int batch, int frames, bool reverse, float* y,
                      int ldy);
 
   const Kernels& kern_;
-  int layers_, dirs_, input_, hidden_, hp_;
+  int layers_, dirs_, input_, hidden_, proj_, hp_, sp_;  // sp_: h's row stride (hp_, or P padded)
   std::vector<Cell> cells_;
-  FloatBuffer xp_, buf_[2], tmp_, h_, c_, gates_;  // scratch; h_ and c_ hold the streaming state
+  FloatBuffer xp_, buf_[2], tmp_, h_, c_, gates_, m_;  // scratch; h_ and c_ hold the streaming state
 };
 
 }  // namespace lrk

@@ -29,17 +29,20 @@ void StackWeights::validate() const {
   if (cells.size() != size_t(layers) * directions)
     throw std::invalid_argument("stack: " + std::to_string(cells.size()) + " cells for " + std::to_string(layers) +
                                 " layers x " + std::to_string(directions) + " directions");
-  const int hidden = cells[0].hidden;
+  const int hidden = cells[0].hidden, proj = cells[0].proj, state = cells[0].state();
   for (int l = 0; l < layers; ++l)
     for (int d = 0; d < directions; ++d) {
       const CellWeights& c = cell(l, d);
-      const int input = l == 0 ? cells[0].input : directions * hidden;
+      const int input = l == 0 ? cells[0].input : directions * state;
       if (c.hidden != hidden || hidden < 1) throw std::invalid_argument(where(l, d, "hidden") + ": sizes differ");
+      if (c.proj != proj || proj < 0 || proj > hidden)
+        throw std::invalid_argument(where(l, d, "hr") + ": projection sizes differ or exceed the hidden size");
       if (c.input != input || input < 1)
         throw std::invalid_argument(where(l, d, "input") + ": " + std::to_string(c.input) + ", expected " +
                                     std::to_string(input));
       check_matrix(c.ih, 4 * hidden, input, where(l, d, "ih"));
-      check_matrix(c.hh, 4 * hidden, hidden, where(l, d, "hh"));
+      check_matrix(c.hh, 4 * hidden, state, where(l, d, "hh"));
+      if (proj) check_matrix(c.hr, proj, hidden, where(l, d, "hr"));
       if (c.bias.size() != size_t(4) * hidden) throw std::invalid_argument(where(l, d, "bias") + ": needs 4H values");
     }
 }

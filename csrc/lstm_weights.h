@@ -14,9 +14,10 @@ struct MatrixWeights {
 };
 
 struct CellWeights {
-  int input = 0, hidden = 0;
-  MatrixWeights ih, hh;     // 4H x input, 4H x H
-  std::vector<float> bias;  // 4H
+  int input = 0, hidden = 0, proj = 0;  // proj: P of an LSTM with projections (h = W_hr (o * tanh c)); 0: none
+  MatrixWeights ih, hh, hr;  // 4H x input, 4H x (P or H), P x H (absent without projection)
+  std::vector<float> bias;   // 4H
+  int state() const { return proj ? proj : hidden; }  // the size of h: what the cell outputs
 };
 
 struct StackWeights {

@@ -184,6 +184,11 @@ StackWeights ModelFile::stack(const std::string& prefix) const {
     c.bias = floats(p + ".bias");
     c.input = c.ih.cols;
     c.hidden = c.hh.cols;
+    if (has(p + ".hr") || has(p + ".hr.U")) {  // an LSTM with projections
+      c.hr = matrix(p + ".hr");
+      c.proj = c.hr.rows;
+      c.hidden = c.hr.cols;
+    }
     s.cells.push_back(std::move(c));
   }
   validate(s, "stack '" + prefix + "': ");
@@ -223,6 +228,7 @@ DecoderWeights ModelFile::decoder() const {
   d.embedding = floats("decoder.embedding", 2);
   d.embed = int(dims("decoder.embedding")[1]);
   d.lstm = stack("decoder.lstm");
+  if (d.lstm.cells[0].proj) fail("stack 'decoder.lstm': the attention decoder's LSTM takes no projection");
   d.key = linear("decoder.key");
   d.query = linear("decoder.query");
   d.loc_conv = floats("decoder.loc_conv", 2);

@@ -192,10 +192,10 @@ def onnx_ms(path, example_inputs, reps=20):
 
 
 def native_stacks(model):
-    """{module path: module} of the LSTM stacks the C++ runtime runs (nn.LSTM with biases and no
-    projection, LowRankLSTM); the others stay with PyTorch and onnxruntime."""
+    """{module path: module} of the LSTM stacks the C++ runtime runs: every nn.LSTM (with or without
+    projections and biases), dense or factored; GRUs and cells stay with PyTorch and onnxruntime."""
     return {path: m for path, m in model.named_modules()
-            if isinstance(m, LowRankLSTM) or (isinstance(m, nn.LSTM) and not m.proj_size and m.bias)}
+            if isinstance(m, (nn.LSTM, LowRankLSTM)) or (isinstance(m, LowRankRecurrent) and m.original is nn.LSTM)}
 
 
 def write_native(path, model):

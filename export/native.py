@@ -18,7 +18,7 @@ from pipeline.data.audio import SAMPLE_RATE, resample
 from pipeline.data.features import FeatureConfig
 from pipeline.data.vocab import BLANK, EOS, SOS, TOKENS
 from pipeline.errors import PipelineError
-from pipeline.lowrank.modules import LowRankLSTM, cell_name
+from pipeline.lowrank.modules import LowRankLSTM, LowRankRecurrent, cell_name
 from pipeline.model.decode import DecodeConfig
 
 MAGIC, VERSION = b"LRKM", 2  # version 2 ends with the CRC-32 of every byte before it
@@ -49,27 +49,28 @@ def _linear(entries, name, m):
 
 
 def _cells(lstm):
-    """(ih, hh, bias) of each cell of an nn.LSTM or LowRankLSTM, layer-major; and its directions."""
+    """(ih, hh, bias, hr or None) of each cell of an nn.LSTM (any proj_size and bias), a LowRankLSTM
+    or the LowRankRecurrent of an nn.LSTM, layer-major; and its directions."""
     dirs = 2 if lstm.bidirectional else 1
-    if getattr(lstm, "proj_size", 0) or not getattr(lstm, "bias", True):
-        raise PipelineError("native LSTM: proj_size and bias=False are not supported")
     out = []
     for layer in range(lstm.num_layers):
         for d in range(dirs):
             if isinstance(lstm, LowRankLSTM):
                 c = lstm.cells[cell_name(layer, d)]
-                out.append((c.ih, c.hh, c.bias))
-            else:
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                out.append((getattr(lstm, "weight_ih" + sfx), getattr(lstm, "weight_hh" + sfx),
-                            getattr(lstm, "bias_ih" + sfx) + getattr(lstm, "bias_hh" + sfx)))
+                out.append((c.ih, c.hh, c.bias, None))
+                continue
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            w = lstm.matrices if isinstance(lstm, LowRankRecurrent) else dict(lstm.named_parameters())
+            b = lstm.biases if isinstance(lstm, LowRankRecurrent) else w
+            bias = b["bias_ih" + sfx] + b["bias_hh" + sfx] if lstm.bias else torch.zeros(4 * lstm.hidden_size)
+            out.append((w["weight_ih" + sfx], w["weight_hh" + sfx], bias, w["weight_hr" + sfx] if lstm.proj_size else None))
     return out, dirs
 
 
 def _stack_cells(obj):
     """The cells of an nn.LSTM, a LowRankLSTM or the ASR encoder (one single-layer LSTM per direction
     and layer) as one stack; and its directions."""
-    if isinstance(obj, (nn.LSTM, LowRankLSTM)):
+    if isinstance(obj, (nn.LSTM, LowRankLSTM)) or (isinstance(obj, LowRankRecurrent) and obj.original is nn.LSTM):
         return _cells(obj)
     if hasattr(obj, "lstms"):
         dirs = len(obj.lstms[0])
@@ -78,12 +79,15 @@ def _stack_cells(obj):
 
 
 def stack_entries(obj, prefix="encoder"):
-    """The entries of one LSTM stack: PREFIX.directions, PREFIX.cells, PREFIX.<k>.{ih, hh, bias}."""
+    """The entries of one LSTM stack: PREFIX.directions, PREFIX.cells, PREFIX.<k>.{ih, hh, bias}, and
+    PREFIX.<k>.hr for an LSTM with projections."""
     cells, dirs = _stack_cells(obj)
     entries = {prefix + ".directions": _ints(dirs), prefix + ".cells": _ints(len(cells))}
-    for k, (ih, hh, bias) in enumerate(cells):
+    for k, (ih, hh, bias, hr) in enumerate(cells):
         _matrix(entries, f"{prefix}.{k}.ih", ih)
         _matrix(entries, f"{prefix}.{k}.hh", hh)
+        if hr is not None:
+            _matrix(entries, f"{prefix}.{k}.hr", hr)
         entries[f"{prefix}.{k}.bias"] = _array(bias)
     return entries
 

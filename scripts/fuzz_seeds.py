@@ -1,5 +1,6 @@
 """Seed corpora for the fuzz targets of csrc/fuzz/, made by the real exporters: small models (dense
-and factored, one and two directions) written by export/native.py, and wav files written by soundfile.
+and factored, one and two directions; LSTM stacks with projections too) written by export/native.py,
+and wav files written by soundfile.
 
     python scripts/fuzz_seeds.py OUT_DIR      # writes OUT_DIR/{model_file,stack,audio}/
 """
@@ -30,6 +31,13 @@ def models():
         yield f"{'bi' if bidirectional else 'uni'}-factored", factorize(dense, uniform_ranks(dense, 0.25, snap=False))
 
 
+def projected():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(12, 16, num_layers=2, bidirectional=True, proj_size=8).eval()
+    yield "proj-dense", lstm
+    yield "proj-factored", factorize(lstm, uniform_ranks(lstm, 0.5, snap=False))
+
+
 def main(out):
     out = Path(out)
     for sub in ("model_file", "stack", "audio"):
@@ -40,6 +48,8 @@ def main(out):
                    **native.frontend_entries(model, cmvn, FeatureConfig(num_mel_bins=MELS))}
         (out / "model_file" / f"{name}.lrkm").write_bytes(native.encode(entries))
         (out / "stack" / f"{name}.lrkm").write_bytes(native.encode(native.stack_entries(model.encoder)))
+    for name, lstm in projected():
+        (out / "stack" / f"{name}.lrkm").write_bytes(native.encode(native.stack_entries(lstm)))
     rng = np.random.default_rng(0)
     for name, n in (("short", 160), ("second", 16000)):
         buf = io.BytesIO()

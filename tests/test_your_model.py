@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -96,6 +97,28 @@ def test_any_model_exports_to_onnx_with_parity(tmp_path):
         r = export_onnx(m, (x,), out, ort_format=False)
         assert max(r["parity"]) < 1e-4, r
         assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_projected_lstm_runs_natively_dense_and_factored_on_every_path(bidirectional):
+    from export.native import encode, stack_entries
+    from pipeline import _native
+
+    torch.manual_seed(0)
+    lstm = nn.LSTM(20, 48, num_layers=2, bidirectional=bidirectional, proj_size=12).eval()
+    factored = factorize(copy.deepcopy(lstm), uniform_ranks(lstm, 0.5, snap=False))
+    assert any(l.name.endswith(".hr") and l.rank for l in layers(factored))
+    x = torch.randn(30, 20)
+    for mod in (lstm, factored):
+        with torch.no_grad():
+            want = mod(x[:, None])[0][:, 0].numpy()
+        for isa in _native.available_isas():
+            stack = _native.LstmStack(encode(stack_entries(mod, "s")), "s", isa)
+            assert (stack.proj_size, stack.state_size, stack.output_size) == (12, 12, 12 * (1 + bidirectional))
+            assert abs(stack.forward(x.numpy()) - want).max() < 1e-5, isa
+            if not bidirectional:
+                steps = [stack.step(x[t].numpy()) for t in range(len(x))]
+                assert abs(torch.tensor(np.stack(steps)).numpy() - want).max() < 1e-5, isa
 
 
 def test_lstm_stacks_run_natively_inside_any_model(tmp_path):
@@ -234,4 +257,35 @@ def test_a_latency_budget_for_any_model_uses_the_native_table_of_its_lstm_stacks
         policy, _ = run_episode(space, RandomAgent(seed=ep), approx, ep)
         assert cost.total(policy) <= space.budget * (1 + 1e-9)
     r = _compress(tmp_path / "toy", "toy:good", target=("--target-speedup", "2"))  # a GRU, a projected LSTM
-    assert r.returncode == 2 and "no LSTM stack the native kernels run" in r.stderr.splitlines()[-1]
+    assert r.returncode == 2 and "no LSTM stack without projections" in r.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_lowrank_bench_runs_any_models_stack_by_name(tmp_path, host_build):
+    from export.generic import write_native
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(20, 48, num_layers=2, proj_size=12, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("enc", Encoder())
+    model = factorize(model, uniform_ranks(model, 0.5, snap=False)).eval()
+    assert write_native(tmp_path / "m.lrkm", model) == ["enc.rnn"]
+    x = torch.randn(1, 9, 20)
+    x.numpy().tofile(tmp_path / "x.bin")
+    r = subprocess.run([str(host_build / "lowrank_bench"), "--weights", str(tmp_path / "m.lrkm"), "--stack", "enc.rnn",
+                        "--input", str(tmp_path / "x.bin"), "--dump", str(tmp_path / "y.bin"), "--frames", "9",
+                        "--reps", "2", "--warmup", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        want = model(x)[0].numpy()
+    assert abs(np.fromfile(tmp_path / "y.bin", np.float32).reshape(want.shape) - want).max() < 1e-5
+    r = subprocess.run([str(host_build / "lowrank_bench"), "--weights", str(tmp_path / "m.lrkm"), "--stack", "dec"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "dec.cells" in r.stderr

@@ -43,8 +43,8 @@ def stack_latency_cost(model, layer_list, target="local", progress=True):
     per frame of its own input), from the native latency table of `target`, measured where missing."""
     cells = lstm_cells(model)
     if not cells:
-        raise PipelineError("--cost latency: the model has no LSTM stack the native kernels run (nn.LSTM with "
-                            "biases and no projection); search it by params or macs")
+        raise PipelineError("--cost latency: the model has no LSTM stack without projections, which the native "
+                            "latency table measures; search it by params or macs")
     table = LatencyTable(target, "native")
     table.measure_shapes(sorted({(inp, h, "utterance") for _, inp, h in cells}), progress)
     return CostModel(model, layer_list, "latency", table, cells=cells)

@@ -68,10 +68,13 @@ def decoder_cells(model):
 
 
 def lstm_cells(model):
-    """[(cell, input size, hidden)] of every LSTM stack of any model that the native kernels run, in
-    module order (for the recogniser: its encoder's cells, then its decoder's)."""
+    """[(cell, input size, hidden)] of every LSTM stack without projections of any model (what the
+    native table measures), in module order (for the recogniser: its encoder's cells, then its
+    decoder's)."""
     out = []
     for path, mod in native_stacks(model).items():
+        if getattr(mod, "proj_size", 0):
+            continue
         dirs = 2 if mod.bidirectional else 1
         for layer in range(mod.num_layers):
             inp = mod.input_size if layer == 0 else mod.hidden_size * dirs
