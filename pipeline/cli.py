@@ -24,10 +24,11 @@ from pipeline.data.librispeech import librispeech_rows
 from pipeline.data.manifest import check_decodes, evenly_spaced, read_manifest
 from pipeline.errors import PipelineError, UserCodeError
 from pipeline.finetune import cached_scores, finetune
-from pipeline.latency.table import LatencyTable, validate
+from pipeline.latency.table import LatencyTable, at_ranks, lstm_cells, validate, validate_stacks
 from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
 from pipeline.lowrank.factorize import energies
+from pipeline.machine import cpu_name
 from pipeline.model.decode import DecodeConfig, decode
 from pipeline.model.evaluate import evaluate
 from pipeline.search.run import SearchConfig, search
@@ -171,6 +172,8 @@ def cmd_bench(args):
 
 
 def cmd_latency(args):
+    if args.task:
+        return _task_latency(args)
     model, _, _ = load_checkpoint(_model_path(args))
     table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps)
     n = table.measure(model, progress=not args.json)
@@ -184,6 +187,29 @@ def cmd_latency(args):
     worst = max(abs(p["error"]) for p in pairs)
     result = {"target": args.target, "runtime": args.runtime, "table": str(table.path), "pairs": pairs,
               "worst_abs_error": worst, "scale": table.scale(model)}
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
+
+
+def _task_latency(args):
+    """`latency table|validate --task`: the native table of any model's LSTM stacks, and its check."""
+    if args.runtime != "native":
+        raise PipelineError("latency --task: the table of a task's LSTM stacks is native only")
+    model = load_task(args.task, _task_args(args.task_arg)).model
+    cells = lstm_cells(model)
+    table = LatencyTable(args.target, "native", frames=args.frames, reps=args.reps)
+    n = table.measure_shapes(sorted({(inp, h, "utterance") for _, inp, h in cells}), progress=not args.json)
+    if args.action == "table":
+        pred = table.lstm_us(at_ranks(cells, {c + w: None for c, _, _ in cells for w in (".ih", ".hh")}), [], 1.0, 0.0)
+        print(f"{table.path}: {len(table.entries)} points ({n} measured now); predicted for this model's LSTM "
+              f"stacks, dense: {pred:.1f} us per frame")
+        return
+    pairs = validate_stacks(model, table, args.policies, args.seed, args.target,
+                            log=(lambda *_: None) if args.json else print)
+    worst = max(abs(p["error"]) for p in pairs)
+    result = {"target": args.target, "machine": cpu_name(), "threads": 1, "runtime": "native", "task": args.task,
+              "command": "python -m pipeline " + " ".join(sys.argv[1:]), "table": str(table.path), "pairs": pairs, "worst_abs_error": worst}
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
@@ -363,6 +389,8 @@ def make_parser():
                     help="table: measure (or reuse) the latency table of the model's layer shapes; validate: predicted "
                          "against measured latency of random rank policies")
     lt.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
+    lt.add_argument("--task", metavar="MODULE:FACTORY", help="instead of --model: the LSTM stacks of a task's model")
+    lt.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="a keyword argument of the factory")
     lt.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
     lt.add_argument("--runtime", default="native", choices=["native", "onnx"], help="onnx: this machine only")
     lt.add_argument("--policies", type=int, default=10)

@@ -84,7 +84,7 @@ def _check_config(out, want, resume):
 
 
 def _cached(path, fn):
-    """fn()'s JSON result, from `path` when a earlier run left it there."""
+    """fn()'s JSON result, from `path` when an earlier run left it there."""
     if path.exists():
         return read_json(path)
     value = fn()
@@ -106,6 +106,7 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
     searches (on Ray with `ray`/`workers`), scores and writes, and the other ranks return None."""
     rank, world = process_group()
     cfg, out, baseline = cfg.validate(), Path(out), task.model.eval()
+    torch.set_num_threads(cfg.threads)
     if rank == 0:
         task.layers()  # a selection that matches nothing fails here, before anything is written
         if task.example_inputs or task.export is None:

@@ -289,3 +289,18 @@ def test_lowrank_bench_runs_any_models_stack_by_name(tmp_path, host_build):
     r = subprocess.run([str(host_build / "lowrank_bench"), "--weights", str(tmp_path / "m.lrkm"), "--stack", "dec"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "dec.cells" in r.stderr
+
+
+@pytest.mark.slow
+def test_latency_table_and_validation_of_a_tasks_lstm_stacks(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "tasks")}
+    common = ["--task", "toy:tagger", "--frames", "20", "--reps", "2"]
+    r = subprocess.run([sys.executable, "-m", "pipeline", "latency", "table", *common], capture_output=True,
+                       text=True, timeout=900, env=env, cwd=ROOT)
+    assert r.returncode == 0 and "us per frame" in r.stdout, r.stderr
+    r = subprocess.run([sys.executable, "-m", "pipeline", "latency", "validate", *common, "--policies", "2",
+                        "--out", str(tmp_path / "v.json")], capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    pairs = json.loads((tmp_path / "v.json").read_text())["pairs"]
+    assert len(pairs) == 2 and all(p["predicted_us"] > 0 and p["measured_us"] > 0 for p in pairs)
+    assert all(name.startswith("rnn.l") for p in pairs for name in p["ranks"])

@@ -258,10 +258,11 @@ def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
             p.unlink(missing_ok=True)
 
 
-def random_policy(model, rng):
-    """Random ranks for every encoder LSTM matrix: dense, or any multiple of 8 up to its limit."""
+def random_policy(model, rng, cells=None):
+    """Random ranks for every encoder LSTM matrix (or those of `cells`): dense, or any multiple of 8 up
+    to its limit."""
     policy = {}
-    for name, inp, h in encoder_cells(model):
+    for name, inp, h in encoder_cells(model) if cells is None else cells:
         for which, limit in (("ih", min(4 * h, inp)), ("hh", h)):
             if rng.random() < 0.15:
                 continue  # stays dense
@@ -290,6 +291,45 @@ def validate(model, table, n_policies=10, seed=0, target="local", log=print):
     pairs = []
     for k, (m, meas) in enumerate(zip(models, measured)):
         pred = table.predict(m)
+        pairs.append({"policy": k, "ranks": policies[k], "predicted_us": pred, "measured_us": meas,
+                      "error": pred / meas - 1})
+        log(f"policy {k}: predicted {pred:8.1f} us/frame, measured {meas:8.1f}, error {100 * (pred / meas - 1):+5.1f}%")
+    return pairs
+
+
+def stacks_us(models, target="local", frames=200, reps=10):
+    """Measured us per frame of each model's native LSTM stacks without projections, summed (each on
+    `frames` frames of its own input): the lowest of RUNS run medians, in passes over all of them."""
+    runner, files = Runner(target), []
+    try:
+        for i, m in enumerate(models):
+            for mod in native_stacks(m).values():
+                if not getattr(mod, "proj_size", 0):
+                    files.append((i, temp_weights_path()))
+                    write_stack(files[-1][1], mod)
+        best = _best_of_passes([p for _, p in files], lambda p: runner.bench(
+            ["--mode", "utterance", "--frames", frames, "--reps", reps], weights=p)["us_per_frame"]["median"])
+        out = [0.0] * len(models)
+        for (i, _), us in zip(files, best):
+            out[i] += us
+        return out
+    finally:
+        for _, p in files:
+            p.unlink(missing_ok=True)
+
+
+def validate_stacks(model, table, n_policies=10, seed=0, target="local", log=print):
+    """validate() for any model: the table's uncalibrated sum over the cells of its LSTM stacks
+    (lstm_cells) against their measured latency, at `n_policies` random rank policies."""
+    cells = lstm_cells(model)
+    if not cells:
+        raise PipelineError("latency validate: the model has no LSTM stack without projections")
+    rng = random.Random(seed)
+    policies = [random_policy(model, rng, cells) for _ in range(n_policies)]
+    models = [factorize(copy.deepcopy(model), p) for p in policies]
+    pairs = []
+    for k, (m, meas) in enumerate(zip(models, stacks_us(models, target, table.frames, table.reps))):
+        pred = table.lstm_us(at_ranks(cells, _ranks(m)), [], 1.0, 0.0)
         pairs.append({"policy": k, "ranks": policies[k], "predicted_us": pred, "measured_us": meas,
                       "error": pred / meas - 1})
         log(f"policy {k}: predicted {pred:8.1f} us/frame, measured {meas:8.1f}, error {100 * (pred / meas - 1):+5.1f}%")

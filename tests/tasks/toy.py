@@ -81,3 +81,23 @@ def bad_inputs():
 
 def bad_glob():
     return good(include=["encoder.*"])
+
+
+class Tagger(nn.Module):
+    """A bidirectional LSTM tagger: the LSTM stacks the native latency table measures."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(16, 128, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(256, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def tagger():
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    x = torch.randn(8, 30, 16)
+    return good(model=model, evaluate=_distance(model, x), evaluate_subset=None, finetune=_distill(model, x),
+                example_inputs=(x[:1],), name="tagger")
