@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from export.native import encode, stack_entries, write
-from export.onnx_export import LstmOpLowering, quantize, save_proto, to_onnx, to_ort
+from export.onnx_export import LstmOpLowering, LstmOutput, quantize, save_proto, to_onnx, to_ort
 from pipeline import _native
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, LowRankRecurrent, cell_name, dense_module
@@ -229,20 +229,11 @@ def _stack_input(module, frames, seed=0):
     return x[None] if module.batch_first else x[:, None]
 
 
-class _Outputs(nn.Module):
-    def __init__(self, lstm):
-        super().__init__()
-        self.lstm = lstm
-
-    def forward(self, x):
-        return self.lstm(x)[0]
-
-
 def stack_onnx_ms(module, out, frames=100, reps=20):
     """Median ms of an LSTM stack alone in onnxruntime on `frames` frames of one utterance (exported
     as export_onnx lowers it), to set beside native_ms."""
     x = _stack_input(module, frames)
-    export_onnx(_Outputs(module), (x,), out, int8=False, ort_format=False)
+    export_onnx(LstmOutput(module), (x,), out, int8=False, ort_format=False)
     return onnx_ms(Path(out) / "model.onnx", (x,), reps)
 
 

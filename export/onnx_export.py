@@ -79,7 +79,7 @@ class ExportEncoder(nn.Module):
     @staticmethod
     def _lstm(mod, how):
         # "scan" layers are traced as lstm_op too; scan_lowering() then swaps their LSTM node for a Scan.
-        return LstmOpLowering(mod) if isinstance(mod, LowRankLSTM) else _BatchFirstLstm(mod)
+        return LstmOpLowering(mod) if isinstance(mod, LowRankLSTM) else LstmOutput(mod)
 
     def forward(self, feats):
         x = (feats - self.mean) / self.std
@@ -108,7 +108,9 @@ class _StackOnly(nn.Module):
         return self.encoder.lstm_stack(x)
 
 
-class _BatchFirstLstm(nn.Module):
+class LstmOutput(nn.Module):
+    """An LSTM's output sequence alone (what an export traces)."""
+
     def __init__(self, lstm):
         super().__init__()
         self.lstm = lstm
@@ -264,7 +266,7 @@ def lowering_seconds(mod, frames=200):
     x = torch.randn(1, frames, mod.input_size)
     feed, axes = {"x": x.numpy()}, {"x": {1: "T"}, "y": {1: "T"}}
     if not isinstance(mod, LowRankLSTM):
-        return {"lstm_op": _time_session(to_onnx(_BatchFirstLstm(mod).eval(), (x,), ["x"], ["y"], axes), feed)}
+        return {"lstm_op": _time_session(to_onnx(LstmOutput(mod).eval(), (x,), ["x"], ["y"], axes), feed)}
     proto = to_onnx(_Single(mod).eval(), (x,), ["x"], ["y"], axes)
     t_op = _time_session(proto, feed)
     node = lstm_nodes(proto.graph, ["lstm"])["lstm"]

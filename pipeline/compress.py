@@ -144,8 +144,9 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
                    "subset_metric_before_finetune": result["best"]["metric"], "metric": dev["metric"],
                    "scores": dev, "checkpoint": str(tuned)}
             history.append(row)
+            tuned_by = "after fine-tuning" if task.finetune is not None and cfg.finetune_steps else "(no fine-tuning)"
             log(f"iteration {k + 1}: {step_target:.2f}x, subset {task.metric} "
-                f"{row['subset_metric_before_finetune']:.4f} after the search, {dev['metric']:.4f} after fine-tuning")
+                f"{row['subset_metric_before_finetune']:.4f} after the search, {dev['metric']:.4f} {tuned_by}")
             if dev["metric"] > base["metric"] * (1 + cfg.tolerance):
                 stopped = (f"stopped after iteration {k + 1}: {task.metric} {dev['metric']:.4f} is past "
                            f"{1 + cfg.tolerance:.2f}x the baseline's {base['metric']:.4f}")

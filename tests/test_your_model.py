@@ -19,7 +19,7 @@ from pipeline.lowrank import LowRankRecurrent, densify, factorize, layers, selec
 from pipeline.task import load_factored, save_factored
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "tasks"))
+sys.path[:0] = [str(ROOT / "tests" / "tasks"), str(ROOT)]  # the toy tasks; examples/
 from toy import Toy  # noqa: E402
 
 MODULES = {
@@ -304,3 +304,35 @@ def test_latency_table_and_validation_of_a_tasks_lstm_stacks(tmp_path):
     pairs = json.loads((tmp_path / "v.json").read_text())["pairs"]
     assert len(pairs) == 2 and all(p["predicted_us"] > 0 and p["measured_us"] > 0 for p in pairs)
     assert all(name.startswith("rnn.l") for p in pairs for name in p["ranks"])
+
+
+@pytest.mark.slow
+def test_whispers_class_compresses_unchanged_through_the_task_api(tiny_corpus, tmp_path):
+    """The path benchmarks/whisper_base.py runs on Whisper base, on a small random Whisper of the same class."""
+    corpus, _ = tiny_corpus
+    out = tmp_path / "whisper"
+    args = ["compress", "--task", "examples.whisper.task:task", "--task-arg", "tiny=true", "--task-arg", f"data={corpus}",
+            "--task-arg", "dev=6", "--task-arg", "subset=3", "--task-arg", "score=3", "--out", str(out),
+            "--target-compression", "1.5", "--iterations", "1", "--episodes", "3", "--finetune-steps", "0",
+            "--tolerance", "100", "--threads", "1"]
+    r = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    it = json.loads((out / "iterations.json").read_text())
+    assert it["history"][0]["cost_ratio"] <= 1 / 1.5 + 1e-9
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores) == {"dev", "test", "test_real"} and all("wer" in s["final"] for s in scores.values())
+    done = json.loads((out / "export" / "done.json").read_text())
+    assert max(done["parity"]) < 1e-3  # logits over 51,865 tokens
+    labels = {row["label"] for row in json.loads((out / "bench.json").read_text())["runs"]}
+    assert {"dense (onnxruntime)", "compressed (onnxruntime)"} <= labels
+
+
+def test_the_ctranslate2_reader_refuses_other_files(tmp_path):
+    from examples.whisper.ct2 import read_model_bin
+
+    (tmp_path / "v5.bin").write_bytes((5).to_bytes(4, "little") + b"\0" * 8)
+    with pytest.raises(ValueError, match="binary version 5"):
+        read_model_bin(tmp_path / "v5.bin")
+    (tmp_path / "short.bin").write_bytes((6).to_bytes(4, "little") + (40).to_bytes(2, "little") + b"Whisper")
+    with pytest.raises(ValueError, match="truncated"):
+        read_model_bin(tmp_path / "short.bin")
