@@ -162,11 +162,13 @@ def export_onnx(model, example_inputs, out, int8=True, ort_format=True, model_id
     return {"files": files, "parity": diff}
 
 
-def session(path, threads=1):
+def session(source, threads=1):
+    """An onnxruntime session of a model file or a serialised model (bytes)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = threads
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source if isinstance(source, bytes) else str(source), so,
+                                providers=["CPUExecutionProvider"])
 
 
 def feed_of(path, example_inputs):

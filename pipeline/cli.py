@@ -2,6 +2,7 @@
 import argparse
 import json
 import sys
+import tempfile
 import traceback
 import warnings
 from dataclasses import fields
@@ -24,6 +25,8 @@ from pipeline.data.librispeech import librispeech_rows
 from pipeline.data.manifest import check_decodes, evenly_spaced, read_manifest
 from pipeline.errors import PipelineError, UserCodeError
 from pipeline.finetune import cached_scores, finetune
+from pipeline.latency.onnx_layers import OnnxLayerCost
+from pipeline.latency.onnx_layers import validate as validate_layers
 from pipeline.latency.table import LatencyTable, at_ranks, lstm_cells, validate, validate_stacks
 from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
@@ -193,11 +196,15 @@ def cmd_latency(args):
 
 
 def _task_latency(args):
-    """`latency table|validate --task`: the native table of any model's LSTM stacks, and its check."""
+    """`latency table|validate --task`: the native table of a model's LSTM stacks, or where it has
+    none the onnxruntime table of its layers; and its check."""
+    task = load_task(args.task, _task_args(args.task_arg))
+    model = task.model
+    cells = lstm_cells(model)
+    if not cells:
+        return _task_onnx_latency(args, task)
     if args.runtime != "native":
         raise PipelineError("latency --task: the table of a task's LSTM stacks is native only")
-    model = load_task(args.task, _task_args(args.task_arg)).model
-    cells = lstm_cells(model)
     table = LatencyTable(args.target, "native", frames=args.frames, reps=args.reps)
     n = table.measure_shapes(sorted({(inp, h, "utterance") for _, inp, h in cells}), progress=not args.json)
     if args.action == "table":
@@ -210,6 +217,23 @@ def _task_latency(args):
     worst = max(abs(p["error"]) for p in pairs)
     result = {"target": args.target, "machine": cpu_name(), "threads": 1, "runtime": "native", "task": args.task,
               "command": "python -m pipeline " + " ".join(sys.argv[1:]), "table": str(table.path), "pairs": pairs, "worst_abs_error": worst}
+    if args.out:
+        write_json(args.out, result)
+    print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
+
+
+def _task_onnx_latency(args, task):
+    cost = OnnxLayerCost(task.model, task.example_inputs, task.layers(), reps=args.reps)
+    if args.action == "table":
+        print(f"onnxruntime, this machine, 1 thread: the {len(cost.layers)} selected layers' products take "
+              f"{cost.reference:.1f} us per forward pass on the example inputs, dense")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = validate_layers(task, cost, Path(tmp), args.policies, args.seed, args.reps,
+                                log=(lambda *_: None) if args.json else print)
+    worst = max(abs(p["error"]) for p in pairs)
+    result = {"target": "local", "machine": cpu_name(), "threads": 1, "runtime": "onnx", "task": args.task,
+              "command": "python -m pipeline " + " ".join(sys.argv[1:]), "pairs": pairs, "worst_abs_error": worst}
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")

@@ -256,8 +256,26 @@ def test_a_latency_budget_for_any_model_uses_the_native_table_of_its_lstm_stacks
     for ep in range(4):
         policy, _ = run_episode(space, RandomAgent(seed=ep), approx, ep)
         assert cost.total(policy) <= space.budget * (1 + 1e-9)
-    r = _compress(tmp_path / "toy", "toy:good", target=("--target-speedup", "2"))  # a GRU, a projected LSTM
-    assert r.returncode == 2 and "no LSTM stack without projections" in r.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_latency_budget_without_native_stacks_uses_onnxruntime_per_layer(tmp_path):
+    from pipeline.latency.onnx_layers import OnnxLayerCost, call_shapes, validate
+    from toy import good, mlp
+
+    task = good()  # every layer type: the rows and calls of each product come from the example inputs
+    shapes = call_shapes(task.model, task.example_inputs, task.layers())
+    assert shapes["inp"] == (20, 1) and shapes["gru.l0.ih"] == (20, 1) and shapes["gru.l0.hh"] == (1, 20)
+    assert shapes["lstm.l1_reverse.hr"] == (1, 20) and shapes["cell.hh"] == (1, 1)
+    task = mlp()
+    cost = OnnxLayerCost(task.model, task.example_inputs, task.layers())
+    assert cost.total({"0": 32, "2": 32}) < cost.reference / 2  # 6x fewer multiply-adds
+    pairs = validate(task, cost, tmp_path / "v", n_policies=2, reps=5, log=lambda *_: None)
+    assert len(pairs) == 2 and all(p["measured_ms"] > 0 and abs(p["error"]) < 1 for p in pairs)
+    r = _compress(tmp_path / "run", "toy:mlp", target=("--target-speedup", "1.5"))
+    assert r.returncode == 0, r.stderr
+    it = json.loads((tmp_path / "run" / "iterations.json").read_text())
+    assert all(h["cost_ratio"] <= 1 / h["target"] + 1e-9 for h in it["history"])
 
 
 @pytest.mark.slow

@@ -23,6 +23,8 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path, read_json, save_png, write_json, write_jsonl
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel, stack_latency_cost
+from pipeline.latency.onnx_layers import OnnxLayerCost
+from pipeline.latency.table import lstm_cells
 from pipeline.lowrank.factorize import factorize
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
@@ -124,9 +126,11 @@ def _config_file(out, cfg, task, resume):
 def _cost_model(task, layer_list, cfg):
     if cfg.cost != "latency":
         return CostModel(task.model, layer_list, cfg.cost)
-    if task.latency_cost is None:
+    if task.latency_cost is not None:
+        return task.latency_cost(task.model, layer_list, cfg)
+    if lstm_cells(task.model):  # the native kernels run its LSTM stacks
         return stack_latency_cost(task.model, layer_list, cfg.device)
-    return task.latency_cost(task.model, layer_list, cfg)
+    return OnnxLayerCost(task.model, task.example_inputs, layer_list)
 
 
 def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):

@@ -101,3 +101,12 @@ def tagger():
     x = torch.randn(8, 30, 16)
     return good(model=model, evaluate=_distance(model, x), evaluate_subset=None, finetune=_distill(model, x),
                 example_inputs=(x[:1],), name="tagger")
+
+
+def mlp():
+    """Linears wide enough that their factors are faster in onnxruntime: a latency budget without LSTMs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval()
+    x = torch.randn(64, 256)
+    return good(model=model, evaluate=_distance(model, x), evaluate_subset=None, finetune=_distill(model, x),
+                example_inputs=(x,), exclude=[], name="mlp")
