@@ -260,8 +260,9 @@ def test_a_latency_budget_for_any_model_uses_the_native_table_of_its_lstm_stacks
 
 @pytest.mark.slow
 def test_a_latency_budget_without_native_stacks_uses_onnxruntime_per_layer(tmp_path):
-    from pipeline.latency.onnx_layers import OnnxLayerCost, call_shapes, validate
     from toy import good, mlp
+
+    from pipeline.latency.onnx_layers import OnnxLayerCost, call_shapes, validate
 
     task = good()  # every layer type: the rows and calls of each product come from the example inputs
     shapes = call_shapes(task.model, task.example_inputs, task.layers())
