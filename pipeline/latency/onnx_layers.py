@@ -7,14 +7,13 @@ does not fall with the rank. `validate` checks the table against the whole expor
 """
 import copy
 import random
-import time
 
 import numpy as np
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch.nn.utils.rnn import PackedSequence
 
-from export.generic import export_onnx, onnx_ms, session
+from export.generic import export_onnx, onnx_ms, session, time_ms
 from pipeline.errors import PipelineError
 from pipeline.lowrank.factorize import SNAP, factorize, max_rank
 
@@ -75,13 +74,7 @@ def product_us(rows, m, n, rank, reps=20):
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     sess, feed = session(proto.SerializeToString()), {"x": rng.standard_normal((rows, n)).astype(np.float32)}
-    sess.run(None, feed)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    return 1e6 * float(np.median(times)) / copies
+    return 1e3 * time_ms(lambda: sess.run(None, feed), reps, warmup=1)[0] / copies
 
 
 def grid(limit):
