@@ -51,8 +51,8 @@ class Task:
     scores: Callable | None = None          # model -> {split: metrics}
     save: Callable | None = None            # (path, model, meta) -> None
     load: Callable | None = None            # path -> model
-    export: Callable | None = None          # (model, folder) -> None
-    benchmark: Callable | None = None       # ([(label, model)], folder) -> {"threads", "runs": [...]}
+    export: Callable | None = None          # (final checkpoint, run folder) -> what export/done.json holds
+    benchmark: Callable | None = None       # (final checkpoint, run folder, CompressConfig) -> bench.json
     latency_cost: Callable | None = None    # (model, layer_list, search config) -> CostModel
     extra: dict = field(default_factory=dict)
 
@@ -121,8 +121,7 @@ def load_task(spec, kwargs=None):
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise PipelineError(f"--task {spec!r}: {mod_name} has no callable {attr!r}")
-    probe = Task(nn.Module(), lambda m: 0.0, name=spec)
-    task = user_call(probe, f"the factory {spec}", factory, **(kwargs or {}))
+    task = user_call(spec, f"the factory {spec}", factory, **(kwargs or {}))
     if not isinstance(task, Task):
         raise PipelineError(f"--task {spec!r}: the factory returned {type(task).__name__}, not a pipeline.task.Task")
     return task
