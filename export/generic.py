@@ -20,6 +20,7 @@ from export.native import encode, stack_entries, write
 from export.onnx_export import LstmOpLowering, LstmOutput, quantize, save_proto, to_onnx, to_ort
 from pipeline import _native
 from pipeline.errors import PipelineError
+from pipeline.lowrank.factorize import put_module
 from pipeline.lowrank.modules import LowRankLSTM, LowRankRecurrent, cell_name, dense_module
 
 
@@ -50,19 +51,12 @@ class OnnxLowRankLstm(nn.Module):
         if hx is not None:
             raise PipelineError("ONNX export: a factored LSTM called with an initial state; export traces it "
                                 "from a zero state")
-        x = x if self.batch_first else x.transpose(0, 1)
-        hs, cs = [], []
-        for i in range(0, len(self.cells), self.dirs):
-            outs = []
-            for d in range(self.dirs):
-                cell = self.cells[i + d]
-                inp = x if d == 0 else torch.flip(x, [1])
-                y, (h, c) = cell.lstm(inp if cell.v is None else inp @ cell.v.t())
-                outs.append(y if d == 0 else torch.flip(y, [1]))
-                hs.append(h[0])
-                cs.append(c[0])
-            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
-        return (x if self.batch_first else x.transpose(0, 1)), (torch.stack(hs), torch.stack(cs))
+        return run_stack(x, self.batch_first, len(self.cells) // self.dirs, self.dirs, self._cell)
+
+    def _cell(self, layer, d, x):
+        cell = self.cells[layer * self.dirs + d]
+        y, (h, c) = cell.lstm(x if cell.v is None else x @ cell.v.t())
+        return y, h[0], c[0]
 
 
 class OnnxProjectedLstm(nn.Module):
@@ -96,27 +90,36 @@ class OnnxProjectedLstm(nn.Module):
         if hx is not None:
             raise PipelineError("ONNX export: a projected LSTM called with an initial state; export traces it "
                                 "from a zero state")
-        x = x if self.batch_first else x.transpose(0, 1)
-        hs, cs = [], []
-        for layer in range(self.layers):
-            outs = []
-            for d in range(self.dirs):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                inp = x if d == 0 else torch.flip(x, [1])
-                pre = self._mul(inp, "weight_ih" + sfx) + self._bias("bias_ih" + sfx) + self._bias("bias_hh" + sfx)
-                h, c = x.new_zeros(x.shape[0], self.proj), x.new_zeros(x.shape[0], self.hidden)
-                ys = []
-                for t in range(x.shape[1]):
-                    i, f, g, o = (pre[:, t] + self._mul(h, "weight_hh" + sfx)).chunk(4, dim=1)
-                    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                    h = self._mul(torch.sigmoid(o) * torch.tanh(c), "weight_hr" + sfx)
-                    ys.append(h)
-                y = torch.stack(ys, dim=1)
-                outs.append(y if d == 0 else torch.flip(y, [1]))
-                hs.append(h)
-                cs.append(c)
-            x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
-        return (x if self.batch_first else x.transpose(0, 1)), (torch.stack(hs), torch.stack(cs))
+        return run_stack(x, self.batch_first, self.layers, self.dirs, self._cell)
+
+    def _cell(self, layer, d, x):
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        pre = self._mul(x, "weight_ih" + sfx) + self._bias("bias_ih" + sfx) + self._bias("bias_hh" + sfx)
+        h, c = x.new_zeros(x.shape[0], self.proj), x.new_zeros(x.shape[0], self.hidden)
+        ys = []
+        for t in range(x.shape[1]):
+            i, f, g, o = (pre[:, t] + self._mul(h, "weight_hh" + sfx)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = self._mul(torch.sigmoid(o) * torch.tanh(c), "weight_hr" + sfx)
+            ys.append(h)
+        return torch.stack(ys, dim=1), h, c
+
+
+def run_stack(x, batch_first, layers, dirs, cell):
+    """A stack as nn.LSTM runs it: layer by layer, each direction on the sequence (time-reversed for the
+    second) through cell(layer, direction, x batch-first) -> (outputs, h, c); returns the outputs
+    and the final states (layers x directions, batch, size)."""
+    x = x if batch_first else x.transpose(0, 1)
+    hs, cs = [], []
+    for layer in range(layers):
+        outs = []
+        for d in range(dirs):
+            y, h, c = cell(layer, d, x if d == 0 else torch.flip(x, [1]))
+            outs.append(y if d == 0 else torch.flip(y, [1]))
+            hs.append(h)
+            cs.append(c)
+        x = torch.cat(outs, dim=2) if dirs == 2 else outs[0]
+    return (x if batch_first else x.transpose(0, 1)), (torch.stack(hs), torch.stack(cs))
 
 
 def _projected(mod):
@@ -131,11 +134,8 @@ def onnx_view(model):
     for path, mod in list(view.named_modules()):
         new = OnnxLowRankLstm(mod) if isinstance(mod, LowRankLSTM) else OnnxProjectedLstm(mod) if _projected(mod) \
             else dense_module(mod) if isinstance(mod, LowRankRecurrent) else None
-        if new is not None and not path:
-            return new
         if new is not None:
-            parent, _, attr = path.rpartition(".")
-            setattr(view.get_submodule(parent) if parent else view, attr, new)
+            view = put_module(view, path, new)
     return view
 
 

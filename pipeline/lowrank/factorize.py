@@ -211,10 +211,17 @@ def factorize(model, ranks, init=True):
         else:
             have = {l.param: l.rank for l in layers(mod)}
             new = LowRankRecurrent.from_module(mod, {**have, **{l.param: want[l.name] for l in changed}}, init)
-        if not path:  # the model is the layer itself
-            return new
-        parent, _, attr = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
+        model = put_module(model, path, new)
+    return model
+
+
+def put_module(model, path, new):
+    """`model` with its submodule at `path` replaced by `new` (in place); `new` itself where the
+    path is empty (the model is that module)."""
+    if not path:
+        return new
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, new)
     return model
 
 
@@ -251,11 +258,8 @@ def densify(model):
     twin = copy.deepcopy(model)
     for path, mod in list(twin.named_modules()):
         dense = dense_module(mod)
-        if dense is not None and path:
-            parent, _, attr = path.rpartition(".")
-            setattr(twin.get_submodule(parent) if parent else twin, attr, dense)
-        elif dense is not None:
-            return dense
+        if dense is not None:
+            twin = put_module(twin, path, dense)
     return twin
 
 
