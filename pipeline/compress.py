@@ -137,8 +137,8 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
                 _save(task, tuned, model.eval(), {"provenance": {"search_run": str(it / "search"),
                                                                   "finetune_steps": cfg.finetune_steps}})
         _barrier(world)
+        model = _load(task, tuned)  # the iteration's model: scored here, searched next
         if rank == 0:
-            model = _load(task, tuned)
             dev = _cached(it / "dev.json", lambda: measure(task, "evaluate", task.evaluate, model))
             row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
                    "subset_metric_before_finetune": result["best"]["metric"], "metric": dev["metric"],
@@ -153,8 +153,7 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
                 log(stopped)
         if _shared(stopped, world):
             break
-        current_path = tuned
-        current = _load(task, tuned)
+        current_path, current = tuned, model
     if rank != 0:
         return None
     final_from = next((h["iteration"] for h in history if Path(h["checkpoint"]) == current_path), None)
