@@ -67,14 +67,17 @@ def decoder_cells(model):
             for i in range(lstm.num_layers)]
 
 
+def table_stacks(model):
+    """{module path: module} of the LSTM stacks of any model that the native table measures: those the
+    native kernels run, without projections."""
+    return {path: mod for path, mod in native_stacks(model).items() if not getattr(mod, "proj_size", 0)}
+
+
 def lstm_cells(model):
-    """[(cell, input size, hidden)] of every LSTM stack without projections of any model (what the
-    native table measures), in module order (for the recogniser: its encoder's cells, then its
-    decoder's)."""
+    """[(cell, input size, hidden)] of the cells of table_stacks(model), in module order (for the
+    recogniser: its encoder's cells, then its decoder's)."""
     out = []
-    for path, mod in native_stacks(model).items():
-        if getattr(mod, "proj_size", 0):
-            continue
+    for path, mod in table_stacks(model).items():
         dirs = 2 if mod.bidirectional else 1
         for layer in range(mod.num_layers):
             inp = mod.input_size if layer == 0 else mod.hidden_size * dirs
@@ -303,10 +306,9 @@ def stacks_us(models, target="local", frames=200, reps=10):
     runner, files = Runner(target), []
     try:
         for i, m in enumerate(models):
-            for mod in native_stacks(m).values():
-                if not getattr(mod, "proj_size", 0):
-                    files.append((i, temp_weights_path()))
-                    write_stack(files[-1][1], mod)
+            for mod in table_stacks(m).values():
+                files.append((i, temp_weights_path()))
+                write_stack(files[-1][1], mod)
         best = _best_of_passes([p for _, p in files], lambda p: runner.bench(
             ["--mode", "utterance", "--frames", frames, "--reps", reps], weights=p)["us_per_frame"]["median"])
         out = [0.0] * len(models)

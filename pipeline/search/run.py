@@ -103,9 +103,9 @@ def run_episode(space, agent, approx, episode):
     return decided, steps
 
 
-def _config_file(out, cfg, task, resume):
+def _config_file(out, cfg, task, model_sha256, resume):
     """Writes config.json, or on resume checks that it matches (only --episodes may change)."""
-    want = {"search": asdict(cfg), "task": task.name, "model_sha256": fingerprint(task.model), **task.extra}
+    want = {"search": asdict(cfg), "task": task.name, "model_sha256": model_sha256, **task.extra}
     path = out / "config.json"
     if resume:
         if not (out / "state.pt").exists():
@@ -137,7 +137,8 @@ def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
     """Searches ranks for `task.model` (its selected layers) under cfg's target; returns best.json's
     content and writes `best.safetensors` (the task's `save`, else a task checkpoint)."""
     out, cfg = Path(out), cfg.validate()
-    _config_file(out, cfg, task, resume)
+    model_sha256 = fingerprint(task.model)
+    _config_file(out, cfg, task, model_sha256, resume)
     model = task.model.eval()
     layer_list = searchable(model, cfg.layers, task.layers())
     cost = _cost_model(task, layer_list, cfg)
@@ -157,7 +158,7 @@ def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
     finally:
         if pool is not None:
             pool.close()
-    return finish(out, task, log, base, cfg, space, approx)
+    return finish(out, task, model_sha256, log, base, cfg, space, approx)
 
 
 class _subset_metric:
@@ -236,7 +237,7 @@ def greedy_search(space, evaluate, cfg, base, pool=None):
     return rows
 
 
-def finish(out, task, log, base, cfg, space, approx):
+def finish(out, task, model_sha256, log, base, cfg, space, approx):
     episodes = [r for r in log if r["kind"] == "episode"]
     best = max(episodes, key=lambda r: r["reward"])
     result = {"best": best, "base_metric": base, "metric": task.metric, "episodes": len(episodes),
@@ -245,7 +246,7 @@ def finish(out, task, log, base, cfg, space, approx):
     write_json(out / "best.json", result)
     write_jsonl(out / "log.jsonl", log)
     factored = factorize(copy.deepcopy(task.model), best["ranks"])
-    meta = {"provenance": {"parent_sha256": fingerprint(task.model), "search_run": str(out), **task.extra},
+    meta = {"provenance": {"parent_sha256": model_sha256, "search_run": str(out), **task.extra},
             "metrics": {"subset_metric": best["metric"], "cost_ratio": best["cost_ratio"], "cost": cfg.cost},
             "energy": result["energy"]}
     (task.save or save_factored)(out / "best.safetensors", factored, meta)
