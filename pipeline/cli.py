@@ -25,9 +25,10 @@ from pipeline.data.librispeech import librispeech_rows
 from pipeline.data.manifest import check_decodes, evenly_spaced, read_manifest
 from pipeline.errors import PipelineError, UserCodeError
 from pipeline.finetune import cached_scores, finetune
+from pipeline.latency.cost import stack_latency_cost
 from pipeline.latency.onnx_layers import OnnxLayerCost
 from pipeline.latency.onnx_layers import validate as validate_layers
-from pipeline.latency.table import LatencyTable, at_ranks, lstm_cells, validate, validate_stacks
+from pipeline.latency.table import LatencyTable, lstm_cells, validate, validate_stacks
 from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
 from pipeline.lowrank.factorize import energies
@@ -200,23 +201,21 @@ def _task_latency(args):
     none the onnxruntime table of its layers; and its check."""
     task = load_task(args.task, _task_args(args.task_arg))
     model = task.model
-    cells = lstm_cells(model)
-    if not cells:
+    if not lstm_cells(model):
         return _task_onnx_latency(args, task)
     if args.runtime != "native":
         raise PipelineError("latency --task: the table of a task's LSTM stacks is native only")
-    table = LatencyTable(args.target, "native", frames=args.frames, reps=args.reps)
-    n = table.measure_shapes(sorted({(inp, h, "utterance") for _, inp, h in cells}), progress=not args.json)
+    cost = stack_latency_cost(model, task.layers(), args.target, not args.json, args.frames, args.reps)
     if args.action == "table":
-        pred = table.lstm_us(at_ranks(cells, {c + w: None for c, _, _ in cells for w in (".ih", ".hh")}), [], 1.0, 0.0)
-        print(f"{table.path}: {len(table.entries)} points ({n} measured now); predicted for this model's LSTM "
-              f"stacks, dense: {pred:.1f} us per frame")
+        print(f"{cost.table.path}: {len(cost.table.entries)} points; predicted for this model's LSTM stacks, "
+              f"dense: {cost.reference:.1f} us per frame")
         return
-    pairs = validate_stacks(model, table, args.policies, args.seed, args.target,
+    pairs = validate_stacks(model, cost.table, args.policies, args.seed, args.target,
                             log=(lambda *_: None) if args.json else print)
     worst = max(abs(p["error"]) for p in pairs)
     result = {"target": args.target, "machine": cpu_name(), "threads": 1, "runtime": "native", "task": args.task,
-              "command": "python -m pipeline " + " ".join(sys.argv[1:]), "table": str(table.path), "pairs": pairs, "worst_abs_error": worst}
+              "command": "python -m pipeline " + " ".join(sys.argv[1:]), "table": str(cost.table.path),
+              "pairs": pairs, "worst_abs_error": worst}
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result) if args.json else f"worst error {100 * worst:.1f}% over {len(pairs)} policies")
