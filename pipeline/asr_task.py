@@ -1,6 +1,6 @@
 """The built-in LSTM attention recogniser as a task (pipeline/task.py): a checkpoint and a corpus.
 
-Its metric is greedy WER: `evaluate` on evenly spaced `dev` utterances, `evaluate_subset` on the
+Its metric is greedy WER (decoding evenly spaced `train` utterances is its calibration run): `evaluate` on evenly spaced `dev` utterances, `evaluate_subset` on the
 search's representative subset (the corpus's checked `dev_subset.jsonl`, else a stratified 12% of
 `dev`), both decoding batched features computed once. Its hooks keep its own formats and figures:
 checkpoints with their config and CMVN (pipeline/lowrank/checkpoint.py), fine-tuning on `train`
@@ -20,6 +20,7 @@ from export.onnx_export import export
 from pipeline.atomic import write_json
 from pipeline.bench import bench, side_by_side
 from pipeline.data.manifest import evenly_spaced, read_manifest
+from pipeline.errors import PipelineError
 from pipeline.finetune import finetune
 from pipeline.latency.cost import CostModel
 from pipeline.latency.table import LatencyTable, steps_per_frame
@@ -40,6 +41,7 @@ class AsrConfig:
     finetune_lr: float = 3e-4
     distill: float = 0.0          # weight of distillation from the uncompressed model in fine-tuning
     bench_utterances: int = 10
+    calibration_utterances: int = 200  # evenly spaced train utterances decoded for the whitened factorisation
     threads: int = 2
     seed: int = 0
 
@@ -56,6 +58,15 @@ def subset_path(data, out):
     return path
 
 
+def calibration_rows(data, n):
+    """The recogniser's calibration set: `n` evenly spaced utterances of the corpus's train split."""
+    path = Path(data or ".") / "train.jsonl"
+    if data is None or not path.exists():
+        raise PipelineError(f"{path}: the whitened factorisation calibrates on a corpus's train split; "
+                            f"give --data, or --method svd")
+    return evenly_spaced(read_manifest(path), n)
+
+
 def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
     """The recogniser at `model_path` judged on the corpus at `data` (`out`: where a subset is
     written when the corpus has none; `subset`: a subset manifest of one's own). The manifests are
@@ -69,6 +80,12 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
         torch.set_num_threads(cfg.threads)
         metrics, _ = evaluate(m, cmvn, rows, progress=False)
         return {"metric": metrics["wer"], **metrics}
+
+    def calibrate(m):
+        torch.set_num_threads(cfg.threads)
+        evaluate(m, cmvn, calibration(), progress=False)
+
+    calibration = cache(lambda: calibration_rows(data, cfg.calibration_utterances))
 
     def tune(m, steps, workdir, iteration=0):
         rank, world = process_group()
@@ -116,7 +133,7 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
 
     return Task(model=model, evaluate=lambda m: wer(m, evenly_spaced(manifest("dev"), cfg.dev_utterances)),
                 evaluate_subset=SubsetWer(cmvn, read_manifest(subset)),
-                finetune=tune, metric="WER", name="asr", scores=scores, save=save,
+                finetune=tune, calibrate=calibrate, metric="WER", name="asr", scores=scores, save=save,
                 load=lambda path: load_checkpoint(path)[0], export=export_all, benchmark=benchmark,
                 latency_cost=latency_cost,
                 extra={"model": str(model_path), "data": str(data), "subset": str(subset), "asr": asdict(cfg)})

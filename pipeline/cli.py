@@ -14,7 +14,7 @@ from export.native import NativeAsr, write_model
 from export.onnx_export import export, parity
 from export.runner import OnnxAsr
 from pipeline import _native
-from pipeline.asr_task import AsrConfig, asr_task, build_subset
+from pipeline.asr_task import AsrConfig, asr_task, build_subset, calibration_rows
 from pipeline.atomic import write_json, write_jsonl
 from pipeline.bench import bench
 from pipeline.compress import CompressConfig, compress
@@ -29,7 +29,8 @@ from pipeline.latency.cost import stack_latency_cost
 from pipeline.latency.onnx_layers import OnnxLayerCost
 from pipeline.latency.onnx_layers import validate as validate_layers
 from pipeline.latency.table import LatencyTable, lstm_cells, validate, validate_stacks
-from pipeline.lowrank import cost_table, factorize, format_table, load_rank_spec, uniform_ranks
+from pipeline.lowrank import cost_table, factorize, format_table, layers, load_rank_spec, uniform_ranks
+from pipeline.lowrank.calibration import METHODS, calibrate
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
 from pipeline.lowrank.factorize import energies
 from pipeline.machine import cpu_name
@@ -140,10 +141,19 @@ def cmd_factorize(args):
         raise PipelineError(f"--uniform: fraction {args.uniform} is outside (0, 1]")
     ranks = (load_rank_spec(args.ranks, model, snap=not args.no_snap) if args.ranks
              else uniform_ranks(model, args.uniform, snap=not args.no_snap))
-    factorize(model, ranks)
+    record = {"method": "svd"}
+    if args.method == "whitened":
+        torch.set_num_threads(args.threads)
+        rows = calibration_rows(args.data, args.calibration)
+        calib = calibrate(model, [l for l in layers(model) if l.name in ranks],
+                          lambda: evaluate(model, cmvn, rows, progress=False))
+        ranks_covs, record = calib.covs, calib.record()
+        for name, why in calib.fallback.items():
+            print(f"{name}: plain SVD ({why})")
+    factorize(model, ranks, covs=ranks_covs if args.method == "whitened" else None)
     energy = {**header.get("energy", {}), **energies(model)}
     provenance = {"parent_sha256": sha256(path), "parent": str(path), "made_by": "factorize",
-                  "rank_spec": args.ranks or f"uniform {args.uniform}",
+                  "rank_spec": args.ranks or f"uniform {args.uniform}", "factorisation": record,
                   "data_manifests": header.get("provenance", {}).get("data_manifests", [])}
     save_checkpoint(args.out, model, cmvn, provenance, {}, energy)
     rows, totals = cost_table(model, energy)
@@ -273,7 +283,7 @@ def cmd_search(args):
     torch.set_num_threads(args.threads)
     if not Path(args.subset).exists():
         raise PipelineError(f"{args.subset}: evaluation subset not found; make it with `python -m pipeline subset`")
-    task = asr_task(_model_path(args), subset=args.subset)
+    task = asr_task(_model_path(args), args.data, subset=args.subset)
     r = search(task, args.out, _config(SearchConfig, args), args.resume, ray=args.ray, workers=args.workers)
     b = r["best"]
     print(f"best of {r['episodes']} episodes ({r['evaluations']} evaluations): subset {r['metric']} {b['metric']:.4f} "
@@ -381,6 +391,12 @@ def make_parser():
     f.add_argument("--ranks", help='JSON {layer: rank | fraction | "dense"}; see `inspect` for layer names')
     f.add_argument("--uniform", type=float, help="one rank fraction for every layer but the output layers")
     f.add_argument("--no-snap", action="store_true", help="do not snap ranks to multiples of 8")
+    f.add_argument("--method", default="whitened", choices=METHODS,
+                   help="whitened (default): the best rank-r form on the inputs each matrix sees, from decoding "
+                        "--calibration train utterances of --data; svd: plain truncated SVD, no data")
+    f.add_argument("--data", default="corpus/default", help="corpus folder for the calibration (default: corpus/default)")
+    f.add_argument("--calibration", type=int, default=200, help="train utterances decoded for the statistics")
+    f.add_argument("--threads", type=int, default=2)
     f.add_argument("--out", required=True, help="factored checkpoint to write (.safetensors)")
     f.set_defaults(func=cmd_factorize)
     ins = sub.add_parser("inspect", help="per-layer ranks, parameters, MACs, bytes and energy of a checkpoint")
@@ -435,6 +451,10 @@ def make_parser():
     sr.add_argument("--runtime", default="native", choices=["native", "onnx"], help="latency of which runtime")
     sr.add_argument("--layers", default="all", choices=["all", "lstm"], help="which matrices the agent ranks")
     sr.add_argument("--min-fraction", type=float, default=0.1, help="smallest keep fraction of a layer's rank")
+    sr.add_argument("--method", default="whitened", choices=METHODS,
+                    help="factorisation the policies are scored with and the result is made by (default: whitened, "
+                         "calibrated on DATA/train)")
+    sr.add_argument("--data", default="corpus/default", help="corpus folder whose train split calibrates --method whitened")
     sr.add_argument("--subset", default="assets/baseline/dev_subset.jsonl", help="evaluation subset manifest")
     sr.add_argument("--seed", type=int, default=0)
     sr.add_argument("--batch", type=int, default=4, help="episodes proposed per agent state, evaluated together")
@@ -467,6 +487,9 @@ def make_parser():
     cp.add_argument("--iterations", type=int)
     cp.add_argument("--episodes", type=int, help="search episodes per iteration")
     cp.add_argument("--agent")
+    cp.add_argument("--method", choices=METHODS, help="factorisation: whitened (default) or svd")
+    cp.add_argument("--recover-steps", type=int, help="layer-wise recovery steps per factored module before "
+                                                      "fine-tuning (default 0: off)")
     cp.add_argument("--finetune-steps", type=int)
     cp.add_argument("--distill", type=float, metavar="W",
                     help="fine-tune with this weight of distillation from the uncompressed model (default 0: off)")

@@ -2,12 +2,14 @@
 (Interspeech 2020), then score, export, benchmark and report, for any task (pipeline/task.py).
 
 Iteration k of K searches the current model toward the intermediate target X^(k/K) (relative to the
-dense baseline; ranks only shrink), fine-tunes the best policy with the task's `finetune`, and scores
-it with its `evaluate`. It stops early, and says so, when the metric rises past (1 + tolerance) x the
+dense baseline; ranks only shrink), cuts it to the best policy (whitened factorisation by default),
+optionally recovers each factored module layer-wise (pipeline/lowrank/recovery.py), fine-tunes it
+with the task's `finetune`, and scores it with its `evaluate` after each of these stages. It stops early, and says so, when the metric rises past (1 + tolerance) x the
 baseline's.
 
 Run folder: `config.json`; `baseline_dev.json` (the baseline's `evaluate`); `iter-<k>/search/` (a
-search run), `iter-<k>/finetune/` (the task's own state and `model.safetensors`), `iter-<k>/dev.json`;
+search run), `iter-<k>/cut.json` (`evaluate` right after the cut), `iter-<k>/recovered.safetensors`,
+`recovery.json` and `recovered.json` (with --recover-steps), `iter-<k>/finetune/` (the task's own state and `model.safetensors`), `iter-<k>/dev.json`;
 then `final.safetensors`, `scores.json` (metrics per split), `export/` (ONNX fp32, int8, .ort, and
 `done.json` with the parity figures), `native/model.lrkm` (the LSTM stacks the C++ runtime runs; the
 whole recogniser for the built-in task), `bench.json` (latency per runtime), `report.md` and its
@@ -32,9 +34,18 @@ from export.generic import (
 )
 from pipeline.atomic import read_json, write_json
 from pipeline.errors import PipelineError
+from pipeline.lowrank.recovery import recover
 from pipeline.report import write_report
 from pipeline.search.run import SearchConfig, search
-from pipeline.task import check_inputs, fingerprint, load_factored, measure, run_finetune, save_factored
+from pipeline.task import (
+    calibration_run,
+    check_inputs,
+    fingerprint,
+    load_factored,
+    measure,
+    run_finetune,
+    save_factored,
+)
 from pipeline.train import process_group
 
 DEFAULT_TARGET = 5.0  # compression of the searched weights when no target is given
@@ -47,6 +58,8 @@ class CompressConfig:
     iterations: int = 3
     episodes: int = 30            # per search
     agent: str = "ddpg"
+    method: str = "whitened"      # factorisation: "svd", or "whitened" by the calibration run's statistics
+    recover_steps: int = 0        # layer-wise recovery steps per factored module before fine-tuning (0: off)
     finetune_steps: int = 80      # per iteration
     tolerance: float = 0.05       # stop when the metric > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
@@ -58,8 +71,9 @@ class CompressConfig:
             raise PipelineError("give one of --target-compression X and --target-speedup X, not both")
         if self.target_compression is None and self.target_speedup is None:
             self.target_compression = DEFAULT_TARGET
-        if self.iterations < 1 or self.finetune_steps < 0 or self.episodes < 1:
-            raise PipelineError("--iterations and --episodes must be at least 1, --finetune-steps at least 0")
+        if self.iterations < 1 or self.finetune_steps < 0 or self.episodes < 1 or self.recover_steps < 0:
+            raise PipelineError("--iterations and --episodes must be at least 1, --finetune-steps and "
+                                "--recover-steps at least 0")
         return self
 
     @property
@@ -125,24 +139,25 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
         elif rank == 0:
             key = "target_compression" if cfg.target_compression else "target_speedup"
             scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
-                                seed=cfg.seed + k)
+                                method=cfg.method, seed=cfg.seed + k)
             result = search(replace(task, model=current), it / "search", scfg,
                             resume=(it / "search" / "state.pt").exists(), progress=progress, ray=ray, workers=workers)
         _barrier(world)
         if not tuned.exists():
-            model = _load(task, it / "search" / "best.safetensors").train()
+            model = _recovered(task, current, it, cfg, k, rank, world, progress)
             if task.finetune is not None and cfg.finetune_steps:
-                run_finetune(task, model, cfg.finetune_steps, it / "finetune", k)
+                run_finetune(task, model.train(), cfg.finetune_steps, it / "finetune", k)
             if rank == 0:
                 _save(task, tuned, model.eval(), {"provenance": {"search_run": str(it / "search"),
+                                                                  "recover_steps": cfg.recover_steps,
                                                                   "finetune_steps": cfg.finetune_steps}})
         _barrier(world)
         model = _load(task, tuned)  # the iteration's model: scored here, searched next
         if rank == 0:
             dev = _cached(it / "dev.json", lambda: measure(task, "evaluate", task.evaluate, model))
             row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
-                   "subset_metric_before_finetune": result["best"]["metric"], "metric": dev["metric"],
-                   "scores": dev, "checkpoint": str(tuned)}
+                   "subset_metric_before_finetune": result["best"]["metric"], **_stage_metrics(it),
+                   "metric": dev["metric"], "scores": dev, "checkpoint": str(tuned)}
             history.append(row)
             tuned_by = "after fine-tuning" if task.finetune is not None and cfg.finetune_steps else "(no fine-tuning)"
             log(f"iteration {k + 1}: {step_target:.2f}x, subset {task.metric} "
@@ -162,6 +177,33 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
     if not final.exists():
         _save(task, final, current, {"provenance": {"final_from": final_from}})
     return finalize(task, out, final, cfg, history, base, stopped, log)
+
+
+def _recovered(task, teacher, it, cfg, k, rank, world, progress):
+    """The iteration's search result after the cut and, with recover_steps, after layer-wise recovery
+    toward `teacher` (the model the search cut); rank 0 scores both stages (cut.json, recovered.json)."""
+    cut = _load(task, it / "search" / "best.safetensors")
+    if rank == 0:
+        _cached(it / "cut.json", lambda: measure(task, "evaluate", task.evaluate, cut))
+    if not cfg.recover_steps:
+        return cut
+    path = it / "recovered.safetensors"
+    if rank == 0 and not path.exists():
+        report = recover(teacher, cut, calibration_run(task), cfg.recover_steps, seed=cfg.seed + k, progress=progress)
+        write_json(it / "recovery.json", report)
+        _save(task, path, cut.eval(), {"provenance": {"search_run": str(it / "search"),
+                                                      "recover_steps": cfg.recover_steps}})
+    _barrier(world)
+    model = _load(task, path)
+    if rank == 0:
+        _cached(it / "recovered.json", lambda: measure(task, "evaluate", task.evaluate, model))
+    return model
+
+
+def _stage_metrics(it):
+    """The metric after the cut and after recovery (None where that stage did not run)."""
+    return {f"metric_after_{stage}": read_json(it / f"{name}.json")["metric"] if (it / f"{name}.json").exists() else None
+            for stage, name in (("cut", "cut"), ("recovery", "recovered"))}
 
 
 def _barrier(world):

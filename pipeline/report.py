@@ -17,6 +17,10 @@ def _plots(out, metric, history, base, bench):
     x = [1.0] + [1 / h["cost_ratio"] for h in history]
     ax.plot(x, [base["metric"]] + [h["metric"] for h in history], "o-", label="after fine-tuning (evaluate)")
     ax.plot(x[1:], [h["subset_metric_before_finetune"] for h in history], "x--", label="after search (subset)")
+    for key, mark, label in (("metric_after_cut", "s:", "after the cut"), ("metric_after_recovery", "^:", "after recovery")):
+        pts = [(xi, h[key]) for xi, h in zip(x[1:], history) if h.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), mark, label=label)
     ax.set_xlabel("compression of the searched cost (x)")
     ax.set_ylabel(metric)
     ax.legend()
@@ -39,6 +43,10 @@ def _speedup(ref, r):
     return f"{med:.2f}x" + (f" ({span[0]:.2f}-{span[1]:.2f})" if span else "")
 
 
+def _num(x):
+    return "" if x is None else f"{x:.4f}"
+
+
 def write_report(out, metric, scores, bench, history, base, stopped, cfg, final_from):
     _plots(out, metric, history, base, bench)
     target = f"{cfg.target:g}x " + ("compression" if cfg.target_compression else "speedup")
@@ -49,10 +57,15 @@ def write_report(out, metric, scores, bench, history, base, stopped, cfg, final_
         lines += [f"**{stopped}.**", ""]
     lines += ["The final model is " + (f"iteration {final_from}'s." if final_from else
                                        f"the baseline: no iteration stayed within the {metric} tolerance."), ""]
-    lines += ["## Iterations", "", f"| iteration | target | cost / dense | subset {metric} after search | "
-              f"{metric} after fine-tuning |", "|---|---|---|---|---|", f"| baseline | 1x | 1.000 | | {base['metric']:.4f} |"]
+    lines += ["## Iterations", "", f"{metric} after each stage: the search's best on its subset, then `evaluate` after the cut "
+              f"({cfg.method} factorisation), after layer-wise recovery ({cfg.recover_steps} steps per module) and after "
+              f"fine-tuning ({cfg.finetune_steps} steps).", "",
+              f"| iteration | target | cost / dense | subset {metric} after search | after cut | after recovery | "
+              f"after fine-tuning |", "|---|---|---|---|---|---|---|",
+              f"| baseline | 1x | 1.000 | | | | {base['metric']:.4f} |"]
     lines += [f"| {h['iteration']} | {h['target']:.2f}x | {h['cost_ratio']:.3f} | {h['subset_metric_before_finetune']:.4f} | "
-              f"{h['metric']:.4f} |" for h in history]
+              f"{_num(h.get('metric_after_cut'))} | {_num(h.get('metric_after_recovery'))} | {h['metric']:.4f} |"
+              for h in history]
     cer = all("cer" in s["baseline"] and "cer" in s["final"] for s in scores.values())
     lines += ["", f"![{metric} against compression](wer_vs_compression.png)", "", f"## {metric} per split", "",
               f"| split | baseline {metric} | final {metric} | final / baseline |" + (" baseline CER | final CER |" if cer else ""),

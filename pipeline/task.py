@@ -6,7 +6,9 @@
 uncompressed model's outputs), or a dict with that number under "metric" and anything else worth
 logging. The search scores its candidates with `evaluate_subset` (default: `evaluate`);
 `finetune(model, steps)` trains a factored model in place between searches (optional; it may also
-take `workdir=` to keep resumable state there); `example_inputs` (a tuple of tensors, as for
+take `workdir=` to keep resumable state there); `calibrate(model)` runs the model on a few hundred
+representative inputs, whose statistics make the factorisation data-aware (optional: else the
+example inputs); `example_inputs` (a tuple of tensors, as for
 torch.onnx.export) drives export, parity checks and latency. `include`, `exclude` (module-path or
 layer-name globs) and `types` (PyTorch class names) choose the layers, as NNI's config_list does.
 
@@ -30,6 +32,7 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import PipelineError, UserCodeError
+from pipeline.lowrank.calibration import calibrate
 from pipeline.lowrank.factorize import current_ranks, factorize, parse_rank_spec, select
 
 MAGIC = "lowrank-task-checkpoint"
@@ -42,6 +45,7 @@ class Task:
     example_inputs: tuple = ()
     evaluate_subset: Callable | None = None
     finetune: Callable | None = None
+    calibrate: Callable | None = None       # model -> None: runs it on calibration data (default: example_inputs)
     metric: str = "metric"                  # its name in logs and reports, e.g. "WER" or "bits/char"
     include: Sequence[str] | None = None
     exclude: Sequence[str] = ()
@@ -99,6 +103,22 @@ def run_finetune(task, model, steps, workdir, iteration=0):
     takes = inspect.signature(fn).parameters
     extra = {k: v for k, v in (("workdir", workdir), ("iteration", iteration)) if k in takes}
     user_call(task, "finetune(model, steps)", fn, model, steps, **extra)
+
+
+def calibration_run(task):
+    """run(model): the task's `calibrate(model)`, else the model on its example inputs."""
+    if task.calibrate is not None:
+        return lambda m: user_call(task, "calibrate(model)", task.calibrate, m)
+    if task.example_inputs:
+        return lambda m: user_call(task, "the model on example_inputs", m, *task.example_inputs)
+    raise PipelineError(f"task '{task.name}': data-aware factorisation and recovery need calibrate or example_inputs")
+
+
+def task_calibration(task, model, layer_list):
+    """The inputs' second moments of `layer_list` (pipeline.lowrank.calibration) while the task's
+    calibration run runs `model`."""
+    run = calibration_run(task)
+    return calibrate(model, layer_list, lambda: run(model))
 
 
 def check_inputs(task, model):

@@ -28,9 +28,11 @@ def task(data="corpus/default", hidden=256, layers=2, train_steps=1500, finetune
         torch.save(model.state_dict(), weights.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)
     subset = dev_ids[: len(dev_ids) // 5]
+    calibration = train_ids[: 64 * 200].view(64, 200)  # the whitened factorisation's statistics: train text only
     return Task(model=model.eval(),
                 evaluate=lambda m: bits_per_char(m, dev_ids),
                 evaluate_subset=lambda m: bits_per_char(m, subset),
                 finetune=lambda m, steps: train(m, train_ids, steps, lr=finetune_lr, seed=1),
+                calibrate=lambda m: m(calibration),
                 example_inputs=(torch.zeros(1, 64, dtype=torch.long),),
                 metric="bits/char", types=["LSTM"], name="char-lm")

@@ -193,10 +193,13 @@ def uniform_ranks(model, fraction, snap=True, layer_list=None):
                             if l.rank is None or round(fraction * min(l.shape)) <= l.rank}, model, snap)
 
 
-def factorize(model, ranks, init=True):
+def factorize(model, ranks, init=True, covs=None):
     """Replace modules in place so that each named layer has its rank; returns the model (a new
     module where the model is itself one layer, e.g. a bare nn.LSTM).
-    init=False builds the structure only (to load a factored checkpoint's tensors into)."""
+    init=False builds the structure only (to load a factored checkpoint's tensors into).
+    covs: {layer name: its inputs' second moment} (pipeline.lowrank.calibration): those layers get
+    the whitened factorisation, the others plain SVD."""
+    covs = covs or {}
     by_module = {}
     for l in layers(model):
         if l.name in ranks and ranks[l.name] != l.rank:
@@ -205,12 +208,13 @@ def factorize(model, ranks, init=True):
         mod = model.get_submodule(path)
         want = {l.name: ranks[l.name] for l in changed}
         if changed[0].kind == "linear":
-            new = _new_linear(mod, want[path], init)
+            new = _new_linear(mod, want[path], init, covs.get(path))
         elif isinstance(mod, LowRankLSTM) or (isinstance(mod, nn.LSTM) and not mod.proj_size and mod.bias):
-            new = _new_lstm(mod, path, want, init)
+            new = _new_lstm(mod, path, want, init, covs)
         else:
             have = {l.param: l.rank for l in layers(mod)}
-            new = LowRankRecurrent.from_module(mod, {**have, **{l.param: want[l.name] for l in changed}}, init)
+            new = LowRankRecurrent.from_module(mod, {**have, **{l.param: want[l.name] for l in changed}}, init,
+                                               {l.param: covs[l.name] for l in changed if l.name in covs})
         model = put_module(model, path, new)
     return model
 
@@ -225,15 +229,15 @@ def put_module(model, path, new):
     return model
 
 
-def _new_linear(mod, rank, init):
+def _new_linear(mod, rank, init, cov=None):
     w = mod.weight if isinstance(mod, nn.Linear) else mod.dense_weight()
     bias = mod.bias
     if init:
-        return LowRankLinear.from_weight(w, bias, rank)
+        return LowRankLinear.from_weight(w, bias, rank, cov)
     return LowRankLinear(w.shape[1], w.shape[0], rank, bias is not None)
 
 
-def _new_lstm(mod, path, want, init):
+def _new_lstm(mod, path, want, init, covs):
     """A LowRankLSTM (its factored inference path is what the ONNX and native exporters lower)."""
     dirs = 2 if mod.bidirectional else 1
     have = {l.name: l.rank for l in layers(mod)}
@@ -244,9 +248,9 @@ def _new_lstm(mod, path, want, init):
     if init:
         for layer in range(mod.num_layers):
             for d in range(dirs):
-                cell = new.cells[cell_name(layer, d)]
-                cell.ih.set_from(lstm_dense(mod, layer, d, "ih"))
-                cell.hh.set_from(lstm_dense(mod, layer, d, "hh"))
+                cell, name = new.cells[cell_name(layer, d)], f"{path}.{cell_name(layer, d)}"
+                cell.ih.set_from(lstm_dense(mod, layer, d, "ih"), covs.get(f"{name}.ih"))
+                cell.hh.set_from(lstm_dense(mod, layer, d, "hh"), covs.get(f"{name}.hh"))
                 with torch.no_grad():
                     cell.bias.copy_(lstm_bias(mod, layer, d))
     return new

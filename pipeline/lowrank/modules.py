@@ -12,12 +12,37 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from pipeline.model.asr import reverse_padded
 
 
-def svd_factors(w, rank):
-    """(U, V) with U V the best rank-`rank` approximation of `w` and the energy kept (0..1)."""
-    p, s, qt = torch.linalg.svd(w.detach().double(), full_matrices=False)
-    root = s[:rank].sqrt()
-    energy = float((s[:rank] ** 2).sum() / (s ** 2).sum().clamp_min(1e-30))
-    return (p[:, :rank] * root).to(w.dtype), (root[:, None] * qt[:rank]).to(w.dtype), energy
+def factor_basis(w, cov=None):
+    """(left m x k, right k x n, energy kept at each rank 1..k) such that left[:, :r] @ right[:r] is
+    the best rank-r approximation of `w`: in ||w - w_r|| (cov None: plain SVD), or in
+    E||(w - w_r) x||^2 over inputs x whose second moment E[x x^T] is `cov` (whitened: the SVD of w S
+    with S S^T = cov; its rank-r form is P_r P_r^T w, the output's r principal directions, so no
+    inverse of S is taken and a singular cov needs no special case). Energy: the share of ||w||^2,
+    or of the outputs' E||w x||^2, that rank r keeps."""
+    w64 = w.detach().double()
+    if cov is None:
+        p, s, qt = torch.linalg.svd(w64, full_matrices=False)
+        return p * s, qt, _kept(s)
+    lam, e = torch.linalg.eigh(cov.double())
+    p, s, _ = torch.linalg.svd(w64 @ (e * lam.clamp_min(0).sqrt()), full_matrices=False)
+    return p, p.t() @ w64, _kept(s)
+
+
+def _kept(s):
+    return (s ** 2).cumsum(0) / (s ** 2).sum().clamp_min(1e-30)
+
+
+def svd_factors(w, rank, cov=None):
+    """(U, V) with U V the best rank-`rank` approximation of `w` (see factor_basis), and the energy
+    kept (0..1). The singular values of U V are split as sqrt into both factors."""
+    if cov is None:
+        p, s, qt = torch.linalg.svd(w.detach().double(), full_matrices=False)
+        root = s[:rank].sqrt()
+        return (p[:, :rank] * root).to(w.dtype), (root[:, None] * qt[:rank]).to(w.dtype), float(_kept(s)[rank - 1])
+    left, right, kept = factor_basis(w, cov)
+    a, s, bt = torch.linalg.svd(right[:rank], full_matrices=False)  # left's columns are orthonormal
+    root = s.sqrt()
+    return ((left[:, :rank] @ a) * root).to(w.dtype), (root[:, None] * bt).to(w.dtype), float(kept[rank - 1])
 
 
 class LowRankLinear(nn.Module):
@@ -40,9 +65,9 @@ class LowRankLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     @classmethod
-    def from_weight(cls, weight, bias, rank):
+    def from_weight(cls, weight, bias, rank, cov=None):
         m = cls(weight.shape[1], weight.shape[0], rank, bias is not None)
-        u, v, m.energy = svd_factors(weight, rank)
+        u, v, m.energy = svd_factors(weight, rank, cov)
         with torch.no_grad():
             m.U.copy_(u)
             m.V.copy_(v)
@@ -80,13 +105,14 @@ class _Matrix(nn.Module):
             return x @ self.weight.t()
         return (x @ self.V.t()) @ self.U.t()
 
-    def set_from(self, w):
+    def set_from(self, w, cov=None):
+        """The dense `w`, or its best rank-r approximation (in the inputs' metric where `cov` is given)."""
         with torch.no_grad():
             if self.rank is None:
                 self.weight.copy_(w)
                 self.energy = 1.0
             else:
-                u, v, self.energy = svd_factors(w, self.rank)
+                u, v, self.energy = svd_factors(w, self.rank, cov)
                 self.U.copy_(u)
                 self.V.copy_(v)
 
@@ -233,14 +259,15 @@ class LowRankRecurrent(nn.Module):
         return functional_call(self.shell, self.weights(), args, kwargs)
 
     @classmethod
-    def from_module(cls, mod, ranks, init=True):
-        """From an original module or a LowRankRecurrent, each matrix at its rank in `ranks`."""
+    def from_module(cls, mod, ranks, init=True, covs=None):
+        """From an original module or a LowRankRecurrent, each matrix at its rank in `ranks`
+        (`covs[weight name]`: its inputs' second moment, for the whitened factorisation)."""
         shell = mod.shell if isinstance(mod, LowRankRecurrent) else mod
         new = cls(copy_shell(shell), ranks)
         if init:
             src = mod.weights() if isinstance(mod, LowRankRecurrent) else dict(mod.named_parameters())
             for name, m in new.matrices.items():
-                m.set_from(src[name].detach())
+                m.set_from(src[name].detach(), (covs or {}).get(name))
             with torch.no_grad():
                 for name, b in new.biases.items():
                     b.copy_(src[name])

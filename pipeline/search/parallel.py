@@ -16,16 +16,16 @@ from pipeline.search.space import Approximator
 
 
 class _Worker:
-    def __init__(self, model, layer_list, metric, threads):
+    def __init__(self, model, layer_list, metric, threads, covs):
         torch.set_num_threads(threads)
-        self.evaluate = SubsetEvaluator(Approximator(model, layer_list), metric, None)
+        self.evaluate = SubsetEvaluator(Approximator(model, layer_list, covs), metric, None)
 
     def score(self, policy):
         return self.evaluate.score(policy)
 
 
 class RayPool:
-    def __init__(self, model, layer_list, metric, address=None, workers=None, threads=1):
+    def __init__(self, model, layer_list, metric, address=None, workers=None, threads=1, covs=None):
         try:
             import ray
             from ray.util import ActorPool
@@ -39,7 +39,7 @@ class RayPool:
                          object_store_memory=100 * 2**20)
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         remote = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(_Worker)
-        self.actors = [remote.remote(model, list(layer_list), metric, threads) for _ in range(n)]
+        self.actors = [remote.remote(model, list(layer_list), metric, threads, covs) for _ in range(n)]
         self.pool = ActorPool(self.actors)
         self.ray = ray
 

@@ -25,12 +25,13 @@ from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel, stack_latency_cost
 from pipeline.latency.onnx_layers import OnnxLayerCost
 from pipeline.latency.table import lstm_cells
+from pipeline.lowrank.calibration import METHODS
 from pipeline.lowrank.factorize import factorize
 from pipeline.search.agents import make_agent
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.parallel import RayPool
 from pipeline.search.space import Approximator, RankSpace, searchable
-from pipeline.task import fingerprint, measure, save_factored
+from pipeline.task import fingerprint, measure, save_factored, task_calibration
 from pipeline.train import load_state_file
 
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
@@ -49,6 +50,7 @@ class SearchConfig:
     device: str = "local"         # where latency is measured (a bench target)
     runtime: str = "native"       # latency of the native kernel or of onnxruntime
     layers: str = "all"           # all compressible matrices, or the LSTM matrices only
+    method: str = "whitened"      # factorisation: plain SVD, or whitened by the inputs' statistics
     min_fraction: float = 0.1     # smallest keep fraction of a layer's rank
     tolerance: float = 0.02       # `punish`: WER allowed above the dense model's
     seed: int = 0
@@ -65,6 +67,8 @@ class SearchConfig:
             raise PipelineError("--cost latency goes with --target-speedup; a compression target counts params or macs")
         if self.agent not in AGENTS:
             raise PipelineError(f"--agent {self.agent!r}: choose one of {', '.join(AGENTS)}")
+        if self.method not in METHODS:
+            raise PipelineError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.reward not in REWARDS:
             raise PipelineError(f"--reward {self.reward!r}: choose one of {', '.join(REWARDS)}")
         if self.episodes < 1:
@@ -143,11 +147,13 @@ def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
     layer_list = searchable(model, cfg.layers, task.layers())
     cost = _cost_model(task, layer_list, cfg)
     space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers, layer_list)
-    approx = Approximator(model, space.layers)
+    calib = task_calibration(task, model, space.layers) if cfg.method == "whitened" else None
+    covs = calib.covs if calib else None
+    approx = Approximator(model, space.layers, covs)
     metric = _subset_metric(task)
     evaluate = SubsetEvaluator(approx, metric, out / "cache.jsonl")
     base = evaluate({})["metric"]
-    pool = RayPool(model, space.layers, metric, ray, workers) if ray is not None or workers is not None else None
+    pool = RayPool(model, space.layers, metric, ray, workers, covs=covs) if ray is not None or workers is not None else None
     try:
         if cfg.agent == "greedy":
             log = greedy_search(space, evaluate, cfg, base, pool)
@@ -158,7 +164,7 @@ def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
     finally:
         if pool is not None:
             pool.close()
-    return finish(out, task, model_sha256, log, base, cfg, space, approx)
+    return finish(out, task, model_sha256, log, base, cfg, space, approx, calib)
 
 
 class _subset_metric:
@@ -237,16 +243,18 @@ def greedy_search(space, evaluate, cfg, base, pool=None):
     return rows
 
 
-def finish(out, task, model_sha256, log, base, cfg, space, approx):
+def finish(out, task, model_sha256, log, base, cfg, space, approx, calib=None):
     episodes = [r for r in log if r["kind"] == "episode"]
     best = max(episodes, key=lambda r: r["reward"])
     result = {"best": best, "base_metric": base, "metric": task.metric, "episodes": len(episodes),
               "evaluations": log[-1]["evaluations"], "target": cfg.target, "cost": cfg.cost, "agent": cfg.agent,
-              "reward": cfg.reward, "energy": {n: approx.energy(n, r) for n, r in best["ranks"].items()}}
+              "reward": cfg.reward, "energy": {n: approx.energy(n, r) for n, r in best["ranks"].items()},
+              "factorisation": calib.record() if calib else {"method": "svd"}}
     write_json(out / "best.json", result)
     write_jsonl(out / "log.jsonl", log)
-    factored = factorize(copy.deepcopy(task.model), best["ranks"])
-    meta = {"provenance": {"parent_sha256": model_sha256, "search_run": str(out), **task.extra},
+    factored = factorize(copy.deepcopy(task.model), best["ranks"], covs=calib.covs if calib else None)
+    meta = {"provenance": {"parent_sha256": model_sha256, "search_run": str(out), **task.extra,
+                           "factorisation": result["factorisation"]},
             "metrics": {"subset_metric": best["metric"], "cost_ratio": best["cost_ratio"], "cost": cfg.cost},
             "energy": result["energy"]}
     (task.save or save_factored)(out / "best.safetensors", factored, meta)

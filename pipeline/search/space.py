@@ -17,6 +17,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.lowrank.factorize import SNAP, densify, max_rank, saves_parameters, select
+from pipeline.lowrank.modules import factor_basis
 
 ENERGY_FRACTIONS = (0.125, 0.25, 0.5, 0.75)
 STATE_DIM = 15
@@ -37,17 +38,18 @@ def searchable(model, which="all", layer_list=None):
 
 
 class Approximator:
-    """A dense twin of the model (factored layers become U V; `densify`) whose weights it sets to the
-    rank-r SVD approximation of each layer's weight."""
+    """A dense twin of the model (factored layers become U V; `densify`) whose weights it sets to each
+    layer's rank-r approximation: plain SVD, or whitened where `covs` holds the layer's input moment
+    (pipeline.lowrank.calibration), so that a policy scores what factorize will make of it."""
 
-    def __init__(self, model, layer_list):
+    def __init__(self, model, layer_list, covs=None):
         self.twin = densify(model).eval()
-        self.svd, self.original, self.params = {}, {}, {}
+        self.basis, self.original, self.params = {}, {}, {}
         for l in layer_list:
             self.params[l.name] = self._param(l)
             w = self.params[l.name].detach()
-            p, s, qt = torch.linalg.svd(w.double(), full_matrices=False)
-            self.svd[l.name] = ((p * s).float(), qt.float(), (s ** 2).cumsum(0) / (s ** 2).sum().clamp_min(1e-30))
+            left, right, kept = factor_basis(w, (covs or {}).get(l.name))
+            self.basis[l.name] = (left.float(), right.float(), kept)
             self.original[l.name] = w.clone()
 
     def _param(self, layer):
@@ -55,16 +57,16 @@ class Approximator:
         return getattr(mod, layer.param)
 
     def energy(self, name, rank):
-        """Singular-value energy kept at `rank` (1.0 dense)."""
-        return 1.0 if rank is None else float(self.svd[name][2][rank - 1])
+        """Energy kept at `rank` (1.0 dense): of the weight, or of its outputs where whitened."""
+        return 1.0 if rank is None else float(self.basis[name][2][rank - 1])
 
     def apply(self, policy):
         """Sets every layer to its rank in the policy, the layers it does not name to their original
         weights; returns the twin (which now computes the factored model)."""
         with torch.no_grad():
-            for name, (ps, qt, _) in self.svd.items():
+            for name, (left, right, _) in self.basis.items():
                 rank = policy.get(name)
-                w = self.original[name] if rank is None else ps[:, :rank] @ qt[:rank]
+                w = self.original[name] if rank is None else left[:, :rank] @ right[:rank]
                 self.params[name].copy_(w)
         return self.twin
 
