@@ -39,7 +39,7 @@ class AsrConfig:
     dev_utterances: int = 300     # evenly spaced dev utterances scored per iteration (0: all)
     score_utterances: int = 200   # ... per split for the final scores (0: all)
     finetune_lr: float = 3e-4
-    distill: float = 0.0          # weight of distillation from the uncompressed model in fine-tuning
+    distill: float = 0.5          # weight of distillation from the uncompressed model in fine-tuning
     bench_utterances: int = 10
     calibration_utterances: int = 200  # evenly spaced train utterances decoded for the whitened factorisation
     threads: int = 2

@@ -492,7 +492,7 @@ def make_parser():
                                                       "fine-tuning (default 0: off)")
     cp.add_argument("--finetune-steps", type=int)
     cp.add_argument("--distill", type=float, metavar="W",
-                    help="fine-tune with this weight of distillation from the uncompressed model (default 0: off)")
+                    help="fine-tune with this weight of distillation from the uncompressed model (default 0.5; 0: off)")
     cp.add_argument("--tolerance", type=float, help="stop when dev WER passes (1 + this) x the baseline's")
     cp.add_argument("--dev-utterances", type=int, help="dev utterances scored per iteration (default 300; 0: all)")
     cp.add_argument("--score-utterances", type=int, help="utterances per split in the final scores (default 200; 0: all)")

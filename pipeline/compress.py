@@ -48,19 +48,19 @@ from pipeline.task import (
 )
 from pipeline.train import process_group
 
-DEFAULT_TARGET = 5.0  # compression of the searched weights when no target is given
+DEFAULT_TARGET = 3.2  # compression of the searched weights when no target is given
 
 
 @dataclass
 class CompressConfig:
     target_compression: float | None = None
     target_speedup: float | None = None
-    iterations: int = 3
+    iterations: int = 2
     episodes: int = 30            # per search
     agent: str = "ddpg"
     method: str = "whitened"      # factorisation: "svd", or "whitened" by the calibration run's statistics
     recover_steps: int = 0        # layer-wise recovery steps per factored module before fine-tuning (0: off)
-    finetune_steps: int = 80      # per iteration
+    finetune_steps: int = 250     # per iteration
     tolerance: float = 0.05       # stop when the metric > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
     threads: int = 2              # for the search's evaluations
@@ -152,23 +152,31 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
                                                                   "recover_steps": cfg.recover_steps,
                                                                   "finetune_steps": cfg.finetune_steps}})
         _barrier(world)
-        model = _load(task, tuned)  # the iteration's model: scored here, searched next
+        model = _load(task, tuned)
+        kept = tuned
         if rank == 0:
             dev = _cached(it / "dev.json", lambda: measure(task, "evaluate", task.evaluate, model))
+            stages = _stage_metrics(it)
+            metric, kept = _best_stage(it, tuned, stages, dev["metric"])
             row = {"iteration": k + 1, "target": step_target, "cost_ratio": result["best"]["cost_ratio"],
-                   "subset_metric_before_finetune": result["best"]["metric"], **_stage_metrics(it),
-                   "metric": dev["metric"], "scores": dev, "checkpoint": str(tuned)}
+                   "subset_metric_before_finetune": result["best"]["metric"], **stages,
+                   "metric_after_finetune": dev["metric"], "metric": metric, "kept": _STAGES[kept.name],
+                   "scores": dev, "checkpoint": str(kept)}
             history.append(row)
             tuned_by = "after fine-tuning" if task.finetune is not None and cfg.finetune_steps else "(no fine-tuning)"
             log(f"iteration {k + 1}: {step_target:.2f}x, subset {task.metric} "
-                f"{row['subset_metric_before_finetune']:.4f} after the search, {dev['metric']:.4f} {tuned_by}")
-            if dev["metric"] > base["metric"] * (1 + cfg.tolerance):
-                stopped = (f"stopped after iteration {k + 1}: {task.metric} {dev['metric']:.4f} is past "
+                f"{row['subset_metric_before_finetune']:.4f} after the search, {dev['metric']:.4f} {tuned_by}" +
+                (f"; kept the model {row['kept']} ({metric:.4f})" if kept != tuned else ""))
+            if metric > base["metric"] * (1 + cfg.tolerance):
+                stopped = (f"stopped after iteration {k + 1}: {task.metric} {metric:.4f} is past "
                            f"{1 + cfg.tolerance:.2f}x the baseline's {base['metric']:.4f}")
                 log(stopped)
+        kept = _shared(kept, world)
+        if kept != tuned:  # the iteration's model: searched next
+            model = _load(task, kept)
         if _shared(stopped, world):
             break
-        current_path, current = tuned, model
+        current_path, current = kept, model
     if rank != 0:
         return None
     final_from = next((h["iteration"] for h in history if Path(h["checkpoint"]) == current_path), None)
@@ -198,6 +206,21 @@ def _recovered(task, teacher, it, cfg, k, rank, world, progress):
     if rank == 0:
         _cached(it / "recovered.json", lambda: measure(task, "evaluate", task.evaluate, model))
     return model
+
+
+_STAGES = {"best.safetensors": "after the cut", "recovered.safetensors": "after recovery",
+           "model.safetensors": "after fine-tuning"}
+
+
+def _best_stage(it, tuned, stages, tuned_metric):
+    """(metric, checkpoint) of the iteration's best stage: where recovery or fine-tuning made the
+    metric worse than the stage before, that stage is undone."""
+    best = (tuned_metric, tuned)
+    for metric, path in ((stages["metric_after_cut"], it / "search" / "best.safetensors"),
+                         (stages["metric_after_recovery"], it / "recovered.safetensors")):
+        if metric is not None and metric < best[0]:
+            best = (metric, path)
+    return best
 
 
 def _stage_metrics(it):

@@ -15,7 +15,7 @@ def _plots(out, metric, history, base, bench):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [1.0] + [1 / h["cost_ratio"] for h in history]
-    ax.plot(x, [base["metric"]] + [h["metric"] for h in history], "o-", label="after fine-tuning (evaluate)")
+    ax.plot(x, [base["metric"]] + [h["metric"] for h in history], "o-", label="kept (evaluate)")
     ax.plot(x[1:], [h["subset_metric_before_finetune"] for h in history], "x--", label="after search (subset)")
     for key, mark, label in (("metric_after_cut", "s:", "after the cut"), ("metric_after_recovery", "^:", "after recovery")):
         pts = [(xi, h[key]) for xi, h in zip(x[1:], history) if h.get(key) is not None]
@@ -59,12 +59,14 @@ def write_report(out, metric, scores, bench, history, base, stopped, cfg, final_
                                        f"the baseline: no iteration stayed within the {metric} tolerance."), ""]
     lines += ["## Iterations", "", f"{metric} after each stage: the search's best on its subset, then `evaluate` after the cut "
               f"({cfg.method} factorisation), after layer-wise recovery ({cfg.recover_steps} steps per module) and after "
-              f"fine-tuning ({cfg.finetune_steps} steps).", "",
+              f"fine-tuning ({cfg.finetune_steps} steps). A stage that made it worse is undone: the iteration keeps "
+              f"its best stage.", "",
               f"| iteration | target | cost / dense | subset {metric} after search | after cut | after recovery | "
-              f"after fine-tuning |", "|---|---|---|---|---|---|---|",
-              f"| baseline | 1x | 1.000 | | | | {base['metric']:.4f} |"]
+              f"after fine-tuning | kept |", "|---|---|---|---|---|---|---|---|",
+              f"| baseline | 1x | 1.000 | | | | | {base['metric']:.4f} |"]
     lines += [f"| {h['iteration']} | {h['target']:.2f}x | {h['cost_ratio']:.3f} | {h['subset_metric_before_finetune']:.4f} | "
-              f"{_num(h.get('metric_after_cut'))} | {_num(h.get('metric_after_recovery'))} | {h['metric']:.4f} |"
+              f"{_num(h.get('metric_after_cut'))} | {_num(h.get('metric_after_recovery'))} | "
+              f"{_num(h.get('metric_after_finetune', h['metric']))} | {h['metric']:.4f} ({h.get('kept', 'after fine-tuning')}) |"
               for h in history]
     cer = all("cer" in s["baseline"] and "cer" in s["final"] for s in scores.values())
     lines += ["", f"![{metric} against compression](wer_vs_compression.png)", "", f"## {metric} per split", "",

@@ -143,3 +143,24 @@ def test_recovery_leaves_a_module_that_the_two_runs_call_differently():
 
     report = recover(lin, cut, run, steps=5, progress=False)
     assert "called 3 times" in report[""]["skipped"]
+
+
+def test_compress_runs_cut_recovery_and_fine_tuning_and_scores_each_stage(tmp_path):
+    from toy import good
+
+    from pipeline.atomic import read_json
+    from pipeline.compress import CompressConfig, compress
+    from pipeline.task import load_factored
+
+    task = good()
+    cfg = CompressConfig(target_compression=2, iterations=1, episodes=4, recover_steps=30, finetune_steps=5, threads=1)
+    r = compress(task, tmp_path / "run", cfg, progress=False, log=lambda *_: None)
+    row = r["history"][0]
+    assert row["metric_after_recovery"] < row["metric_after_cut"]
+    assert read_json(tmp_path / "run" / "iter-1" / "search" / "best.json")["factorisation"]["method"] == "whitened"
+    recovery = read_json(tmp_path / "run" / "iter-1" / "recovery.json")
+    assert all(v["error_after"] < v["error_before"] for v in recovery.values())
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "after recovery" in report and f"{row['metric_after_cut']:.4f}" in report
+    recovered = load_factored(tmp_path / "run" / "iter-1" / "recovered.safetensors", task.model)
+    assert task.evaluate(recovered) == pytest.approx(row["metric_after_recovery"], rel=1e-5)

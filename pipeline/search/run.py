@@ -148,6 +148,10 @@ def search(task, out, cfg, resume=False, progress=True, ray=None, workers=None):
     cost = _cost_model(task, layer_list, cfg)
     space = RankSpace(model, cost, cfg.target, cfg.min_fraction, cfg.layers, layer_list)
     calib = task_calibration(task, model, space.layers) if cfg.method == "whitened" else None
+    if calib and calib.fallback and progress:
+        print(f"whitened factorisation: plain SVD for {len(calib.fallback)} of {len(space.layers)} layers: " +
+              "; ".join(f"{n} ({why})" for n, why in list(calib.fallback.items())[:4]) +
+              (" ..." if len(calib.fallback) > 4 else ""), flush=True)
     covs = calib.covs if calib else None
     approx = Approximator(model, space.layers, covs)
     metric = _subset_metric(task)

@@ -55,7 +55,8 @@ def good(**overrides):
     model = Toy().eval()
     x = torch.randn(16, 20, 12)
     fields = dict(model=model, evaluate=_distance(model, x), evaluate_subset=_distance(model, x[:4]),
-                  finetune=_distill(model, x), example_inputs=(x[:1],), metric="relative MSE", name="toy",
+                  finetune=_distill(model, x), calibrate=lambda m: m(x), example_inputs=(x[:1],),
+                  metric="relative MSE", name="toy",
                   exclude=["head"])
     fields.update(overrides)
     return Task(**fields)
