@@ -5,6 +5,7 @@ factorisation, or both side by side.
     python benchmarks/uniform_rank_curve.py [--model CKPT] [--data corpus/default] [--split dev] \
         [--fractions 1 0.75 0.5 0.375 0.25 0.125] [--methods svd whitened] [--out results/uniform_ranks.json]
     python benchmarks/uniform_rank_curve.py --task examples.char_lm.task:task [--task-arg K=V] ...
+    ... [--recover-steps N]: each whitened model also after N layer-wise recovery steps per module
 
 The recogniser is scored by greedy WER on all of `--split` and calibrates on `--calibration` evenly
 spaced `train` utterances (never on the split it scores); a task (`--task`) by its own `evaluate`
@@ -26,9 +27,10 @@ from pipeline.data.manifest import read_manifest
 from pipeline.lowrank import cost_table, factorize, uniform_ranks
 from pipeline.lowrank.calibration import METHODS
 from pipeline.lowrank.checkpoint import load_checkpoint
+from pipeline.lowrank.recovery import recover
 from pipeline.machine import cpu_name
 from pipeline.model.evaluate import evaluate
-from pipeline.task import load_task, measure, task_calibration
+from pipeline.task import calibration_run, load_task, measure, task_calibration
 
 
 def _scorer(args):
@@ -56,6 +58,8 @@ def main():
     ap.add_argument("--fractions", type=float, nargs="+", default=[1, 0.75, 0.5, 0.375, 0.25, 0.125])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--calibration", type=int, default=200, help="train utterances for the whitened statistics")
+    ap.add_argument("--recover-steps", type=int, default=0,
+                    help="also score each whitened model after this many layer-wise recovery steps per module")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="results/uniform_ranks.json")
     args = ap.parse_args()
@@ -70,23 +74,32 @@ def main():
         for method in args.methods:
             model = factorize(copy.deepcopy(base), uniform_ranks(base, frac, layer_list=chosen),
                               covs=calib.covs if method == "whitened" else None).eval()
-            t = time.time()
-            m = score(model)
-            _, totals = cost_table(model)
-            results.append({"fraction": frac, "method": method, **{k: m[k] for k in ("metric", "wer", "cer") if k in m},
-                            "lstm_compression": totals["lstm_compression"],
-                            "model_compression": totals["model_compression"],
-                            "lstm_params": totals["lstm_params"], "seconds": round(time.time() - t, 1)})
-            print(f"fraction {frac:<6} {method:<9} {m['metric']:.4f}  LSTM compression "
-                  f"{totals['lstm_compression']:.2f}x", flush=True)
+            results.append(_row(frac, method, model, score))
+            if method == "whitened" and args.recover_steps and frac < 1:
+                recover(base, model, calibration_run(task), args.recover_steps, progress=False)
+                results.append(_row(frac, "whitened+recovery", model.eval(), score))
+    methods = list(dict.fromkeys(r["method"] for r in results))
     meta = {"command": " ".join(sys.argv), "machine": cpu_name(), "threads": args.threads,
             "model": args.task or args.model, "metric": what, "calibration": calib.record() if calib else None}
     write_json(args.out, {"meta": meta, "results": results})
     print(f"\n{what}, {cpu_name()}, {args.threads} threads\n\n| fraction | LSTM compression | "
-          + " | ".join(args.methods) + " |\n|---|---|" + "---|" * len(args.methods))
+          + " | ".join(methods) + " |\n|---|---|" + "---|" * len(methods))
     for frac in args.fractions:
-        row = [r for r in results if r["fraction"] == frac]
-        print(f"| {frac} | {row[0]['lstm_compression']:.2f}x | " + " | ".join(f"{r['metric']:.4f}" for r in row) + " |")
+        row = {r["method"]: r for r in results if r["fraction"] == frac}
+        first = next(iter(row.values()))
+        print(f"| {frac} | {first['lstm_compression']:.2f}x | " +
+              " | ".join(f"{row[k]['metric']:.4f}" if k in row else "" for k in methods) + " |")
+
+
+def _row(frac, method, model, score):
+    t = time.time()
+    m = score(model)
+    _, totals = cost_table(model)
+    print(f"fraction {frac:<6} {method:<18} {m['metric']:.4f}  LSTM compression {totals['lstm_compression']:.2f}x",
+          flush=True)
+    return {"fraction": frac, "method": method, **{k: m[k] for k in ("metric", "wer", "cer") if k in m},
+            "lstm_compression": totals["lstm_compression"], "model_compression": totals["model_compression"],
+            "lstm_params": totals["lstm_params"], "seconds": round(time.time() - t, 1)}
 
 
 if __name__ == "__main__":
