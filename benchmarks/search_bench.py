@@ -31,11 +31,12 @@ from pipeline.model.evaluate import evaluate
 from pipeline.search.run import SearchConfig, search
 
 
-def _config(target, agent, reward, episodes, seed):
+def _config(target, agent, reward, episodes, seed, method):
     kind, x = target[0], float(target[1:])
     if kind == "c":
-        return SearchConfig(target_compression=x, agent=agent, reward=reward, episodes=episodes, layers="lstm", seed=seed)
-    return SearchConfig(target_speedup=x, agent=agent, reward=reward, episodes=episodes, seed=seed)
+        return SearchConfig(target_compression=x, agent=agent, reward=reward, episodes=episodes, layers="lstm", seed=seed,
+                            method=method)
+    return SearchConfig(target_speedup=x, agent=agent, reward=reward, episodes=episodes, seed=seed, method=method)
 
 
 def main():
@@ -43,6 +44,9 @@ def main():
     ap.add_argument("--model", default="assets/baseline/model.safetensors")
     ap.add_argument("--subset", default="assets/baseline/dev_subset.jsonl")
     ap.add_argument("--dev", default="corpus/default/dev.jsonl")
+    ap.add_argument("--data", default="corpus/default", help="corpus whose train split calibrates --method whitened")
+    ap.add_argument("--method", default="svd", choices=["svd", "whitened"],
+                    help="factorisation (default svd: the figures in docs/results.md were measured with it)")
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--targets", nargs="+", default=["c2", "c3", "s1.5"])
     ap.add_argument("--agents", nargs="+", default=["ddpg", "reinforce", "random", "uniform", "greedy"])
@@ -66,9 +70,9 @@ def main():
             single = agent in ("uniform", "greedy")  # one policy each: no episodes to spread over workers
             episodes = 1 if single else args.episodes
             run = Path(args.runs) / f"{target}-{agent}-{reward}"
-            cfg = _config(target, agent, reward, episodes, seed=0)
+            cfg = _config(target, agent, reward, episodes, seed=0, method=args.method)
             t = time.perf_counter()
-            r = search(asr_task(args.model, subset=args.subset), run, cfg, resume=(run / "state.pt").exists(), progress=True,
+            r = search(asr_task(args.model, args.data, subset=args.subset), run, cfg, resume=(run / "state.pt").exists(), progress=True,
                        workers=None if single else args.workers)
             seconds = time.perf_counter() - t
             model = factorize(copy.deepcopy(base), r["best"]["ranks"])

@@ -56,11 +56,11 @@ class CompressConfig:
     target_compression: float | None = None
     target_speedup: float | None = None
     iterations: int = 1
-    episodes: int = 30            # per search
+    episodes: int = 200           # per search
     agent: str = "ddpg"
     method: str = "whitened"      # factorisation: "svd", or "whitened" by the calibration run's statistics
     recover_steps: int = 0        # layer-wise recovery steps per factored module before fine-tuning (0: off)
-    finetune_steps: int = 500     # per iteration
+    finetune_steps: int = 300     # per iteration
     tolerance: float = 0.05       # stop when the metric > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
     threads: int = 2              # for the search's evaluations

@@ -88,7 +88,7 @@ def overfit(tiny_corpus):
 @pytest.fixture(scope="session")
 def search_files(overfit, tmp_path_factory):
     """The overfit model as a checkpoint (`model.safetensors`) and its four utterances as an
-    evaluation subset (`subset.jsonl`)."""
+    evaluation subset (`subset.jsonl`) and as the train split of a corpus (`--data` this folder)."""
     from pipeline.atomic import write_jsonl
     from pipeline.lowrank.checkpoint import save_checkpoint
 
@@ -96,6 +96,7 @@ def search_files(overfit, tmp_path_factory):
     d = tmp_path_factory.mktemp("search")
     save_checkpoint(d / "model.safetensors", model, cmvn)
     write_jsonl(d / "subset.jsonl", rows)
+    write_jsonl(d / "train.jsonl", rows)  # the calibration set of `search --data` (the whitened factorisation)
     return d
 
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 
 def _search(files, out, *extra):
     return ["search", "--model", str(files / "model.safetensors"), "--subset", str(files / "subset.jsonl"),
+            "--data", str(files),
             "--out", str(out), "--threads", "1", "--target-compression", "2", "--agent", "ddpg", *extra]
 
 

@@ -117,6 +117,7 @@ def test_spearman_and_stratified_subset():
 
 def _search_args(files, out, *extra):
     return ["search", "--model", str(files / "model.safetensors"), "--subset", str(files / "subset.jsonl"),
+            "--data", str(files),
             "--out", str(out), "--threads", "1", *extra]
 
 
