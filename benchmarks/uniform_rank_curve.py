@@ -6,6 +6,7 @@ factorisation, or both side by side.
         [--fractions 1 0.75 0.5 0.375 0.25 0.125] [--methods svd whitened] [--out results/uniform_ranks.json]
     python benchmarks/uniform_rank_curve.py --task examples.char_lm.task:task [--task-arg K=V] ...
     ... [--recover-steps N]: each whitened model also after N layer-wise recovery steps per module
+    ... [--include 'encoder.*']: cut only the layers these globs name
 
 The recogniser is scored by greedy WER on all of `--split` and calibrates on `--calibration` evenly
 spaced `train` utterances (never on the split it scores); a task (`--task`) by its own `evaluate`
@@ -16,6 +17,7 @@ import argparse
 import copy
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ from pipeline.task import calibration_run, load_task, measure, task_calibration
 def _scorer(args):
     """(task, score(model) -> {"metric", ...}, what is scored)."""
     if args.task:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/ is not an installed package
         task = load_task(args.task, _task_args(args.task_arg))
         return task, lambda m: measure(task, "evaluate", task.evaluate, m), f"{task.name}: evaluate"
     task = asr_task(args.model, args.data, AsrConfig(calibration_utterances=args.calibration, threads=args.threads))
@@ -55,6 +58,7 @@ def main():
     ap.add_argument("--split", default="dev")
     ap.add_argument("--task", metavar="MODULE:FACTORY", help="a task of your own instead of the recogniser")
     ap.add_argument("--task-arg", action="append", metavar="KEY=VALUE")
+    ap.add_argument("--include", nargs="+", metavar="GLOB", help="cut only these layers (module-path globs)")
     ap.add_argument("--fractions", type=float, nargs="+", default=[1, 0.75, 0.5, 0.375, 0.25, 0.125])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--calibration", type=int, default=200, help="train utterances for the whitened statistics")
@@ -65,7 +69,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     task, score, what = _scorer(args)
-    base, chosen = task.model, task.layers()
+    base, chosen = task.model, replace(task, include=args.include or task.include).layers()
     t = time.time()
     calib = task_calibration(task, base, chosen) if "whitened" in args.methods else None
     print(f"calibration: {time.time() - t:.1f} s; plain SVD for {len(calib.fallback) if calib else 0} layers", flush=True)
@@ -76,8 +80,8 @@ def main():
                               covs=calib.covs if method == "whitened" else None).eval()
             results.append(_row(frac, method, model, score))
             if method == "whitened" and args.recover_steps and frac < 1:
-                recover(base, model, calibration_run(task), args.recover_steps, progress=False)
-                results.append(_row(frac, "whitened+recovery", model.eval(), score))
+                report = recover(base, model, calibration_run(task), args.recover_steps, progress=False)
+                results.append({**_row(frac, "whitened+recovery", model.eval(), score), "recovery": report})
     methods = list(dict.fromkeys(r["method"] for r in results))
     meta = {"command": " ".join(sys.argv), "machine": cpu_name(), "threads": args.threads,
             "model": args.task or args.model, "metric": what, "calibration": calib.record() if calib else None}

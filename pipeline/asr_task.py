@@ -1,8 +1,9 @@
 """The built-in LSTM attention recogniser as a task (pipeline/task.py): a checkpoint and a corpus.
 
-Its metric is greedy WER (decoding evenly spaced `train` utterances is its calibration run): `evaluate` on evenly spaced `dev` utterances, `evaluate_subset` on the
+Its metric is greedy WER: `evaluate` on evenly spaced `dev` utterances, `evaluate_subset` on the
 search's representative subset (the corpus's checked `dev_subset.jsonl`, else a stratified 12% of
-`dev`), both decoding batched features computed once. Its hooks keep its own formats and figures:
+`dev`), both decoding batched features computed once. Its calibration run (for the whitened
+factorisation) decodes evenly spaced `train` utterances. Its hooks keep its own formats and figures:
 checkpoints with their config and CMVN (pipeline/lowrank/checkpoint.py), fine-tuning on `train`
 (optionally distilled from the uncompressed model), WER per split, the ONNX encoder/decoder graphs
 and the whole-model native file, the end-to-end benchmark side by side, and the native latency

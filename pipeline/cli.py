@@ -141,16 +141,16 @@ def cmd_factorize(args):
         raise PipelineError(f"--uniform: fraction {args.uniform} is outside (0, 1]")
     ranks = (load_rank_spec(args.ranks, model, snap=not args.no_snap) if args.ranks
              else uniform_ranks(model, args.uniform, snap=not args.no_snap))
-    record = {"method": "svd"}
+    covs, record = None, {"method": "svd"}
     if args.method == "whitened":
         torch.set_num_threads(args.threads)
         rows = calibration_rows(args.data, args.calibration)
         calib = calibrate(model, [l for l in layers(model) if l.name in ranks],
                           lambda: evaluate(model, cmvn, rows, progress=False))
-        ranks_covs, record = calib.covs, calib.record()
+        covs, record = calib.covs, calib.record()
         for name, why in calib.fallback.items():
             print(f"{name}: plain SVD ({why})")
-    factorize(model, ranks, covs=ranks_covs if args.method == "whitened" else None)
+    factorize(model, ranks, covs=covs)
     energy = {**header.get("energy", {}), **energies(model)}
     provenance = {"parent_sha256": sha256(path), "parent": str(path), "made_by": "factorize",
                   "rank_spec": args.ranks or f"uniform {args.uniform}", "factorisation": record,

@@ -4,12 +4,14 @@
 Iteration k of K searches the current model toward the intermediate target X^(k/K) (relative to the
 dense baseline; ranks only shrink), cuts it to the best policy (whitened factorisation by default),
 optionally recovers each factored module layer-wise (pipeline/lowrank/recovery.py), fine-tunes it
-with the task's `finetune`, and scores it with its `evaluate` after each of these stages. It stops early, and says so, when the metric rises past (1 + tolerance) x the
+with the task's `finetune`, and scores it with its `evaluate` after each of these stages; it keeps
+the best stage. It stops early, and says so, when the metric rises past (1 + tolerance) x the
 baseline's.
 
 Run folder: `config.json`; `baseline_dev.json` (the baseline's `evaluate`); `iter-<k>/search/` (a
 search run), `iter-<k>/cut.json` (`evaluate` right after the cut), `iter-<k>/recovered.safetensors`,
-`recovery.json` and `recovered.json` (with --recover-steps), `iter-<k>/finetune/` (the task's own state and `model.safetensors`), `iter-<k>/dev.json`;
+`recovery.json` and `recovered.json` (with --recover-steps), `iter-<k>/finetune/` (the task's own
+state and `model.safetensors`), `iter-<k>/dev.json`;
 then `final.safetensors`, `scores.json` (metrics per split), `export/` (ONNX fp32, int8, .ort, and
 `done.json` with the parity figures), `native/model.lrkm` (the LSTM stacks the C++ runtime runs; the
 whole recogniser for the built-in task), `bench.json` (latency per runtime), `report.md` and its

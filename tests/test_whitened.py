@@ -157,6 +157,9 @@ def test_compress_runs_cut_recovery_and_fine_tuning_and_scores_each_stage(tmp_pa
     r = compress(task, tmp_path / "run", cfg, progress=False, log=lambda *_: None)
     row = r["history"][0]
     assert row["metric_after_recovery"] < row["metric_after_cut"]
+    stages = {"after the cut": row["metric_after_cut"], "after recovery": row["metric_after_recovery"],
+              "after fine-tuning": row["metric_after_finetune"]}
+    assert row["metric"] == min(stages.values()) == stages[row["kept"]]  # the best stage is kept
     assert read_json(tmp_path / "run" / "iter-1" / "search" / "best.json")["factorisation"]["method"] == "whitened"
     recovery = read_json(tmp_path / "run" / "iter-1" / "recovery.json")
     assert all(v["error_after"] < v["error_before"] for v in recovery.values())
