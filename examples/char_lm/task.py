@@ -28,7 +28,9 @@ def task(data="corpus/default", hidden=256, layers=2, train_steps=1500, finetune
         torch.save(model.state_dict(), weights.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)
     subset = dev_ids[: len(dev_ids) // 5]
-    calibration = train_ids[: 64 * 200].view(64, 200)  # the whitened factorisation's statistics: train text only
+    length = min(200, len(train_ids))  # the whitened factorisation's statistics: up to 64 windows of train text
+    windows = max(1, min(64, len(train_ids) // length))
+    calibration = train_ids[: windows * length].view(windows, length)
     return Task(model=model.eval(),
                 evaluate=lambda m: bits_per_char(m, dev_ids),
                 evaluate_subset=lambda m: bits_per_char(m, subset),

@@ -101,7 +101,7 @@ def tagger():
     model = Tagger().eval()
     x = torch.randn(8, 30, 16)
     return good(model=model, evaluate=_distance(model, x), evaluate_subset=None, finetune=_distill(model, x),
-                example_inputs=(x[:1],), name="tagger")
+                calibrate=lambda m: m(x), example_inputs=(x[:1],), name="tagger")
 
 
 def mlp():
@@ -110,4 +110,4 @@ def mlp():
     model = nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256)).eval()
     x = torch.randn(64, 256)
     return good(model=model, evaluate=_distance(model, x), evaluate_subset=None, finetune=_distill(model, x),
-                example_inputs=(x,), exclude=[], name="mlp")
+                calibrate=lambda m: m(x), example_inputs=(x,), exclude=[], name="mlp")
