@@ -203,6 +203,9 @@ def test_missing_subset_and_changed_config_on_resume(search_files, tmp_path):
     assert run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "2")).returncode == 0
     r = run_cli(*_search_args(search_files, out, "--target-compression", "3", "--episodes", "2", "--resume"))
     assert r.returncode != 0 and "target_compression" in r.stderr
+    r = run_cli(*_search_args(search_files, out, "--target-compression", "2", "--episodes", "2", "--method", "svd",
+                              "--resume"))
+    assert r.returncode != 0 and "'search.method' is 'whitened' there, 'svd' now" in r.stderr
     saved = torch.load(out / "state.pt", weights_only=False)  # a saved agent of another state size
     first = next(iter(saved["agent"]["nets"][0]))
     saved["agent"]["nets"][0][first] = torch.zeros(3, 3)

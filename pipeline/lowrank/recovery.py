@@ -1,13 +1,12 @@
 """Layer-wise recovery: after a cut, each factored module is trained on its own to reproduce what
 the uncompressed module outputs, on inputs cached from a calibration run: no labels, no decoder, no
-backward pass through the whole model, so a few hundred steps cost seconds where end-to-end
-fine-tuning costs seconds a step.
+backward pass through the whole model.
 
 Modules are taken in forward order. Module k reads the inputs that the model, with modules before k
 already recovered, gives it (so it learns to undo the errors upstream too), and is taught the
 uncompressed model's outputs of the same call. A module that the two runs do not call alike (a
 decoder whose greedy output differs, so its step count does) is left as it is: taught on the
-uncompressed model's own inputs, the decoder's LSTM came out worse than the whitened cut.
+uncompressed model's own inputs instead, the recogniser's decoder came out worse in a trial.
 """
 import random
 

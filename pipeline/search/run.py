@@ -37,6 +37,7 @@ from pipeline.train import load_state_file
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
 REWARDS = ("wer", "punish", "amc")
 PUNISHMENT = 10.0
+BEFORE = {"method": "svd"}  # what a search config written before a field existed meant by its absence
 
 
 @dataclass
@@ -118,9 +119,10 @@ def _config_file(out, cfg, task, model_sha256, resume):
         for key in ("model_sha256", *task.extra):
             if have.get(key) != want[key]:
                 raise PipelineError(f"{path}: field '{key}' differs from this run's; start a new --out")
-        for k, v in have["search"].items():
-            if k != "episodes" and want["search"].get(k) != v:
-                raise PipelineError(f"{path}: field 'search.{k}' is {v!r} there, {want['search'].get(k)!r} now")
+        for k, v in want["search"].items():
+            old = have["search"].get(k, BEFORE.get(k, v))  # a field older runs lack has its value of then
+            if k != "episodes" and old != v:
+                raise PipelineError(f"{path}: field 'search.{k}' is {old!r} there, {v!r} now")
     elif (out / "state.pt").exists():
         raise PipelineError(f"{out}: holds a search already; pass --resume or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
