@@ -39,7 +39,10 @@ class RayPool:
                          object_store_memory=100 * 2**20)
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         remote = ray.remote(num_cpus=threads, max_restarts=-1, max_task_retries=-1)(_Worker)
-        self.actors = [remote.remote(model, list(layer_list), metric, threads, covs) for _ in range(n)]
+        # The constructor's arguments go to the object store once, and the pool holds them: a killed
+        # actor is rebuilt from them, which fails once Ray has freed them (ray-project/ray#53727).
+        self.args = [ray.put(a) for a in (model, list(layer_list), metric, threads, covs)]
+        self.actors = [remote.remote(*self.args) for _ in range(n)]
         self.pool = ActorPool(self.actors)
         self.ray = ray
 
