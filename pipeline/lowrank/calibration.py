@@ -113,7 +113,8 @@ def _sequence_inputs(mod, x, hx, out):
     width = (getattr(mod, "proj_size", 0) or mod.hidden_size)
     rows = lambda t: t.data if isinstance(t, PackedSequence) else t
     h0 = hx[0] if isinstance(hx, tuple) else hx
-    dense = dense_module(mod) if type(mod) not in (nn.LSTM, nn.GRU) else mod
+    # Only a multi-layer module is run again; a factored one on its dense copy, made once per call.
+    dense = mod if mod.num_layers == 1 or type(mod) in (nn.LSTM, nn.GRU) else dense_module(mod)
     found, layer_in = [], x
     for layer in range(mod.num_layers):
         layer_out = out[0] if layer == mod.num_layers - 1 else _one_layer(dense, layer)(layer_in, _state(hx, layer, dirs))[0]
