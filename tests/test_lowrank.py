@@ -190,14 +190,19 @@ def test_snapping_and_unprofitable_layers(overfit):
 
 
 @pytest.mark.slow
-def test_cli_factorize_and_inspect(overfit, tmp_path):
+def test_cli_factorize_and_inspect(overfit, tiny_corpus, tmp_path):
     model, cmvn, _, _, _, _ = overfit
     ckpt = tmp_path / "dense.safetensors"
     save_checkpoint(ckpt, model, cmvn)
     spec = tmp_path / "ranks.json"
     spec.write_text(json.dumps({"encoder.lstms.0.fwd.l0.ih": 16, "decoder.out": "dense"}))
     out = tmp_path / "f.safetensors"
-    res = run_cli("factorize", "--model", str(ckpt), "--ranks", str(spec), "--out", str(out))
+    no_corpus = tmp_path / "nowhere"
+    res = run_cli("factorize", "--model", str(ckpt), "--ranks", str(spec), "--data", str(no_corpus), "--out", str(out))
+    assert res.returncode == 2 and f"{no_corpus / 'train.jsonl'}: the whitened factorisation" in res.stderr
+    assert not out.exists()
+    res = run_cli("factorize", "--model", str(ckpt), "--ranks", str(spec), "--data", str(tiny_corpus[0]),
+                  "--calibration", "4", "--out", str(out))
     assert res.returncode == 0, res.stderr
     res = run_cli("inspect", str(out), "--json")
     info = json.loads(res.stdout)
@@ -205,7 +210,9 @@ def test_cli_factorize_and_inspect(overfit, tmp_path):
     assert by["encoder.lstms.0.fwd.l0.ih"]["rank"] == 16 and 0 < by["encoder.lstms.0.fwd.l0.ih"]["energy"] < 1
     assert by["decoder.out"]["rank"] is None
     assert len(info["provenance"]["parent_sha256"]) == 64
+    assert info["provenance"]["factorisation"]["method"] == "whitened"
     spec.write_text("{not json")
-    res = run_cli("factorize", "--model", str(ckpt), "--ranks", str(spec), "--out", str(tmp_path / "g.safetensors"))
+    res = run_cli("factorize", "--model", str(ckpt), "--ranks", str(spec), "--method", "svd",
+                  "--out", str(tmp_path / "g.safetensors"))
     assert res.returncode == 2 and "ranks.json: malformed JSON at line 1" in res.stderr
     assert not (tmp_path / "g.safetensors").exists()
