@@ -2,7 +2,8 @@
 side, split into its stages: filterbank features with CMVN, the convolutional subsampling, the
 encoder's LSTM stack and the greedy attention decoder; milliseconds over a fixed utterance set, 1 thread, median of the
 repetitions; each checkpoint's speedup over the first is the median of the repetitions' ratios
-(their range printed beside it), the models taking turns utterance by utterance.
+(their range printed beside it), the models taking turns utterance by utterance. A model given as
+PATH@int8 runs with its weight matrices in int8 (`export.native.Precision`).
 
     python benchmarks/native_e2e_bench.py --models assets/baseline/model.safetensors runs/compress/final.safetensors \
         [--manifest corpus/default/test.jsonl] [--utterances 10] [--reps 5] [--json results/native_e2e.json]
@@ -49,9 +50,10 @@ def main():
     audio = [np.ascontiguousarray(resample(a, sr)) for a, sr in utterance_audio(fixed_utterances(args.manifest, args.utterances))]
     seconds = sum(len(a) for a in audio) / SAMPLE_RATE
     loaded = []
-    for path in args.models:
+    for spec in args.models:
+        path, _, precision = spec.partition("@")
         model, cmvn, _ = load_checkpoint(path)
-        loaded.append((path, model, native.NativeAsr(model, cmvn)))
+        loaded.append((spec, model, native.NativeAsr(model, cmvn, precision=native.Precision(precision == "int8"))))
     runs = {path: [] for path in args.models}
     for rep in range(args.reps + 1):
         for (path, _, _), ms in zip(loaded, stage_ms([asr for _, _, asr in loaded], audio)):

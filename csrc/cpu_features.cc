@@ -39,8 +39,9 @@ const CpuFeatures& cpu_features() {
 
 std::string best_isa() {
   const CpuFeatures& f = cpu_features();
-  if (f.avx512f && f.avx512bw && f.avx512vl) return "avx512";
+  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni) return "avx512";
   if (f.avx2 && f.fma) return "avx2";
+  if (f.neon && f.dotprod) return "neon-dotprod";
   if (f.neon) return "neon";
   return "scalar";
 }

@@ -19,7 +19,8 @@ struct CpuFeatures {
 // Detected once and cached; safe to call from any thread.
 const CpuFeatures& cpu_features();
 
-// The widest SIMD path this build can run on this CPU: "avx512", "avx2", "neon" or "scalar".
+// The widest SIMD path this build can run on this CPU: "avx512" (with VNNI), "avx2", "neon-dotprod",
+// "neon" or "scalar".
 std::string best_isa();
 
 }  // namespace lrk

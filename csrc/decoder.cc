@@ -66,7 +66,7 @@ AttentionDecoder::Linear AttentionDecoder::linear(const LinearWeights& w) const 
 }
 
 void AttentionDecoder::Linear::apply(const Kernels& kern, const float* x, int rows, int ldx, float* y,
-                                     FloatBuffer& tmp) const {
+                                     Scratch& tmp) const {
   const int ldy = m.out_padded();
   for (int r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), y + size_t(r) * ldy);
   m.apply(kern, x, rows, ldx, y, ldy, true, tmp);
@@ -110,6 +110,7 @@ void AttentionDecoder::fold(const DecoderWeights& w) {
   for (int r = 0; r < rank_; ++r) std::copy_n(ih.v.data() + size_t(r) * in + E, D, c.w.data() + size_t(r) * D);
   for (int v = 0; v < vocab_; ++v)
     std::copy_n(out.data() + size_t(v) * (H + D) + H, D, c.w.data() + size_t(rank_ + v) * D);
+  c.int8 = ih.int8 && w.out.w.int8;
   fold_ = Matrix::make(kern_, c);
   embz_.assign(size_t(vocab_) * rank_, 0.0f);
   for (int v = 0; v < vocab_; ++v)
@@ -118,6 +119,7 @@ void AttentionDecoder::fold(const DecoderWeights& w) {
         embz_[size_t(v) * rank_ + r] += embedding_[size_t(v) * E + e] * ih.v[size_t(r) * in + e];
   MatrixWeights oh{vocab_, H, 0, std::vector<float>(size_t(vocab_) * H), {}, {}};
   for (int v = 0; v < vocab_; ++v) std::copy_n(out.data() + size_t(v) * (H + D), H, oh.w.data() + size_t(v) * H);
+  oh.int8 = w.out.w.int8;
   out_h_ = linear(LinearWeights{oh, w.out.bias});
 }
 

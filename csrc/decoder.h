@@ -58,7 +58,7 @@ class AttentionDecoder {
   struct Linear {
     Matrix m;
     FloatBuffer bias;  // padded to m.out_padded(); zeros when the layer has none
-    void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, FloatBuffer& tmp) const;
+    void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, Scratch& tmp) const;
   };
   Linear linear(const LinearWeights& w) const;
   void fold(const DecoderWeights& w);
@@ -87,7 +87,8 @@ class AttentionDecoder {
   Linear out_h_;      // the output projection's hidden-state columns, with its bias
   // Per utterance: keys (frames x ap), the values (enc or vals)^T packed for the context product;
   // per step: the rest. context_ is the weighted sum of the values.
-  FloatBuffer keys_, vals_, x_, q_, qa_, padded_, locf_, e_, weights_, context_, logits_, tmp_;
+  FloatBuffer keys_, vals_, x_, q_, qa_, padded_, locf_, e_, weights_, context_, logits_;
+  Scratch tmp_;
   Packed values_;
 };
 

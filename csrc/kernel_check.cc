@@ -1,7 +1,8 @@
 // Checks the gate non-linearities, the decoder and the front-end kernels of every path this CPU runs
-// (sigmoid and tanh, attention energies and location convolution, framing, power spectra) against
-// plain double-precision references, and prints the worst relative errors as JSON: how the NEON
-// path is checked under qemu, where no Python runs.
+// (sigmoid and tanh, attention energies and location convolution, framing, power spectra) and the
+// int8 products (activation quantisation, matmul_i8 of one row and of blocks of rows) against plain
+// double-precision references, and prints the worst relative errors as JSON: how the NEON paths are
+// checked under qemu, where no Python runs.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -141,6 +142,72 @@ double spectra_error(const lrk::Kernels& k, std::mt19937& rng) {
   return worst;
 }
 
+// Activation quantisation: the worst |q - x / s| over rows of every scale (0.5 is exact rounding);
+// -1 when a scale is not max |x| / 127 or a value leaves [-127, 127].
+double quantize_error(const lrk::Kernels& k, std::mt19937& rng) {
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int rows = 5, cols = 3 * k.width + 5, kp = lrk::round_up(cols, 4);
+  std::vector<float> x(size_t(rows) * cols), scale(rows);
+  for (int r = 0; r < rows; ++r)
+    for (int j = 0; j < cols; ++j) x[size_t(r) * cols + j] = r == 4 ? 0.0f : g(rng) * std::pow(10.0f, float(r - 2));
+  std::vector<int8_t> q(size_t(rows) * kp);
+  k.quantize(x.data(), rows, cols, cols, kp, q.data(), kp, scale.data());
+  const int flip = k.isa == std::string("avx512") ? 128 : 0;  // the VNNI path's u8 = q + 128
+  double worst = 0;
+  for (int r = 0; r < rows; ++r) {
+    double peak = 0;
+    for (int j = 0; j < cols; ++j) peak = std::fabs(double(x[size_t(r) * cols + j])) > peak ? std::fabs(double(x[size_t(r) * cols + j])) : peak;
+    if (std::fabs(scale[r] - peak / 127) > 1e-6 * peak) return -1;
+    for (int j = 0; j < kp; ++j) {
+      const int v = (flip ? int(uint8_t(q[size_t(r) * kp + j])) : int(q[size_t(r) * kp + j])) - flip;
+      if (v < -127 || v > 127 || (j >= cols && v != 0)) return -1;
+      if (j < cols && peak > 0) {
+        const double err = std::fabs(v - x[size_t(r) * cols + j] / double(scale[r]));
+        if (err > worst) worst = err;  // not fmax: gcc 12 for aarch64 crashes vectorising that reduction
+      }
+    }
+  }
+  return worst;
+}
+
+// matmul_i8 against the same quantised arithmetic in double: the path's own quantised x and its scales,
+// the packed weights' integers and scales; relative to the sum of the products' magnitudes.
+double matmul_i8_error(const lrk::Kernels& k, std::mt19937& rng, int rows) {
+  std::uniform_int_distribution<int> wi(-127, 127);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int m = 2 * k.panel + 3, cols = 4 * 9 + 3, kp = lrk::round_up(cols, 4);  // a padded panel; an odd group count
+  std::vector<float> w(size_t(m) * cols), ws(m), x(size_t(rows) * cols), xs(rows);
+  for (int i = 0; i < m; ++i) {
+    ws[i] = 0.01f * float(i + 1);
+    for (int j = 0; j < cols; ++j) w[size_t(i) * cols + j] = float(wi(rng)) * ws[i];
+    w[size_t(i) * cols + i % cols] = (i % 2 ? 127.0f : -127.0f) * ws[i];  // each row's peak is its scale's
+  }
+  for (float& v : x) v = g(rng);
+  const lrk::Packed8 a = lrk::pack8(k, w.data(), m, cols, cols);
+  std::vector<int8_t> q(size_t(rows) * kp);
+  k.quantize(x.data(), rows, cols, cols, kp, q.data(), kp, xs.data());
+  std::vector<float> y(size_t(rows) * a.mp, 1.0f);
+  k.matmul_i8(q.data(), rows, kp, xs.data(), a.data.data(), a.scale.data(), a.rowsum.data(), a.mp, a.kp, y.data(), a.mp,
+              true);
+  const int flip = k.isa == std::string("avx512") ? 128 : 0;
+  double worst = 0;
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < a.mp; ++i) {
+      double want = 0, size = 0;
+      for (int j = 0; j < cols && i < m; ++j) {
+        const int qv = (flip ? int(uint8_t(q[size_t(r) * kp + j])) : int(q[size_t(r) * kp + j])) - flip;
+        const double p = double(qv) * std::lround(w[size_t(i) * cols + j] / ws[i]);
+        want += p;
+        size += std::fabs(p);
+      }
+      want = 1.0 + want * xs[r] * double(i < m ? a.scale[i] : 0.0f);
+      size = 1.0 + size * xs[r] * double(i < m ? a.scale[i] : 0.0f);
+      const double err = std::fabs(y[size_t(r) * a.mp + i] - want) / size;
+      if (err > worst) worst = err;
+    }
+  return worst;
+}
+
 }  // namespace
 
 int main() {
@@ -149,14 +216,16 @@ int main() {
   for (const std::string& isa : lrk::available_isas()) {
     const lrk::Kernels& k = lrk::kernels(isa);
     std::mt19937 rng(7);
-    char buf[300];
+    char buf[500];
     const auto [sigmoid, tanh] = activations_error(k);
     const double energies = energies_error(k, rng), conv = conv_error(k, rng), frames = frames_error(k, rng),
-                 spectra = spectra_error(k, rng);
+                 spectra = spectra_error(k, rng), quant = quantize_error(k, rng), mv = matmul_i8_error(k, rng, 1),
+                 mm = matmul_i8_error(k, rng, 2 * 6 + 5);  // full blocks of rows and every remainder size
     std::snprintf(buf, sizeof buf,
                   "%s\"%s\": {\"sigmoid\": %.3g, \"tanh\": %.3g, \"attention_energies\": %.3g, "
-                  "\"location_conv\": %.3g, \"prepare_frames\": %.3g, \"power_spectra\": %.3g}",
-                  first ? "" : ", ", isa.c_str(), sigmoid, tanh, energies, conv, frames, spectra);
+                  "\"location_conv\": %.3g, \"prepare_frames\": %.3g, \"power_spectra\": %.3g, "
+                  "\"quantize\": %.3g, \"matvec_i8\": %.3g, \"matmul_i8\": %.3g}",
+                  first ? "" : ", ", isa.c_str(), sigmoid, tanh, energies, conv, frames, spectra, quant, mv, mm);
     json += buf;
     first = false;
   }

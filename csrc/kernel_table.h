@@ -3,6 +3,7 @@
 // templates, so no code built with one ISA's flags can leak into another path through the linker.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 namespace lrk {
 
@@ -14,6 +15,13 @@ struct Kernels {
   // y[r][0..mp) = (accumulate ? y : 0) + x[r][0..k) . A^T for r < rows; `a` is a Packed's data.
   void (*matmul)(const float* x, int rows, int ldx, const float* a, int mp, int k, float* y, int ldy,
                  bool accumulate);
+  // int8: each row r < rows of x (k values, stride ldx) to int8 q (stride ldq, zero-padded to kp, a
+  // multiple of 4) with scale[r] = max |x| / 127, encoded as this path's matmul_i8 takes it.
+  void (*quantize)(const float* x, int rows, int ldx, int k, int kp, int8_t* q, int ldq, float* scale);
+  // y[r][i] = (accumulate ? y : 0) + xs[r] ws[i] sum_j q[r][j] A[i][j], the sum exact in int32; `a` is
+  // a Packed8's data (rows' weights in [-127, 127]), ws its row scales, rowsum its row sums.
+  void (*matmul_i8)(const int8_t* q, int rows, int ldq, const float* xs, const int8_t* a, const float* ws,
+                    const int32_t* rowsum, int mp, int kp, float* y, int ldy, bool accumulate);
   // The fused LSTM cell for `rows` sequences: gates (rows x ldg) hold the blocks i, f, g, o of
   // `hp` values each (hp a multiple of `width`), to which the cell adds bias (4 hp values, the same
   // for every row); c and h (rows x ldh) are updated in place.
@@ -51,6 +59,7 @@ void free_buffer(void* p);
 const Kernels* kernels_avx512();
 const Kernels* kernels_avx2();
 const Kernels* kernels_neon();
+const Kernels* kernels_neon_dotprod();
 const Kernels* kernels_scalar();
 
 }  // namespace lrk

@@ -3,9 +3,12 @@
 //
 //   lowrank_bench (--weights FILE [--stack NAME] | --synthetic L,DIRS,IN,H,RANK_IH,RANK_HH) [--mode utterance|stream]
 //                 [--frames N] [--batch B] [--reps N] [--warmup N] [--isa NAME] [--input FILE] [--dump FILE]
-//                 [--roofline BYTES]
+//                 [--roofline BYTES] [--precision file|fp32|int8]
 //   lowrank_bench --model FILE.lrkm (--audio FILE.wav | --raw-audio FILE.f32) [--reps N] [--warmup N] [--isa NAME]
+//                 [--precision file|fp32|int8]
 //
+// --precision: file (default) applies each matrix as the model file holds it (float, or int8 where
+// it holds NAME.q); int8 quantises every matrix (per row) when packing it, fp32 runs every one in float.
 // --weights takes a model file (csrc/model_file.h) and runs one LSTM stack of it: `encoder` (a
 // whole recogniser's, or a file that holds that stack alone) or the one --stack names (a stack of
 // any model, under its module path). Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
@@ -84,7 +87,7 @@ lrk::StackWeights synthetic(const std::string& spec) {
 
 struct Args {
   std::string weights, stack = "encoder", synthetic, model, audio, raw_audio, mode = "utterance", isa = "auto", input,
-      dump;
+      dump, precision = "file";
   int frames = 200, batch = 1, reps = 30, warmup = 3;
   long roofline = 0;
 };
@@ -105,6 +108,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--isa") a.isa = v;
     else if (k == "--input") a.input = v;
     else if (k == "--dump") a.dump = v;
+    else if (k == "--precision") a.precision = v;
     else if (k == "--frames") a.frames = std::atoi(v.c_str());
     else if (k == "--batch") a.batch = std::atoi(v.c_str());
     else if (k == "--reps") a.reps = std::atoi(v.c_str());
@@ -118,6 +122,8 @@ Args parse(int argc, char** argv) {
   if (a.model.empty() != (a.audio.empty() && a.raw_audio.empty()))
     throw std::invalid_argument("--model goes with --audio (a wav file) or --raw-audio (float32 samples)");
   if (a.mode != "utterance" && a.mode != "stream") throw std::invalid_argument("--mode is utterance or stream");
+  if (a.precision != "file" && a.precision != "fp32" && a.precision != "int8")
+    throw std::invalid_argument("--precision is file, fp32 or int8");
   if (a.frames < 1 || a.batch < 1 || a.reps < 1 || a.warmup < 0)
     throw std::invalid_argument("--frames, --batch and --reps must be >= 1, --warmup >= 0");
   return a;
@@ -155,7 +161,9 @@ lrk::ModelFile open_model(const std::string& path) {
 
 // The whole model on one utterance: the transcript of the last run and median stage times.
 int run_model(const Args& a) {
-  lrk::Asr asr(lrk::read_model(open_model(a.model)), a.isa);
+  lrk::ModelWeights weights = lrk::read_model(open_model(a.model));
+  if (a.precision != "file") lrk::set_int8(weights, a.precision == "int8");
+  lrk::Asr asr(weights, a.isa);
   const std::string path = a.audio.empty() ? a.raw_audio : a.audio;
   const std::string bytes = lrk::read_bytes(path);
   const std::vector<float> audio = a.audio.empty() ? lrk::parse_raw_f32(bytes, path) : lrk::parse_wav(bytes, path);
@@ -173,9 +181,9 @@ int run_model(const Args& a) {
   }
   const std::string text = json_escaped(r.text);
   const double seconds = double(audio.size()) / 16000.0;
-  std::printf("{\"mode\": \"model\", \"isa\": \"%s\", \"reps\": %d, \"text\": \"%s\", \"samples\": %zu, "
+  std::printf("{\"mode\": \"model\", \"isa\": \"%s\", \"precision\": \"%s\", \"reps\": %d, \"text\": \"%s\", \"samples\": %zu, "
               "\"audio_seconds\": %.4f, \"frames\": %d, \"encoder_frames\": %d, \"output_tokens\": %zu, \"ms\": {",
-              asr.isa(), a.reps, text.c_str(), audio.size(), seconds, r.frames, r.encoder_frames, r.tokens.size());
+              asr.isa(), a.precision.c_str(), a.reps, text.c_str(), audio.size(), seconds, r.frames, r.encoder_frames, r.tokens.size());
   for (int s = 0; s < 4; ++s) std::printf("\"%s\": %.3f, ", lrk::Asr::kStages[s], percentile(ms[s], 0.5));
   std::printf("\"total\": %.3f}, \"total_ms\": {\"median\": %.3f, \"p90\": %.3f, \"min\": %.3f}, \"rtf\": %.5f",
               percentile(ms[4], 0.5), percentile(ms[4], 0.5), percentile(ms[4], 0.9), percentile(ms[4], 0.0),
@@ -190,8 +198,9 @@ int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
     if (!a.model.empty()) return run_model(a);
-    lrk::LstmStack stack(a.weights.empty() ? synthetic(a.synthetic) : open_model(a.weights).stack(a.stack),
-                         a.isa);
+    lrk::StackWeights weights = a.weights.empty() ? synthetic(a.synthetic) : open_model(a.weights).stack(a.stack);
+    if (a.precision != "file") weights.set_int8(a.precision == "int8");
+    lrk::LstmStack stack(weights, a.isa);
     const size_t n_in = size_t(a.batch) * a.frames * stack.input_size();
     std::vector<float> x(n_in);
     if (!a.input.empty()) {
@@ -230,11 +239,11 @@ int main(int argc, char** argv) {
     }
     double mean = 0;
     for (double v : us) mean += v / us.size();
-    std::printf("{\"mode\": \"%s\", \"isa\": \"%s\", \"frames\": %d, \"batch\": %d, \"reps\": %d, "
+    std::printf("{\"mode\": \"%s\", \"isa\": \"%s\", \"precision\": \"%s\", \"frames\": %d, \"batch\": %d, \"reps\": %d, "
                 "\"layers\": %d, \"directions\": %d, \"input\": %d, \"hidden\": %d, "
                 "\"input_weight_bytes\": %zu, \"recurrent_weight_bytes\": %zu, \"input_macs\": %zu, "
                 "\"us_per_frame\": {\"median\": %.3f, \"p90\": %.3f, \"min\": %.3f, \"mean\": %.3f}",
-                a.mode.c_str(), stack.isa(), a.frames, a.batch, a.reps, stack.layers(), stack.directions(),
+                a.mode.c_str(), stack.isa(), a.precision.c_str(), a.frames, a.batch, a.reps, stack.layers(), stack.directions(),
                 stack.input_size(), stack.hidden_size(), stack.input_weight_bytes(), stack.recurrent_weight_bytes(),
                 stack.input_macs(), percentile(us, 0.5), percentile(us, 0.9), percentile(us, 0.0), mean);
     if (a.roofline > 0) {

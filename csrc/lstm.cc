@@ -114,7 +114,7 @@ void LstmStack::step_impl(const float* x, int batch, float* y, bool factored) {
     float* h = h_.data() + size_t(l) * batch * sp_;
     float* c = c_.data() + size_t(l) * batch * hp_;
     if (l == 0 && factored)
-      cell.ih.apply_u(kern_, cur, batch, cell.ih.rank, gates_.data(), G, false);
+      cell.ih.apply_u(kern_, cur, batch, cell.ih.rank, gates_.data(), G, false, tmp_);
     else
       cell.ih.apply(kern_, cur, batch, ldx, gates_.data(), G, false, tmp_);
     cell.hh.apply(kern_, h, batch, sp_, gates_.data(), G, true, tmp_);
@@ -131,12 +131,16 @@ void LstmStack::reset() {
   c_.clear();
 }
 
-size_t LstmStack::input_weight_bytes() const { return input_macs() * sizeof(float); }
+size_t LstmStack::input_weight_bytes() const {
+  size_t n = 0;
+  for (const Cell& c : cells_) n += c.ih.bytes();
+  return n;
+}
 
 size_t LstmStack::recurrent_weight_bytes() const {
   size_t n = 0;
-  for (const Cell& c : cells_) n += c.hh.floats + c.hr.floats;
-  return n * sizeof(float);
+  for (const Cell& c : cells_) n += c.hh.bytes() + c.hr.bytes();
+  return n;
 }
 
 size_t LstmStack::input_macs() const {

@@ -55,7 +55,8 @@ class LstmStack {
   const Kernels& kern_;
   int layers_, dirs_, input_, hidden_, proj_, hp_, sp_;  // sp_: h's row stride (hp_, or P padded)
   std::vector<Cell> cells_;
-  FloatBuffer xp_, buf_[2], tmp_, h_, c_, gates_, m_;  // scratch; h_ and c_ hold the streaming state
+  FloatBuffer xp_, buf_[2], h_, c_, gates_, m_;  // scratch; h_ and c_ hold the streaming state
+  Scratch tmp_;
 };
 
 }  // namespace lrk

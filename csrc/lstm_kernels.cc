@@ -1,5 +1,6 @@
 #include "lstm_kernels.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -20,8 +21,9 @@ struct Candidate {
 
 std::vector<Candidate> candidates() {
   const CpuFeatures& f = cpu_features();
-  return {{kernels_avx512(), f.avx512f && f.avx512bw && f.avx512vl && f.fma},
+  return {{kernels_avx512(), f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni && f.fma},
           {kernels_avx2(), f.avx2 && f.fma},
+          {kernels_neon_dotprod(), f.neon && f.dotprod},
           {kernels_neon(), f.neon},
           {kernels_scalar(), true}};
 }
@@ -72,6 +74,36 @@ Packed pack(const Kernels& kern, const float* w, int m, int k, int ldw, const st
     if (src >= m) throw std::out_of_range("pack: row index past the matrix");
     float* panel = out.data.data() + size_t(i / P) * k * P + i % P;
     for (int j = 0; j < k; ++j) panel[size_t(j) * P] = w[size_t(src) * ldw + j];
+  }
+  return out;
+}
+
+Packed8 pack8(const Kernels& kern, const float* w, int m, int k, int ldw, const std::vector<int>& row_of) {
+  const int rows = row_of.empty() ? m : int(row_of.size());
+  const int P = kern.panel;
+  Packed8 out;
+  out.m = rows;
+  out.k = k;
+  out.kp = round_up(k, 4);
+  out.mp = round_up(rows, P);
+  out.data.assign(size_t(out.mp) * out.kp, 0);
+  out.scale.assign(size_t(out.mp), 0.0f);
+  out.rowsum.assign(size_t(out.mp), 0);
+  for (int i = 0; i < rows; ++i) {
+    const int src = row_of.empty() ? i : row_of[i];
+    if (src < 0) continue;
+    if (src >= m) throw std::out_of_range("pack8: row index past the matrix");
+    const float* wr = w + size_t(src) * ldw;
+    float peak = 0.0f;
+    for (int j = 0; j < k; ++j) peak = std::fmax(peak, std::fabs(wr[j]));
+    const float inv = peak > 0.0f ? 127.0f / peak : 0.0f;
+    out.scale[i] = peak / 127.0f;
+    int8_t* panel = out.data.data() + size_t(i / P) * out.kp * P + size_t(i % P) * 4;
+    for (int j = 0; j < k; ++j) {
+      const int8_t q = int8_t(std::lround(wr[j] * inv));
+      panel[size_t(j / 4) * 4 * P + j % 4] = q;
+      out.rowsum[i] += q;
+    }
   }
   return out;
 }

@@ -34,6 +34,8 @@ struct AlignedAllocator {
   bool operator!=(const AlignedAllocator&) const { return false; }
 };
 using FloatBuffer = std::vector<float, AlignedAllocator<float>>;
+using ByteBuffer = std::vector<int8_t, AlignedAllocator<int8_t>>;
+using IntBuffer = std::vector<int32_t, AlignedAllocator<int32_t>>;
 
 // A weight matrix (m x k) packed for `matmul`: panels of `panel` rows; within a panel the values of
 // one column are contiguous. Rows from m to mp (m rounded up to the panel) are zero.
@@ -45,6 +47,19 @@ struct Packed {
 // Packs w (m x k, row stride ldw); row i of the result is row row_of(i) of w, or zero where
 // row_of(i) < 0 (how gate blocks are padded to a multiple of the vector width).
 Packed pack(const Kernels& kern, const float* w, int m, int k, int ldw, const std::vector<int>& row_of = {});
+
+// A weight matrix (m x k) quantised for `matmul_i8`: each row symmetric int8 with its own scale
+// (max |w| / 127), columns padded to kp (a multiple of 4), panels of `panel` rows, and within a panel
+// each group of 4 columns as one 4-byte lane per row. Rows from m to mp are zero.
+struct Packed8 {
+  int m = 0, k = 0, kp = 0, mp = 0;
+  ByteBuffer data;
+  FloatBuffer scale;  // mp
+  IntBuffer rowsum;   // mp: each row's sum of its int8 weights
+};
+
+// As pack(), quantising each row of w.
+Packed8 pack8(const Kernels& kern, const float* w, int m, int k, int ldw, const std::vector<int>& row_of = {});
 
 inline int round_up(int n, int to) { return (n + to - 1) / to * to; }
 

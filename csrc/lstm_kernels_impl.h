@@ -89,6 +89,116 @@ void matmul(const float* x, int rows, int ldx, const float* a, int mp, int k, fl
   }
 }
 
+// ---- int8 products -----------------------------------------------------------------------------
+
+// Each row of x (k values) as int8 with one scale: q = round(x / s) (ties to even), s = max |x| / 127,
+// so q lies in [-127, 127]; stored as this path takes it (q + 128 as u8 where Simd::kOffset), zero up to kp.
+void quantize(const float* x, int rows, int ldx, int k, int kp, int8_t* q, int ldq, float* scale) {
+  const int32_t flip = Simd::kOffset ? 128 : 0;
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + size_t(r) * ldx;
+    int8_t* qr = q + size_t(r) * ldq;
+    V mv = Simd::zero();
+    int j = 0;
+    for (; j + W <= k; j += W) {
+      const V v = Simd::load(xr + j);
+      mv = Simd::max(mv, Simd::max(v, Simd::sub(Simd::zero(), v)));
+    }
+    float lanes[W], m = 0.0f;
+    Simd::store(lanes, mv);
+    for (float l : lanes) m = l > m ? l : m;
+    for (; j < k; ++j) m = xr[j] > m ? xr[j] : -xr[j] > m ? -xr[j] : m;
+    const float inv = m > 0.0f ? 127.0f / m : 0.0f;
+    scale[r] = m / 127.0f;
+    const V iv = Simd::set1(inv);
+    const Simd::I off = Simd::iset1(flip);
+    for (j = 0; j + W <= k; j += W)
+      Simd::store_i8(qr + j, Simd::iadd(Simd::to_int(Simd::mul(Simd::load(xr + j), iv)), off));
+    for (; j < k; ++j) qr[j] = int8_t(int32_t(__builtin_nearbyintf(xr[j] * inv)) + flip);
+    for (; j < kp; ++j) qr[j] = int8_t(flip);
+  }
+}
+
+// The weights of one panel: for each group of 4 columns, P rows of 4 int8 (a row's 4 in one lane).
+constexpr int kGroup = 4;
+
+inline void finish_i8(float* y, Simd::I acc, float xs, const float* ws, bool accumulate) {
+  finish(y, Simd::mul(Simd::to_float(acc), Simd::mul(Simd::set1(xs), Simd::load(ws))), accumulate);
+}
+
+// One row of x: two groups per pass, four accumulator chains.
+void matvec_i8(const int8_t* q, float xs, const int8_t* a, const float* ws, const int32_t* rowsum, int mp, int kp,
+               float* y, bool accumulate) {
+  const int groups = kp / kGroup;
+  for (int p = 0; p < mp / P; ++p) {
+    const int8_t* a0 = a + size_t(p) * kp * P;
+    Simd::I s0 = Simd::offset(rowsum + p * P), s1 = Simd::offset(rowsum + p * P + W), s2 = Simd::izero(),
+            s3 = Simd::izero();
+    int g = 0;
+    for (; g + 1 < groups; g += 2) {
+      const Simd::I x0 = Simd::bcast4(q + g * kGroup), x1 = Simd::bcast4(q + (g + 1) * kGroup);
+      const int8_t* b0 = a0 + size_t(g) * kGroup * P;
+      s0 = Simd::dot4(s0, Simd::load4(b0), x0);
+      s1 = Simd::dot4(s1, Simd::load4(b0 + kGroup * W), x0);
+      s2 = Simd::dot4(s2, Simd::load4(b0 + kGroup * P), x1);
+      s3 = Simd::dot4(s3, Simd::load4(b0 + kGroup * (P + W)), x1);
+    }
+    if (g < groups) {
+      const Simd::I x0 = Simd::bcast4(q + g * kGroup);
+      const int8_t* b0 = a0 + size_t(g) * kGroup * P;
+      s0 = Simd::dot4(s0, Simd::load4(b0), x0);
+      s1 = Simd::dot4(s1, Simd::load4(b0 + kGroup * W), x0);
+    }
+    float* yp = y + size_t(p) * P;
+    finish_i8(yp, Simd::iadd(s0, s2), xs, ws + p * P, accumulate);
+    finish_i8(yp + W, Simd::iadd(s1, s3), xs, ws + p * P + W, accumulate);
+  }
+}
+
+// R rows of x against one panel, as gemm_block.
+template <int R>
+void gemm_block_i8(const int8_t* q, int ldq, const float* xs, const int8_t* ap, const float* ws,
+                   const int32_t* rowsum, int kp, float* y, int ldy, bool accumulate) {
+  Simd::I s[R][2];
+  for (int i = 0; i < R; ++i) s[i][0] = Simd::offset(rowsum), s[i][1] = Simd::offset(rowsum + W);
+  for (int g = 0; g < kp / kGroup; ++g) {
+    const Simd::I a0 = Simd::load4(ap + size_t(g) * kGroup * P), a1 = Simd::load4(ap + size_t(g) * kGroup * P + kGroup * W);
+    for (int i = 0; i < R; ++i) {
+      const Simd::I xi = Simd::bcast4(q + size_t(i) * ldq + g * kGroup);
+      s[i][0] = Simd::dot4(s[i][0], a0, xi);
+      s[i][1] = Simd::dot4(s[i][1], a1, xi);
+    }
+  }
+  for (int i = 0; i < R; ++i) {
+    finish_i8(y + size_t(i) * ldy, s[i][0], xs[i], ws, accumulate);
+    finish_i8(y + size_t(i) * ldy + W, s[i][1], xs[i], ws + W, accumulate);
+  }
+}
+
+void matmul_i8(const int8_t* q, int rows, int ldq, const float* xs, const int8_t* a, const float* ws,
+               const int32_t* rowsum, int mp, int kp, float* y, int ldy, bool accumulate) {
+  if (rows == 1) return matvec_i8(q, xs[0], a, ws, rowsum, mp, kp, y, accumulate);
+  for (int p = 0; p < mp / P; ++p) {
+    const int8_t* ap = a + size_t(p) * kp * P;
+    const float* wp = ws + p * P;
+    const int32_t* sp = rowsum + p * P;
+    int r = 0;
+    for (; r + kBlockRows <= rows; r += kBlockRows)
+      gemm_block_i8<kBlockRows>(q + size_t(r) * ldq, ldq, xs + r, ap, wp, sp, kp, y + size_t(r) * ldy + p * P, ldy,
+                                accumulate);
+    const int8_t* qr = q + size_t(r) * ldq;
+    float* yr = y + size_t(r) * ldy + p * P;
+    switch (rows - r) {
+      case 5: gemm_block_i8<5>(qr, ldq, xs + r, ap, wp, sp, kp, yr, ldy, accumulate); break;
+      case 4: gemm_block_i8<4>(qr, ldq, xs + r, ap, wp, sp, kp, yr, ldy, accumulate); break;
+      case 3: gemm_block_i8<3>(qr, ldq, xs + r, ap, wp, sp, kp, yr, ldy, accumulate); break;
+      case 2: gemm_block_i8<2>(qr, ldq, xs + r, ap, wp, sp, kp, yr, ldy, accumulate); break;
+      case 1: gemm_block_i8<1>(qr, ldq, xs + r, ap, wp, sp, kp, yr, ldy, accumulate); break;
+      default: break;
+    }
+  }
+}
+
 // ---- gate non-linearities ----------------------------------------------------------------------
 
 // e^x after Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, and e^r = 1 + r + r^2 p(r), p of degree 5.
@@ -378,7 +488,7 @@ double peak_gflops(double min_seconds) {
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
-const Kernels kTable = {Simd::name, W, P, &matmul, &cell, &sigmoid, &tanh, &attention_energies, &location_conv,
+const Kernels kTable = {Simd::name, W, P, &matmul, &quantize, &matmul_i8, &cell, &sigmoid, &tanh, &attention_energies, &location_conv,
                         &prepare_frames, &power_spectra, &read_gbps, &peak_gflops};
 
 }  // namespace LRK_ISA_NS

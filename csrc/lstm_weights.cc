@@ -47,4 +47,8 @@ void StackWeights::validate() const {
     }
 }
 
+void StackWeights::set_int8(bool on) {
+  for (CellWeights& c : cells) c.ih.int8 = c.hh.int8 = c.hr.int8 = on;
+}
+
 }  // namespace lrk

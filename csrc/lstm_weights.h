@@ -6,10 +6,13 @@
 
 namespace lrk {
 
-// One weight matrix (rows x cols): dense `w`, or `u` (rows x rank) times `v` (rank x cols).
+// One weight matrix (rows x cols): dense `w`, or `u` (rows x rank) times `v` (rank x cols). int8:
+// applied in int8, each row (of w, or of u and of v) quantised symmetrically with its own scale when
+// packed; a model file's int8 entries arrive here as their values (q x scale), which quantise back to q.
 struct MatrixWeights {
   int rows = 0, cols = 0, rank = 0;  // rank 0: dense
   std::vector<float> w, u, v;
+  bool int8 = false;
   size_t floats() const { return rank ? size_t(rank) * (rows + cols) : size_t(rows) * cols; }
 };
 
@@ -26,6 +29,8 @@ struct StackWeights {
   const CellWeights& cell(int layer, int dir) const { return cells[size_t(layer) * directions + dir]; }
   // Throws std::invalid_argument naming the cell and field where shapes or sizes disagree.
   void validate() const;
+  // Every matrix of every cell applied in int8 (or all in float).
+  void set_int8(bool on);
 };
 
 }  // namespace lrk

@@ -6,7 +6,15 @@ Matrix Matrix::make(const Kernels& kern, const MatrixWeights& m, const std::vect
   Matrix out;
   out.rank = m.rank;
   out.floats = m.floats();
-  if (m.rank == 0) {
+  out.int8 = m.int8;
+  if (m.int8) {
+    if (m.rank == 0) {
+      out.a8 = pack8(kern, m.w.data(), m.rows, m.cols, m.cols, row_of);
+    } else {
+      out.v8 = pack8(kern, m.v.data(), m.rank, m.cols, m.cols);
+      out.a8 = pack8(kern, m.u.data(), m.rows, m.rank, m.rank, row_of);
+    }
+  } else if (m.rank == 0) {
     out.a = pack(kern, m.w.data(), m.rows, m.cols, m.cols, row_of);
   } else {
     out.v = pack(kern, m.v.data(), m.rank, m.cols, m.cols);
@@ -15,16 +23,39 @@ Matrix Matrix::make(const Kernels& kern, const MatrixWeights& m, const std::vect
   return out;
 }
 
-void Matrix::apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy, bool accumulate,
-                   FloatBuffer& tmp) const {
-  if (rank == 0) return kern.matmul(x, rows, ldx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
-  tmp.resize(size_t(rows) * v.mp);
-  kern.matmul(x, rows, ldx, v.data.data(), v.mp, v.k, tmp.data(), v.mp, false);
-  apply_u(kern, tmp.data(), rows, v.mp, y, ldy, accumulate);
+size_t Matrix::bytes() const {
+  if (!int8) return floats * sizeof(float);
+  const size_t scales = size_t(a8.m) + (rank ? size_t(v8.m) : 0);
+  return floats + scales * sizeof(float);
 }
 
-void Matrix::apply_u(const Kernels& kern, const float* vx, int rows, int ldvx, float* y, int ldy,
-                     bool accumulate) const {
+void Matrix::apply8(const Kernels& kern, const Packed8& w, const float* x, int rows, int ldx, float* y, int ldy,
+                    bool accumulate, Scratch& tmp) {
+  tmp.q.resize(size_t(rows) * w.kp);
+  tmp.scale.resize(size_t(rows));
+  kern.quantize(x, rows, ldx, w.k, w.kp, tmp.q.data(), w.kp, tmp.scale.data());
+  kern.matmul_i8(tmp.q.data(), rows, w.kp, tmp.scale.data(), w.data.data(), w.scale.data(), w.rowsum.data(), w.mp,
+                 w.kp, y, ldy, accumulate);
+}
+
+void Matrix::apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, int ldy, bool accumulate,
+                   Scratch& tmp) const {
+  if (rank == 0) {
+    if (int8) return apply8(kern, a8, x, rows, ldx, y, ldy, accumulate, tmp);
+    return kern.matmul(x, rows, ldx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
+  }
+  const int mp = int8 ? v8.mp : v.mp;
+  tmp.f.resize(size_t(rows) * mp);
+  if (int8)
+    apply8(kern, v8, x, rows, ldx, tmp.f.data(), mp, false, tmp);
+  else
+    kern.matmul(x, rows, ldx, v.data.data(), v.mp, v.k, tmp.f.data(), v.mp, false);
+  apply_u(kern, tmp.f.data(), rows, mp, y, ldy, accumulate, tmp);
+}
+
+void Matrix::apply_u(const Kernels& kern, const float* vx, int rows, int ldvx, float* y, int ldy, bool accumulate,
+                     Scratch& tmp) const {
+  if (int8) return apply8(kern, a8, vx, rows, ldvx, y, ldy, accumulate, tmp);
   kern.matmul(vx, rows, ldvx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
 }
 

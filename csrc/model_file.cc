@@ -80,7 +80,9 @@ ModelFile::ModelFile(const std::string& bytes, const std::string& name) : name_(
     if (has(entry)) fail("entry '" + entry + "' appears twice");
     Entry e;
     in.take(&e.type, 1, entry);
-    if (e.type != 'f' && e.type != 'i') fail("entry '" + entry + "': type must be 'f' or 'i'");
+    if (e.type != 'f' && e.type != 'i' && (e.type != 'b' || version_ < 3))
+      fail("entry '" + entry + "': type must be 'f' or 'i'" + (version_ >= 3 ? " or 'b'" : ""));
+    const size_t width = e.type == 'b' ? 1 : 4;
     const uint32_t ndim = in.u32(entry);
     if (ndim > 4) fail("entry '" + entry + "': more than 4 dimensions");
     size_t n = 1;
@@ -90,9 +92,12 @@ ModelFile::ModelFile(const std::string& bytes, const std::string& name) : name_(
         fail("entry '" + entry + "': dimension " + std::to_string(d) + " is " + std::to_string(e.dims.back()) +
              ", outside 1.." + std::to_string(kMaxDim));
       n *= e.dims.back();  // each factor <= 2^24 and the product so far <= left / 4: no overflow
-      if (n > in.left() / 4) fail("truncated (entry '" + entry + "' declares more values than the file holds)");
+      if (n > in.left() / width) fail("truncated (entry '" + entry + "' declares more values than the file holds)");
     }
-    if (e.type == 'f') {
+    if (e.type == 'b') {
+      e.b.resize(n);
+      in.take(e.b.data(), n, entry);
+    } else if (e.type == 'f') {
       e.f.resize(n);
       in.take(e.f.data(), n * 4, entry);
       for (size_t v = 0; v < n; ++v)
@@ -125,7 +130,8 @@ const ModelFile::Entry& ModelFile::get(const std::string& entry, char type, int 
   auto it = entries_.find(entry);
   if (it == entries_.end()) fail("missing entry '" + entry + "'");
   if (it->second.type != type || int(it->second.dims.size()) != ndim)
-    fail("entry '" + entry + "': expected " + (type == 'f' ? "float32" : "int32") + " with " + std::to_string(ndim) +
+    fail("entry '" + entry + "': expected " + (type == 'f' ? "float32" : type == 'b' ? "int8" : "int32") + " with " +
+         std::to_string(ndim) +
          " dimension(s)");
   it->second.used = true;
   return it->second;
@@ -146,21 +152,46 @@ std::vector<uint32_t> ModelFile::dims(const std::string& entry) const {
   return it->second.dims;
 }
 
+std::vector<float> ModelFile::weights(const std::string& entry, std::vector<uint32_t>& dims, bool& int8) const {
+  int8 = !has(entry) && has(entry + ".q");
+  if (!int8) {
+    const Entry& e = get(entry, 'f', 2);
+    dims = e.dims;
+    return e.f;
+  }
+  const Entry& q = get(entry + ".q", 'b', 2);
+  const Entry& s = get(entry + ".scale", 'f', 1);
+  if (s.dims[0] != q.dims[0]) fail("entry '" + entry + ".scale': " + std::to_string(s.dims[0]) + " scales for " +
+                                   std::to_string(q.dims[0]) + " rows");
+  dims = q.dims;
+  std::vector<float> w(q.b.size());
+  const size_t cols = q.dims[1];
+  for (size_t k = 0; k < w.size(); ++k) {
+    const float scale = s.f[k / cols];
+    if (q.b[k] == -128) fail("entry '" + entry + ".q': value " + std::to_string(k) + " is -128 (int8 weights lie in [-127, 127])");
+    if (scale < 0) fail("entry '" + entry + ".scale': row " + std::to_string(k / cols) + " has a negative scale");
+    w[k] = float(q.b[k]) * scale;
+  }
+  return w;
+}
+
 MatrixWeights ModelFile::matrix(const std::string& entry) const {
   MatrixWeights m;
-  if (has(entry)) {
-    const Entry& e = get(entry, 'f', 2);
-    m.rows = int(e.dims[0]);
-    m.cols = int(e.dims[1]);
-    m.w = e.f;
+  std::vector<uint32_t> du, dv;
+  if (has(entry) || has(entry + ".q")) {
+    m.w = weights(entry, du, m.int8);
+    m.rows = int(du[0]);
+    m.cols = int(du[1]);
   } else {
-    const Entry &u = get(entry + ".U", 'f', 2), &v = get(entry + ".V", 'f', 2);
-    if (u.dims[1] != v.dims[0]) fail("entry '" + entry + "': the ranks of U and V differ");
-    m.rows = int(u.dims[0]);
-    m.cols = int(v.dims[1]);
-    m.rank = int(u.dims[1]);
-    m.u = u.f;
-    m.v = v.f;
+    bool u8 = false, v8 = false;
+    m.u = weights(entry + ".U", du, u8);
+    m.v = weights(entry + ".V", dv, v8);
+    if (du[1] != dv[0]) fail("entry '" + entry + "': the ranks of U and V differ");
+    if (u8 != v8) fail("entry '" + entry + "': U and V must both be int8 or both float");
+    m.int8 = u8;
+    m.rows = int(du[0]);
+    m.cols = int(dv[1]);
+    m.rank = int(du[1]);
   }
   return m;
 }
@@ -184,7 +215,7 @@ StackWeights ModelFile::stack(const std::string& prefix) const {
     c.bias = floats(p + ".bias");
     c.input = c.ih.cols;
     c.hidden = c.hh.cols;
-    if (has(p + ".hr") || has(p + ".hr.U")) {  // an LSTM with projections
+    if (has(p + ".hr") || has(p + ".hr.q") || has(p + ".hr.U") || has(p + ".hr.U.q")) {  // an LSTM with projections
       c.hr = matrix(p + ".hr");
       c.proj = c.hr.rows;
       c.hidden = c.hr.cols;
@@ -276,6 +307,14 @@ ModelWeights read_model(const ModelFile& file) {
   m.vocab.assign(vocab.begin(), vocab.end());
   file.check_all_used();
   return m;
+}
+
+void set_int8(ModelWeights& m, bool on) {
+  m.encoder.set_int8(on);
+  m.decoder.lstm.set_int8(on);
+  for (LinearWeights* l : {&m.decoder.key, &m.decoder.query, &m.decoder.loc, &m.decoder.energy, &m.decoder.out,
+                           &m.decoder.ctc})
+    l->w.int8 = on;
 }
 
 }  // namespace lrk

@@ -17,8 +17,9 @@
 
 namespace lrk {
 
-// Version 2 ends with the CRC-32 of every byte before it; version 1 files (no checksum) still load.
-constexpr unsigned kModelVersion = 2;
+// Version 2 ends with the CRC-32 of every byte before it; version 3 adds int8 entries (a matrix in
+// int8: NAME.q and NAME.scale). Versions 1 (no checksum) and 2 still load.
+constexpr unsigned kModelVersion = 3;
 // No dimension of any entry may exceed this (sizes then fit an int with room for 4 * H and sums).
 constexpr uint32_t kMaxDim = 1u << 24;
 
@@ -58,9 +59,13 @@ class ModelFile {
     std::vector<uint32_t> dims;
     std::vector<float> f;
     std::vector<int32_t> i;
+    std::vector<int8_t> b;
     mutable bool used = false;
   };
   const Entry& get(const std::string& entry, char type, int ndim) const;
+  // A 2-D float matrix NAME, or NAME.q (int8, no -128) and NAME.scale (a finite scale >= 0 per row)
+  // as its values q x scale, with whether it is int8.
+  std::vector<float> weights(const std::string& entry, std::vector<uint32_t>& dims, bool& int8) const;
   // w.validate(), its std::invalid_argument thrown again as a FormatError naming this file.
   template <class Weights>
   void validate(const Weights& w, const std::string& what = "") const {
@@ -86,5 +91,8 @@ struct ModelWeights {
 
 // The whole model; throws FormatError naming the file and the entry that is missing or inconsistent.
 ModelWeights read_model(const ModelFile& file);
+
+// Every weight matrix of the model (encoder, decoder LSTM, projections) applied in int8, or all in float.
+void set_int8(ModelWeights& m, bool on);
 
 }  // namespace lrk

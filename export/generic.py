@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.native import encode, stack_entries, write
+from export.native import FP32, encode, stack_entries, write
 from export.onnx_export import LstmOpLowering, LstmOutput, quantize, save_proto, to_onnx, to_ort
 from pipeline import _native
 from pipeline.errors import PipelineError
@@ -200,7 +200,7 @@ def native_stacks(model):
             if isinstance(m, (nn.LSTM, LowRankLSTM)) or (isinstance(m, LowRankRecurrent) and m.original is nn.LSTM)}
 
 
-def write_native(path, model):
+def write_native(path, model, precision=FP32):
     """One model file with every native-runnable LSTM stack, each under its module path; returns
     the paths (what `lowrank_bench --weights FILE --prefix PATH` and `LstmStack(FILE, PATH)` take)."""
     stacks = native_stacks(model)
@@ -208,7 +208,7 @@ def write_native(path, model):
         return []
     entries = {}
     for name, m in stacks.items():
-        entries.update(stack_entries(m, name or "root"))
+        entries.update(stack_entries(m, name or "root", precision))
     write(path, entries)
     return [name or "root" for name in stacks]
 
@@ -239,8 +239,8 @@ def stack_onnx_ms(module, out, frames=100, reps=20):
     return onnx_ms(Path(out) / "model.onnx", (x,), reps)
 
 
-def native_ms(module, frames=100, reps=20):
+def native_ms(module, frames=100, reps=20, precision=FP32):
     """Median ms of the C++ stack of `module` over `frames` frames of one utterance."""
-    native = _native.LstmStack(encode(stack_entries(module, "s")), "s", "auto")
+    native = _native.LstmStack(encode(stack_entries(module, "s", precision)), "s", "auto")
     x = np.random.default_rng(0).standard_normal((frames, module.input_size)).astype(np.float32)
     return time_ms(lambda: native.forward(x), reps)

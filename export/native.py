@@ -3,7 +3,12 @@
 Everything the C++ runtime loads goes through this one format: a whole model (`write_model`, what
 `lowrank_bench --model` and `transcribe --native` run), an LSTM stack alone (`write_stack`, what
 `lowrank_bench --weights` and the latency table time), and the in-process objects below, which are
-built from the same bytes (`stack`, `decoder`, `frontend`, `NativeAsr`)."""
+built from the same bytes (`stack`, `decoder`, `frontend`, `NativeAsr`).
+
+int8: every weight matrix may go into the file as int8 (NAME.q, NAME.scale: symmetric, one scale per
+row), which the runtime multiplies in int8 (`int8=True`; `keep_float` globs name the matrices that
+stay float)."""
+import fnmatch
 import struct
 import zlib
 
@@ -21,7 +26,10 @@ from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, LowRankRecurrent, cell_name
 from pipeline.model.decode import DecodeConfig
 
-MAGIC, VERSION = b"LRKM", 2  # version 2 ends with the CRC-32 of every byte before it
+# version 2 ends with the CRC-32 of every byte before it; version 3 adds int8 entries
+MAGIC, VERSION = b"LRKM", 3
+# Applied element by element in the attention (not as matrix products): float whatever is asked.
+ALWAYS_FLOAT = ("decoder.loc", "decoder.energy")
 
 
 def _array(t):
@@ -32,18 +40,51 @@ def _ints(*values):
     return np.array(values, np.int32)
 
 
-def _matrix(entries, name, m):
-    """A dense weight as NAME; a factored layer (LowRankLinear, a factored cell matrix) as NAME.U, NAME.V."""
-    if isinstance(m, torch.Tensor):
-        entries[name] = _array(m)
-    elif getattr(m, "rank", None) is None:
-        entries[name] = _array(m.weight)
+def quantize_rows(a):
+    """Symmetric int8 of each row of a 2-D float array: (q, scale), q = round(a / scale) in [-127, 127]
+    (halves away from zero, as the runtime rounds), scale = max |row| / 127 (0 for a zero row)."""
+    a = np.asarray(a, np.float32)
+    scale = (np.abs(a).max(axis=1) / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))[:, None]
+    q = np.clip(np.trunc(a / safe + np.copysign(np.float32(0.5), a)), -127, 127)
+    return q.astype(np.int8), scale
+
+
+class Precision:
+    """Which matrices a file holds in int8: all when `int8`, but those whose entry name matches a
+    `keep_float` glob (and ALWAYS_FLOAT)."""
+
+    def __init__(self, int8=False, keep_float=()):
+        self.int8, self.keep_float = bool(int8), tuple(keep_float) + ALWAYS_FLOAT
+
+    def __call__(self, name):
+        return self.int8 and not any(fnmatch.fnmatchcase(name, g) for g in self.keep_float)
+
+
+FP32 = Precision()
+
+
+def _put(entries, name, a, precision):
+    if precision(name.removesuffix(".U").removesuffix(".V")):
+        entries[name + ".q"], entries[name + ".scale"] = quantize_rows(a)
     else:
-        entries[name + ".U"], entries[name + ".V"] = _array(m.U), _array(m.V)
+        entries[name] = a
 
 
-def _linear(entries, name, m):
-    _matrix(entries, name, m)
+def _matrix(entries, name, m, precision=FP32):
+    """A dense weight as NAME; a factored layer (LowRankLinear, a factored cell matrix) as NAME.U, NAME.V;
+    in int8 (NAME.q, NAME.scale) where `precision` says."""
+    if isinstance(m, torch.Tensor):
+        _put(entries, name, _array(m), precision)
+    elif getattr(m, "rank", None) is None:
+        _put(entries, name, _array(m.weight), precision)
+    else:
+        _put(entries, name + ".U", _array(m.U), precision)
+        _put(entries, name + ".V", _array(m.V), precision)
+
+
+def _linear(entries, name, m, precision=FP32):
+    _matrix(entries, name, m, precision)
     if m.bias is not None:
         entries[name + ".bias"] = _array(m.bias)
 
@@ -78,28 +119,28 @@ def _stack_cells(obj):
     raise PipelineError(f"native LSTM: cannot take the weights of a {type(obj).__name__}")
 
 
-def stack_entries(obj, prefix="encoder"):
+def stack_entries(obj, prefix="encoder", precision=FP32):
     """The entries of one LSTM stack: PREFIX.directions, PREFIX.cells, PREFIX.<k>.{ih, hh, bias}, and
     PREFIX.<k>.hr for an LSTM with projections."""
     cells, dirs = _stack_cells(obj)
     entries = {prefix + ".directions": _ints(dirs), prefix + ".cells": _ints(len(cells))}
     for k, (ih, hh, bias, hr) in enumerate(cells):
-        _matrix(entries, f"{prefix}.{k}.ih", ih)
-        _matrix(entries, f"{prefix}.{k}.hh", hh)
+        _matrix(entries, f"{prefix}.{k}.ih", ih, precision)
+        _matrix(entries, f"{prefix}.{k}.hh", hh, precision)
         if hr is not None:
-            _matrix(entries, f"{prefix}.{k}.hr", hr)
+            _matrix(entries, f"{prefix}.{k}.hr", hr, precision)
         entries[f"{prefix}.{k}.bias"] = _array(bias)
     return entries
 
 
-def decoder_entries(model, cfg=DecodeConfig()):
+def decoder_entries(model, cfg=DecodeConfig(), precision=FP32):
     """The attention decoder, the CTC head (which caps the output length) and the length limits."""
     dec, att = model.decoder, model.decoder.attention
-    entries = {"decoder.embedding": _array(dec.embed.weight), **stack_entries(dec.lstm, "decoder.lstm"),
+    entries = {"decoder.embedding": _array(dec.embed.weight), **stack_entries(dec.lstm, "decoder.lstm", precision),
                "decoder.loc_conv": _array(att.loc_conv.weight[:, 0])}
     for name, m in (("key", att.key), ("query", att.query), ("loc", att.loc), ("energy", att.energy),
                     ("out", dec.out), ("ctc", model.ctc)):
-        _linear(entries, "decoder." + name, m)
+        _linear(entries, "decoder." + name, m, precision)
     entries["decoder.tokens"] = _ints(SOS, EOS, BLANK)
     entries["decoder.limits"] = np.array([cfg.max_len_ratio, cfg.ctc_len_ratio, cfg.ctc_len_margin, 8], np.float32)
     return entries
@@ -124,18 +165,22 @@ def frontend_entries(model, cmvn, cfg=FeatureConfig()):
             "frontend.preemphasis": np.array([0.97], np.float32)}
 
 
-def model_entries(model, cmvn, cfg=DecodeConfig()):
+def model_entries(model, cmvn, cfg=DecodeConfig(), precision=FP32):
     """The whole recogniser: front end, encoder stack, decoder and vocabulary."""
-    return {**frontend_entries(model, cmvn), **stack_entries(model.encoder), **decoder_entries(model, cfg),
+    return {**frontend_entries(model, cmvn), **stack_entries(model.encoder, precision=precision),
+            **decoder_entries(model, cfg, precision),
             "vocab": _ints(*(ord(t) if len(t) == 1 else 0 for t in TOKENS))}
 
 
+TYPES = {np.dtype(np.int32): b"i", np.dtype(np.int8): b"b"}
+
+
 def encode(entries):
-    """The bytes of a model file holding `entries` (name -> float32 or int32 array)."""
+    """The bytes of a model file holding `entries` (name -> float32, int32 or int8 array)."""
     out = [MAGIC, struct.pack("<II", VERSION, len(entries))]
     for name, a in entries.items():
-        a = np.ascontiguousarray(a, np.int32 if a.dtype == np.int32 else np.float32)
-        out += [struct.pack("<I", len(name)), name.encode(), b"i" if a.dtype == np.int32 else b"f",
+        a = np.ascontiguousarray(a, a.dtype if a.dtype in TYPES else np.float32)
+        out += [struct.pack("<I", len(name)), name.encode(), TYPES.get(a.dtype, b"f"),
                 struct.pack(f"<I{a.ndim}I", a.ndim, *a.shape), a.astype("<" + a.dtype.str[1:]).tobytes()]
     body = b"".join(out)
     return body + struct.pack("<I", zlib.crc32(body))
@@ -146,19 +191,19 @@ def write(path, entries):
         tmp.write_bytes(encode(entries))
 
 
-def write_model(path, model, cmvn, cfg=DecodeConfig()):
+def write_model(path, model, cmvn, cfg=DecodeConfig(), precision=FP32):
     """The whole model in the file `lowrank_bench --model` and `transcribe --native` run."""
-    write(path, model_entries(model, cmvn, cfg))
+    write(path, model_entries(model, cmvn, cfg, precision))
 
 
-def write_stack(path, obj):
+def write_stack(path, obj, precision=FP32):
     """An LSTM stack alone (nn.LSTM, LowRankLSTM or the ASR encoder), for `lowrank_bench --weights`."""
-    write(path, stack_entries(obj))
+    write(path, stack_entries(obj, precision=precision))
 
 
-def stack(obj, isa="auto"):
+def stack(obj, isa="auto", precision=FP32):
     """A native `LstmStack` of an nn.LSTM, a LowRankLSTM or the ASR encoder (weights packed once)."""
-    return _native.LstmStack(encode(stack_entries(obj)), "encoder", isa)
+    return _native.LstmStack(encode(stack_entries(obj, precision=precision)), "encoder", isa)
 
 
 def decoder(model, cfg=DecodeConfig(), isa="auto"):
@@ -186,8 +231,8 @@ class NativeAsr:
     (lrk::Asr on the model file's bytes): `transcribe(audio, sr)`; `run(samples)` also gives the
     tokens and each stage's milliseconds."""
 
-    def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto"):
-        self.asr = _native.Asr(encode(model_entries(model, cmvn, cfg)), isa)
+    def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto", precision=FP32):
+        self.asr = _native.Asr(encode(model_entries(model, cmvn, cfg, precision)), isa)
 
     def run(self, samples):
         """16 kHz float32 samples -> {text, tokens, ms (per stage), frames, encoder_frames}."""

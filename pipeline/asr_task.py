@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from export.native import write_model
+from export.native import Precision, write_model
 from export.onnx_export import export
 from pipeline.atomic import write_json
 from pipeline.bench import bench, side_by_side
@@ -109,11 +109,17 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
         export(final, run / "export", int8=True, ort_format=True, log=lambda *_: None)
         (run / "native").mkdir(parents=True, exist_ok=True)
         write_model(run / "native" / "model.lrkm", load_checkpoint(final)[0], cmvn)
+        write_model(run / "native" / "model.int8.lrkm", load_checkpoint(final)[0], cmvn, precision=Precision(True))
 
     def benchmark(final, run, ccfg):
         runs = [("torch", model_path, "dense (PyTorch)"), ("native", model_path, "dense (native)"),
                 ("torch", final, "compressed (PyTorch)"), ("native", final, "compressed (native)"),
                 ("onnx", final, "compressed (onnxruntime)")]
+        if ccfg.precision == "int8":
+            runs += [("native-int8", model_path, "dense (native int8)"), ("onnx-int8", model_path,
+                                                                          "dense (onnxruntime int8)"),
+                     ("native-int8", final, "compressed (native int8)"),
+                     ("onnx-int8", final, "compressed (onnxruntime int8)")]
         if parse_target(ccfg.device).kind == "local":
             results = side_by_side([(rt, ckpt) for rt, ckpt, _ in runs], data / "dev.jsonl", 1, cfg.bench_utterances,
                                    reps=3)
@@ -127,7 +133,7 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
     def latency_cost(m, layer_list, scfg):
         """The native cost counts the decoder's LSTM at the subset's output steps per encoder frame;
         onnxruntime's, the encoder stack alone."""
-        table = LatencyTable(scfg.device, scfg.runtime)
+        table = LatencyTable(scfg.device, scfg.runtime, precision=scfg.precision)
         table.measure(m)
         spf = steps_per_frame(read_manifest(subset), m.cfg) if scfg.runtime == "native" else 0.0
         return CostModel(m, layer_list, "latency", table, spf)

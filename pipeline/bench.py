@@ -1,6 +1,7 @@
 """End-to-end latency of a checkpoint on a fixed set of utterances: features, encoder and greedy
 decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (all of it in C++:
-`export.native.NativeAsr`). Warm-up, repetitions, median and p90 per utterance set, real-time
+`export.native.NativeAsr`); `native-int8` and `onnx-int8` are the last two with the weight matrices
+in int8 (the native int8 kernels; onnxruntime's dynamic quantisation). Warm-up, repetitions, median and p90 per utterance set, real-time
 factor and the process's peak memory, with the thread count pinned.
 
 On a remote target (ssh, adb, qemu) the whole model runs there natively, through `lowrank_bench
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.native import NativeAsr, write_model
+from export.native import NativeAsr, Precision, write_model
 from export.onnx_export import export
 from export.runner import OnnxAsr
 from pipeline.data.audio import load_audio, resample
@@ -40,21 +41,25 @@ def utterance_audio(rows):
     return [load_audio(r["audio_filepath"], allow_multichannel=True) for r in rows]
 
 
+RUNTIMES = ("native", "native-int8", "onnx", "onnx-int8", "torch")
+
+
 def _runtime_fn(runtime, checkpoint, model, cmvn):
-    """A function (audio, sr) -> transcript for the runtime."""
+    """A function (audio, sr) -> transcript for the runtime (one of RUNTIMES)."""
     if runtime == "torch":
         def run(audio, sr):
             f = cmvn(fbank(audio, sr))[None]
             return greedy(model, f, torch.tensor([f.shape[1]]))[0]
         return run
-    if runtime == "native":
-        return NativeAsr(model, cmvn).transcribe
-    if runtime == "onnx":
+    if runtime in ("native", "native-int8"):
+        return NativeAsr(model, cmvn, precision=Precision(runtime == "native-int8")).transcribe
+    if runtime in ("onnx", "onnx-int8"):
         out = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
-        export(checkpoint, out, log=lambda *_: None)
-        asr = OnnxAsr(out, threads=torch.get_num_threads())
+        int8 = runtime == "onnx-int8"
+        export(checkpoint, out, int8=int8, log=lambda *_: None)
+        asr = OnnxAsr(out, variant="int8" if int8 else "fp32", threads=torch.get_num_threads())
         return lambda audio, sr: asr.transcribe(audio, sr)
-    raise PipelineError(f"--runtime {runtime!r}: choose native, onnx or torch")
+    raise PipelineError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
 
 
 def bench(checkpoint, manifest, runtime="native", target="local", threads=1, utterances=10, reps=5, warmup=1):
@@ -117,11 +122,11 @@ def row_speedup(ref, row):
 def _remote(model, cmvn, audio, seconds, t, runtime, reps):
     """The whole model natively on the target (`lowrank_bench --model`), utterance by utterance; the
     set's median and p90 are the sums of the utterances'."""
-    if runtime != "native":
-        raise PipelineError(f"--target {t.spec}: only --runtime native runs on a remote target (lowrank_bench)")
+    if runtime not in ("native", "native-int8"):
+        raise PipelineError(f"--target {t.spec}: only the native runtime runs on a remote target (lowrank_bench)")
     runner, tmp = Runner(t), Path(tempfile.mkdtemp(prefix="bench-remote-"))
     try:
-        write_model(tmp / "model.lrkm", model, cmvn)
+        write_model(tmp / "model.lrkm", model, cmvn, precision=Precision(runtime == "native-int8"))
         med = p90 = 0.0
         hyps = []
         for k, (a, sr) in enumerate(audio):
@@ -132,7 +137,7 @@ def _remote(model, cmvn, audio, seconds, t, runtime, reps):
             hyps.append(r["text"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _summary(med, p90, seconds, "native", t.spec, 1, audio, reps, t.emulated, {"transcripts": hyps})
+    return _summary(med, p90, seconds, runtime, t.spec, 1, audio, reps, t.emulated, {"transcripts": hyps})
 
 
 def _summary(median_ms, p90_ms, seconds, runtime, target, threads, rows, reps, emulated, extra):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from export.native import NativeAsr, write_model
+from export.native import NativeAsr, Precision, write_model
 from export.onnx_export import export, parity
 from export.runner import OnnxAsr
 from pipeline import _native
@@ -28,7 +28,7 @@ from pipeline.finetune import cached_scores, finetune
 from pipeline.latency.cost import stack_latency_cost
 from pipeline.latency.onnx_layers import OnnxLayerCost
 from pipeline.latency.onnx_layers import validate as validate_layers
-from pipeline.latency.table import LatencyTable, lstm_cells, validate, validate_stacks
+from pipeline.latency.table import PRECISIONS, LatencyTable, lstm_cells, validate, validate_stacks
 from pipeline.lowrank import cost_table, factorize, format_table, layers, load_rank_spec, uniform_ranks
 from pipeline.lowrank.calibration import METHODS, calibrate
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
@@ -104,9 +104,15 @@ def cmd_export(args):
         model, cmvn, _ = load_checkpoint(_model_path(args))
         write_model(Path(args.out) / "model.lrkm", model, cmvn)
         print(f"wrote {Path(args.out) / 'model.lrkm'}: the whole model for `lowrank_bench --model` on a device")
+        if args.int8:
+            path = Path(args.out) / "model.int8.lrkm"
+            write_model(path, model, cmvn, precision=Precision(True, args.keep_float or ()))
+            print(f"wrote {path}: the same with its weight matrices in int8")
 
 
 def cmd_transcribe(args):
+    if (args.int8 or args.keep_float) and not args.native:
+        raise PipelineError("--int8 and --keep-float go with --native (onnxruntime's int8: --onnx DIR --variant int8)")
     if args.onnx:
         asr = OnnxAsr(args.onnx, variant=args.variant, threads=args.threads)
         for f in args.files:
@@ -120,7 +126,7 @@ def cmd_transcribe(args):
         if cfg.beam > 1 or cfg.decoder != "attention" or cfg.ctc_weight:
             raise PipelineError("--native decodes greedily with the attention decoder: drop --beam, --decoder ctc "
                                 "and --ctc-weight")
-        asr = NativeAsr(model, cmvn, cfg)
+        asr = NativeAsr(model, cmvn, cfg, precision=Precision(args.int8, args.keep_float or ()))
         for f in args.files:
             print(f"{f}\t{asr.transcribe(*load_audio(f, allow_multichannel=True))}", flush=True)
         return
@@ -175,7 +181,10 @@ def cmd_inspect(args):
 
 
 def cmd_bench(args):
-    r = bench(_model_path(args), args.manifest, args.runtime, args.target, args.threads, args.utterances, args.reps)
+    if args.precision == "int8" and args.runtime == "torch":
+        raise PipelineError("--precision int8: the native runtime or onnxruntime, not torch")
+    runtime = args.runtime + ("-int8" if args.precision == "int8" else "")
+    r = bench(_model_path(args), args.manifest, runtime, args.target, args.threads, args.utterances, args.reps)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "transcripts"}))
         return
@@ -189,7 +198,7 @@ def cmd_latency(args):
     if args.task:
         return _task_latency(args)
     model, _, _ = load_checkpoint(_model_path(args))
-    table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps)
+    table = LatencyTable(args.target, args.runtime, frames=args.frames, reps=args.reps, precision=args.precision)
     n = table.measure(model, progress=not args.json)
     if args.action == "table":
         enc = table.predict(model)
@@ -215,7 +224,7 @@ def _task_latency(args):
         return _task_onnx_latency(args, task)
     if args.runtime != "native":
         raise PipelineError("latency --task: the table of a task's LSTM stacks is native only")
-    cost = stack_latency_cost(model, task.layers(), args.target, not args.json, args.frames, args.reps)
+    cost = stack_latency_cost(model, task.layers(), args.target, not args.json, args.frames, args.reps, args.precision)
     if args.action == "table":
         print(f"{cost.table.path}: {len(cost.table.entries)} points; predicted for this model's LSTM stacks, "
               f"dense: {cost.reference:.1f} us per frame")
@@ -381,6 +390,9 @@ def make_parser():
     decode_args(tr)
     tr.add_argument("--onnx", metavar="DIR", help="decode with onnxruntime from an export directory instead")
     tr.add_argument("--native", action="store_true", help="run the whole model in C++ (greedy attention decoding)")
+    tr.add_argument("--int8", action="store_true", help="with --native: the weight matrices in int8")
+    tr.add_argument("--keep-float", nargs="+", metavar="GLOB",
+                    help="with --int8: native entry names (e.g. decoder.ctc 'encoder.0.*') that stay float")
     tr.add_argument("--variant", default="fp32", choices=["fp32", "int8", "ort", "int8_ort"],
                     help="which exported files --onnx uses")
     tr.add_argument("files", nargs="+")
@@ -407,7 +419,10 @@ def make_parser():
     ex = sub.add_parser("export", help="ONNX graphs (encoder, decoder step) of a checkpoint, int8 and ORT format")
     ex.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     ex.add_argument("--out", required=True, help="export directory")
-    ex.add_argument("--int8", action="store_true", help="also dynamically quantised int8 models")
+    ex.add_argument("--int8", action="store_true",
+                    help="also dynamically quantised int8 models (and with --native, model.int8.lrkm)")
+    ex.add_argument("--keep-float", nargs="+", metavar="GLOB",
+                    help="with --native --int8: native entry names (e.g. decoder.ctc 'encoder.0.*') that stay float")
     ex.add_argument("--ort", action="store_true", help="also the ORT format for mobile")
     ex.add_argument("--native", action="store_true", help="also model.lrkm, the whole model for lowrank_bench --model")
     ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
@@ -420,6 +435,8 @@ def make_parser():
     bn.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     bn.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
     bn.add_argument("--runtime", default="native", choices=["native", "onnx", "torch"])
+    bn.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                    help="int8: the weight matrices in int8 (native kernels; onnxruntime's dynamic quantisation)")
     bn.add_argument("--reps", type=int, default=10)
     bn.add_argument("--json", action="store_true")
     bn.set_defaults(func=cmd_bench)
@@ -432,6 +449,7 @@ def make_parser():
     lt.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="a keyword argument of the factory")
     lt.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
     lt.add_argument("--runtime", default="native", choices=["native", "onnx"], help="onnx: this machine only")
+    lt.add_argument("--precision", default="fp32", choices=PRECISIONS, help="the weight matrices in fp32 or int8 (native)")
     lt.add_argument("--policies", type=int, default=10)
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--frames", type=int, default=200)
@@ -449,6 +467,8 @@ def make_parser():
     sr.add_argument("--cost", help="params | macs | latency (default: params for compression, latency for speedup)")
     sr.add_argument("--target", dest="device", default="local", help="where latency is measured (bench target)")
     sr.add_argument("--runtime", default="native", choices=["native", "onnx"], help="latency of which runtime")
+    sr.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="latency with the weight matrices in fp32 or int8 (native kernels)")
     sr.add_argument("--layers", default="all", choices=["all", "lstm"], help="which matrices the agent ranks")
     sr.add_argument("--min-fraction", type=float, default=0.1, help="smallest keep fraction of a layer's rank")
     sr.add_argument("--method", default="whitened", choices=METHODS,
@@ -497,6 +517,8 @@ def make_parser():
     cp.add_argument("--dev-utterances", type=int, help="dev utterances scored per iteration (default 300; 0: all)")
     cp.add_argument("--score-utterances", type=int, help="utterances per split in the final scores (default 200; 0: all)")
     cp.add_argument("--target", dest="device", help="bench target for latency (default: local)")
+    cp.add_argument("--precision", choices=PRECISIONS,
+                    help="int8: search with int8 latency, export and benchmark int8 beside fp32 (default fp32)")
     cp.add_argument("--threads", type=int)
     cp.add_argument("--ray", metavar="auto|ADDRESS", help="the searches evaluate on a running Ray cluster")
     cp.add_argument("--workers", type=int, help="Ray workers for the searches (alone: a local Ray instance)")

@@ -34,7 +34,9 @@ from export.generic import (
     time_ms,
     write_native,
 )
+from export.native import Precision
 from pipeline.atomic import read_json, write_json
+from pipeline.latency.table import PRECISIONS
 from pipeline.errors import PipelineError
 from pipeline.lowrank.recovery import recover
 from pipeline.report import write_report
@@ -65,6 +67,7 @@ class CompressConfig:
     finetune_steps: int = 300     # per iteration
     tolerance: float = 0.05       # stop when the metric > (1 + tolerance) x the baseline's
     device: str = "local"         # bench target for the latency cost and the final benchmark
+    precision: str = "fp32"       # int8: search with int8 latency, and export and benchmark int8 too
     threads: int = 2              # for the search's evaluations
     seed: int = 0
 
@@ -73,6 +76,8 @@ class CompressConfig:
             raise PipelineError("give one of --target-compression X and --target-speedup X, not both")
         if self.target_compression is None and self.target_speedup is None:
             self.target_compression = DEFAULT_TARGET
+        if self.precision not in PRECISIONS:
+            raise PipelineError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.iterations < 1 or self.finetune_steps < 0 or self.episodes < 1 or self.recover_steps < 0:
             raise PipelineError("--iterations and --episodes must be at least 1, --finetune-steps and "
                                 "--recover-steps at least 0")
@@ -141,7 +146,7 @@ def compress(task, out, cfg, resume=False, progress=True, log=print, ray=None, w
         elif rank == 0:
             key = "target_compression" if cfg.target_compression else "target_speedup"
             scfg = SearchConfig(**{key: step_target}, agent=cfg.agent, episodes=cfg.episodes, device=cfg.device,
-                                method=cfg.method, seed=cfg.seed + k)
+                                method=cfg.method, precision=cfg.precision, seed=cfg.seed + k)
             result = search(replace(task, model=current), it / "search", scfg,
                             resume=(it / "search" / "state.pt").exists(), progress=progress, ray=ray, workers=workers)
         _barrier(world)
@@ -251,14 +256,14 @@ def finalize(task, out, final, cfg, history, base, stopped, log):
     scores_of = task.scores or (lambda m: {"evaluate": measure(task, "evaluate", task.evaluate, m)})
     scores = _cached(out / "scores.json", lambda: _splits(scores_of(baseline), scores_of(model)))
     if not (out / "export" / "done.json").exists():
-        done = task.export(final, out) if task.export is not None else _export(task, model, out)
+        done = task.export(final, out) if task.export is not None else _export(task, model, out, cfg.precision)
         write_json(out / "export" / "done.json", done or {})
     bench_path = out / "bench.json"
     if not bench_path.exists():
         if task.benchmark is not None:
             bench = task.benchmark(final, out, cfg)
         else:
-            bench = _benchmark(task, baseline, model, out)
+            bench = _benchmark(task, baseline, model, out, cfg.precision)
         write_json(bench_path, bench)
     final_from = read_json(out / "iterations.json")["final_from"]
     report = write_report(out, task.metric, scores, read_json(bench_path), history, base,
@@ -272,16 +277,18 @@ def _splits(baseline, final):
     return {split: {"baseline": baseline[split], "final": final[split]} for split in baseline}
 
 
-def _export(task, model, out):
-    """ONNX (fp32, int8, .ort) from the example inputs, and the native stacks."""
+def _export(task, model, out, precision="fp32"):
+    """ONNX (fp32, int8, .ort) from the example inputs, and the native stacks (in int8 too, if asked)."""
     onnx = export_onnx(model, task.example_inputs, out / "export", model_id=fingerprint(model)[:16])
     stacks = write_native(out / "native" / "model.lrkm", model)
+    if precision == "int8":
+        write_native(out / "native" / "model.int8.lrkm", model, Precision(True))
     return {**onnx, "native_stacks": stacks, "native_parity": native_parity(model)}
 
 
-def _benchmark(task, baseline, model, out, reps=30):
+def _benchmark(task, baseline, model, out, precision="fp32", reps=30):
     """PyTorch and onnxruntime (fp32, int8) on the example inputs, and the native LSTM stacks on 100
-    frames, dense against compressed, side by side in one process, 1 thread."""
+    frames (in int8 too, if asked), dense against compressed, side by side in one process, 1 thread."""
     torch.set_num_threads(1)
     dense_onnx = export_onnx(baseline, task.example_inputs, out / "export" / "dense", ort_format=False,
                              model_id=fingerprint(baseline)[:16])["files"]
@@ -300,6 +307,9 @@ def _benchmark(task, baseline, model, out, reps=30):
         stacks = list(native_stacks(m).values())
         if stacks:  # the same 100 frames through each runtime
             row(f"{name} LSTM stacks (native, 100 frames)", _total([native_ms(s, reps=reps) for s in stacks]))
+            if precision == "int8":
+                row(f"{name} LSTM stacks (native int8, 100 frames)",
+                    _total([native_ms(s, reps=reps, precision=Precision(True)) for s in stacks]))
             row(f"{name} LSTM stacks (onnxruntime, 100 frames)",
                 _total([stack_onnx_ms(s, out / "export" / "stacks" / f"{name}-{i}", reps=reps) for i, s in enumerate(stacks)]))
     return {"threads": 1, "reference": "dense (onnxruntime)", "runs": runs}

@@ -38,13 +38,13 @@ class CostModel:
         return float(sum(layer_costs(replace(l, rank=policy.get(l.name, l.rank)))[self.kind] for l in self.layers))
 
 
-def stack_latency_cost(model, layer_list, target="local", progress=True, frames=200, reps=10):
+def stack_latency_cost(model, layer_list, target="local", progress=True, frames=200, reps=10, precision="fp32"):
     """The latency cost of any model: its native LSTM stacks' cells in us per frame (each stack counted
     per frame of its own input), from the native latency table of `target`, measured where missing."""
     cells = lstm_cells(model)
     if not cells:
         raise PipelineError("--cost latency: the model has no LSTM stack without projections, which the native "
                             "latency table measures; search it by params or macs")
-    table = LatencyTable(target, "native", frames=frames, reps=reps)
+    table = LatencyTable(target, "native", frames=frames, reps=reps, precision=precision)
     table.measure_shapes(sorted({(inp, h, "utterance") for _, inp, h in cells}), progress)
     return CostModel(model, layer_list, "latency", table, cells=cells)

@@ -19,8 +19,11 @@ Each point is the lowest of RUNS run medians taken in separate passes over the w
 VM a process runs for seconds at a time in a slow mode (up to 1.5x), so repeats taken back to back
 share it while repeats spread over the grid do not.
 
-Cached on disk as JSON, keyed by target, runtime and kernel version; a run killed while measuring
-resumes where it stopped.
+With precision "int8" every point and stack is timed with its weight matrices in int8 (the native
+kernels only: `lowrank_bench --precision int8`).
+
+Cached on disk as JSON, keyed by target, runtime, precision and kernel version; a run killed while
+measuring resumes where it stopped.
 """
 import copy
 import math
@@ -104,16 +107,30 @@ def steps_per_frame(rows, cfg):
     return sum(len(r["text"]) + 1 for r in rows) / frames
 
 
+PRECISIONS = ("fp32", "int8")
+
+
+def precision_args(precision):
+    """lowrank_bench's arguments for a precision."""
+    if precision not in PRECISIONS:
+        raise PipelineError(f"precision {precision!r}: choose fp32 or int8")
+    return ["--precision", precision]
+
+
 class LatencyTable:
-    def __init__(self, target="local", runtime="native", frames=200, reps=10, cache_dir=None):
+    def __init__(self, target="local", runtime="native", frames=200, reps=10, cache_dir=None, precision="fp32"):
         self.target = parse_target(target) if isinstance(target, str) else target
         if runtime not in ("native", "onnx"):
             raise PipelineError(f"latency table: runtime {runtime!r}: native or onnx")
         if runtime == "onnx" and self.target.kind != "local":
             raise PipelineError(f"latency table: onnxruntime is measured on this machine only, not {self.target.spec}")
-        self.runtime = runtime
+        precision_args(precision)
+        if runtime == "onnx" and precision != "fp32":
+            raise PipelineError("latency table: int8 latency is measured with the native kernels (--runtime native)")
+        self.runtime, self.precision = runtime, precision
         self.frames, self.reps = frames, reps
-        self.path = Path(cache_dir or CACHE / "latency") / f"{self.target.key()}-{runtime}-{kernel_version()}.json"
+        kind = runtime if precision == "fp32" else f"{runtime}-{precision}"
+        self.path = Path(cache_dir or CACHE / "latency") / f"{self.target.key()}-{kind}-{kernel_version()}.json"
         self.entries, self.calibration = {}, {}
         if self.path.exists():
             self.entries, self.calibration = _read_cache(self.path)
@@ -134,7 +151,8 @@ class LatencyTable:
         if _signature(model) in self.calibration:
             return done
         models = calibration_models(model)
-        self.set_calibration(models, measured_us(models, self.target, self.frames, self.reps, self.runtime))
+        self.set_calibration(models, measured_us(models, self.target, self.frames, self.reps, self.runtime,
+                                                 self.precision))
         return done + RUNS * CALIBRATION_POLICIES
 
     def measure_shapes(self, shapes, progress=True):
@@ -142,7 +160,8 @@ class LatencyTable:
         returns how many runs it made."""
         points = [(inp, h, a, b, mode) for inp, h, mode in shapes for a in grid(min(4 * h, inp)) for b in grid(h)]
         todo = [(p, r) for r in range(RUNS) for p in points if len(self.entries.get(self._key(*p), [])) <= r]
-        for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec}, {self.runtime})", unit="run",
+        kind = self.runtime + ("" if self.precision == "fp32" else f" {self.precision}")
+        for p, _ in tqdm(todo, desc=f"latency table ({self.target.spec}, {kind})", unit="run",
                          disable=not progress):
             self.entries.setdefault(self._key(*p), []).append(self._point_us(*p))
             self._save()
@@ -160,10 +179,11 @@ class LatencyTable:
             return 1e6 * min(lowering_seconds(_cell(inp, hidden, r_ih, r_hh), self.frames).values()) / self.frames
         self._runner = self._runner or Runner(self.target)
         return self._runner.bench(["--synthetic", f"1,1,{inp},{hidden},{r_ih},{r_hh}", "--mode", mode,
-                                   "--frames", self.frames, "--reps", self.reps])["us_per_frame"]["median"]
+                                   "--frames", self.frames, "--reps", self.reps, *precision_args(self.precision)]
+                                  )["us_per_frame"]["median"]
 
     def _save(self):
-        write_json(self.path, {"target": self.target.spec, "kernel_version": kernel_version(),
+        write_json(self.path, {"target": self.target.spec, "kernel_version": kernel_version(), "precision": self.precision,
                                "emulated": self.target.emulated, "frames": self.frames, "reps": self.reps,
                                "us_per_frame": self.entries, "calibration": self.calibration})
 
@@ -245,7 +265,7 @@ def _best_of_passes(items, measure):
     return [min(r[i] for r in runs) for i in range(len(items))]
 
 
-def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
+def measured_us(models, target="local", frames=200, reps=10, runtime="native", precision="fp32"):
     """Measured us per encoder frame of each model's encoder LSTM stack (its real weights) on the target:
     the lowest of RUNS run medians, taken in separate passes over all the models."""
     if runtime == "onnx":
@@ -255,7 +275,8 @@ def measured_us(models, target="local", frames=200, reps=10, runtime="native"):
         for m, path in zip(models, paths):
             write_stack(path, m.encoder)
         return _best_of_passes(paths, lambda p: runner.bench(["--mode", "utterance", "--frames", frames, "--reps",
-                                                              reps], weights=p)["us_per_frame"]["median"])
+                                                              reps, *precision_args(precision)],
+                                                             weights=p)["us_per_frame"]["median"])
     finally:
         for p in paths:
             p.unlink(missing_ok=True)
@@ -288,7 +309,7 @@ def validate(model, table, n_policies=10, seed=0, target="local", log=print):
     policies = [random_policy(model, rng) for _ in range(n_policies)]
     models = [factorize(copy.deepcopy(model), p) for p in policies]
     cal = calibration_models(model)
-    both = measured_us(cal + models, target, table.frames, table.reps, table.runtime)
+    both = measured_us(cal + models, target, table.frames, table.reps, table.runtime, table.precision)
     table.set_calibration(cal, both[:len(cal)])
     measured = both[len(cal):]
     pairs = []
@@ -300,7 +321,7 @@ def validate(model, table, n_policies=10, seed=0, target="local", log=print):
     return pairs
 
 
-def stacks_us(models, target="local", frames=200, reps=10):
+def stacks_us(models, target="local", frames=200, reps=10, precision="fp32"):
     """Measured us per frame of each model's native LSTM stacks without projections, summed (each on
     `frames` frames of its own input): the lowest of RUNS run medians, in passes over all of them."""
     runner, files = Runner(target), []
@@ -310,7 +331,8 @@ def stacks_us(models, target="local", frames=200, reps=10):
                 files.append((i, temp_weights_path()))
                 write_stack(files[-1][1], mod)
         best = _best_of_passes([p for _, p in files], lambda p: runner.bench(
-            ["--mode", "utterance", "--frames", frames, "--reps", reps], weights=p)["us_per_frame"]["median"])
+            ["--mode", "utterance", "--frames", frames, "--reps", reps, *precision_args(precision)],
+            weights=p)["us_per_frame"]["median"])
         out = [0.0] * len(models)
         for (i, _), us in zip(files, best):
             out[i] += us
@@ -330,7 +352,7 @@ def validate_stacks(model, table, n_policies=10, seed=0, target="local", log=pri
     policies = [random_policy(model, rng, cells) for _ in range(n_policies)]
     models = [factorize(copy.deepcopy(model), p) for p in policies]
     pairs = []
-    for k, (m, meas) in enumerate(zip(models, stacks_us(models, target, table.frames, table.reps))):
+    for k, (m, meas) in enumerate(zip(models, stacks_us(models, target, table.frames, table.reps, table.precision))):
         pred = table.lstm_us(at_ranks(cells, _ranks(m)), [], 1.0, 0.0)
         pairs.append({"policy": k, "ranks": policies[k], "predicted_us": pred, "measured_us": meas,
                       "error": pred / meas - 1})

@@ -24,7 +24,7 @@ from pipeline.atomic import atomic_path, read_json, save_png, write_json, write_
 from pipeline.errors import PipelineError
 from pipeline.latency.cost import CostModel, stack_latency_cost
 from pipeline.latency.onnx_layers import OnnxLayerCost
-from pipeline.latency.table import lstm_cells
+from pipeline.latency.table import PRECISIONS, lstm_cells
 from pipeline.lowrank.calibration import METHODS
 from pipeline.lowrank.factorize import factorize
 from pipeline.search.agents import make_agent
@@ -37,7 +37,7 @@ from pipeline.train import load_state_file
 AGENTS = ("ddpg", "reinforce", "random", "uniform", "greedy")
 REWARDS = ("wer", "punish", "amc")
 PUNISHMENT = 10.0
-BEFORE = {"method": "svd"}  # what a search config written before a field existed meant by its absence
+BEFORE = {"method": "svd", "precision": "fp32"}  # what a search config written before a field existed meant by its absence
 
 
 @dataclass
@@ -50,6 +50,7 @@ class SearchConfig:
     cost: str | None = None       # default: params for a compression target, latency for a speedup
     device: str = "local"         # where latency is measured (a bench target)
     runtime: str = "native"       # latency of the native kernel or of onnxruntime
+    precision: str = "fp32"       # latency with the weight matrices in fp32 or int8 (native only)
     layers: str = "all"           # all compressible matrices, or the LSTM matrices only
     method: str = "whitened"      # factorisation: plain SVD, or whitened by the inputs' statistics
     min_fraction: float = 0.1     # smallest keep fraction of a layer's rank
@@ -68,6 +69,10 @@ class SearchConfig:
             raise PipelineError("--cost latency goes with --target-speedup; a compression target counts params or macs")
         if self.agent not in AGENTS:
             raise PipelineError(f"--agent {self.agent!r}: choose one of {', '.join(AGENTS)}")
+        if self.precision not in PRECISIONS:
+            raise PipelineError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.cost == "latency" and self.runtime != "native":
+            raise PipelineError("--precision int8: int8 latency is the native kernels' (--runtime native)")
         if self.method not in METHODS:
             raise PipelineError(f"--method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.reward not in REWARDS:
@@ -135,7 +140,7 @@ def _cost_model(task, layer_list, cfg):
     if task.latency_cost is not None:
         return task.latency_cost(task.model, layer_list, cfg)
     if lstm_cells(task.model):  # the native kernels run its LSTM stacks
-        return stack_latency_cost(task.model, layer_list, cfg.device)
+        return stack_latency_cost(task.model, layer_list, cfg.device, precision=cfg.precision)
     return OnnxLayerCost(task.model, task.example_inputs, layer_list)
 
 
