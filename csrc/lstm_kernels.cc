@@ -100,7 +100,8 @@ Packed8 pack8(const Kernels& kern, const float* w, int m, int k, int ldw, const 
     out.scale[i] = peak / 127.0f;
     int8_t* panel = out.data.data() + size_t(i / P) * out.kp * P + size_t(i % P) * 4;
     for (int j = 0; j < k; ++j) {
-      const int8_t q = int8_t(std::lround(wr[j] * inv));
+      const float v = std::fmin(127.0f, std::fmax(-127.0f, wr[j] * inv));  // fmax drops a NaN
+      const int8_t q = int8_t(std::lround(v));
       panel[size_t(j / 4) * 4 * P + j % 4] = q;
       out.rowsum[i] += q;
     }

@@ -114,7 +114,10 @@ void quantize(const float* x, int rows, int ldx, int k, int kp, int8_t* q, int l
     const Simd::I off = Simd::iset1(flip);
     for (j = 0; j + W <= k; j += W)
       Simd::store_i8(qr + j, Simd::iadd(Simd::to_int(Simd::mul(Simd::load(xr + j), iv)), off));
-    for (; j < k; ++j) qr[j] = int8_t(int32_t(__builtin_nearbyintf(xr[j] * inv)) + flip);
+    for (; j < k; ++j) {
+      const float v = xr[j] * inv;  // NaN (a non-finite x) becomes 0: converting it is undefined
+      qr[j] = int8_t(int32_t(__builtin_nearbyintf(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v == v ? v : 0.0f)) + flip);
+    }
     for (; j < kp; ++j) qr[j] = int8_t(flip);
   }
 }

@@ -169,7 +169,8 @@ std::vector<float> ModelFile::weights(const std::string& entry, std::vector<uint
   for (size_t k = 0; k < w.size(); ++k) {
     const float scale = s.f[k / cols];
     if (q.b[k] == -128) fail("entry '" + entry + ".q': value " + std::to_string(k) + " is -128 (int8 weights lie in [-127, 127])");
-    if (scale < 0) fail("entry '" + entry + ".scale': row " + std::to_string(k / cols) + " has a negative scale");
+    if (!(scale >= 0 && scale <= 1e30f))
+      fail("entry '" + entry + ".scale': row " + std::to_string(k / cols) + " has a negative or huge scale");
     w[k] = float(q.b[k]) * scale;
   }
   return w;

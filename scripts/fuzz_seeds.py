@@ -1,6 +1,6 @@
 """Seed corpora for the fuzz targets of csrc/fuzz/, made by the real exporters: small models (dense
-and factored, one and two directions; LSTM stacks with projections too) written by export/native.py,
-and wav files written by soundfile.
+and factored, one and two directions, fp32 and int8; LSTM stacks with projections too) written by
+export/native.py, and wav files written by soundfile.
 
     python scripts/fuzz_seeds.py OUT_DIR      # writes OUT_DIR/{model_file,stack,audio}/
 """
@@ -48,6 +48,9 @@ def main(out):
                    **native.frontend_entries(model, cmvn, FeatureConfig(num_mel_bins=MELS))}
         (out / "model_file" / f"{name}.lrkm").write_bytes(native.encode(entries))
         (out / "stack" / f"{name}.lrkm").write_bytes(native.encode(native.stack_entries(model.encoder)))
+        int8 = native.model_entries(model, cmvn, precision=native.Precision(True))
+        int8.update(native.frontend_entries(model, cmvn, FeatureConfig(num_mel_bins=MELS)))
+        (out / "model_file" / f"{name}-int8.lrkm").write_bytes(native.encode(int8))
     for name, lstm in projected():
         (out / "stack" / f"{name}.lrkm").write_bytes(native.encode(native.stack_entries(lstm)))
     rng = np.random.default_rng(0)

@@ -33,7 +33,7 @@ def test_local_target_reports_latency():
 @pytest.mark.slow
 def test_qemu_target_runs_the_aarch64_build_and_flags_it_emulated():
     rep = Runner("qemu-aarch64").bench(SYNTH)
-    assert rep["build"]["arch"] == "aarch64" and rep["isa"] == "neon" and rep["emulated"] is True
+    assert rep["build"]["arch"] == "aarch64" and rep["isa"] == "neon-dotprod" and rep["emulated"] is True
 
 
 def test_bad_target_specs():
@@ -183,7 +183,7 @@ def test_bench_run_end_to_end_for_each_runtime(overfit, tmp_path):
     assert {"median_ms", "p90_ms", "rtf", "runtime", "target", "threads"} <= set(out) and out["target"] == "local"
     res = run_cli("bench", "--model", str(tmp_path / "m.safetensors"), "--manifest", str(tmp_path / "m.jsonl"),
                   "--target", "qemu-aarch64", "--runtime", "torch")
-    assert res.returncode == 2 and "only --runtime native runs on a remote target" in res.stderr
+    assert res.returncode == 2 and "only the native runtime runs on a remote target" in res.stderr
 
 
 def test_speedup_is_taken_over_passes_timed_together():

@@ -32,8 +32,9 @@ def test_cpu_features_match_proc_cpuinfo():
         assert feats["avx512f"] == ("avx512f" in flags)
         assert feats["avx512_vnni"] == ("avx512_vnni" in flags)
         assert not feats["neon"]
-    expected = ("avx512" if feats["avx512f"] and feats["avx512bw"] and feats["avx512vl"]
-                else "avx2" if feats["avx2"] and feats["fma"] else "neon" if feats["neon"] else "scalar")
+    expected = ("avx512" if feats["avx512f"] and feats["avx512bw"] and feats["avx512vl"] and feats["avx512_vnni"]
+                else "avx2" if feats["avx2"] and feats["fma"] else "neon-dotprod" if feats["neon"] and feats["dotprod"]
+                else "neon" if feats["neon"] else "scalar")
     assert _native.best_isa() == expected
     assert json.loads(_native.report_json())["features"] == feats
 
@@ -41,7 +42,7 @@ def test_cpu_features_match_proc_cpuinfo():
 def test_cli_info_and_help():
     res = run_cli("info")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["best_isa"] in ("avx512", "avx2", "neon", "scalar")
+    assert json.loads(res.stdout)["best_isa"] in ("avx512", "avx2", "neon-dotprod", "neon", "scalar")
     res = run_cli("--help")
     assert res.returncode == 0 and "data" in res.stdout and "info" in res.stdout
 
@@ -58,4 +59,4 @@ def test_aarch64_build_detects_neon_under_qemu(aarch64_build):
     a53, a_max = report("cortex-a53"), report("max")
     assert a53["arch"] == "aarch64" and a53["best_isa"] == "neon"
     assert a53["features"]["neon"] and not a53["features"]["dotprod"] and not a53["features"]["avx2"]
-    assert a_max["features"]["dotprod"]
+    assert a_max["features"]["dotprod"] and a_max["best_isa"] == "neon-dotprod"

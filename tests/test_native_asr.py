@@ -146,9 +146,18 @@ def _kernel_check(binary, prefix=()):
     res = subprocess.run([*prefix, str(binary)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     paths = json.loads(res.stdout)["paths"]
-    kernels = {"sigmoid", "tanh", "attention_energies", "location_conv", "prepare_frames", "power_spectra"}
+    kernels = {"sigmoid", "tanh", "attention_energies", "location_conv", "prepare_frames", "power_spectra",
+               "quantize", "matvec_i8", "matmul_i8"}
     assert all(set(errors) == kernels for errors in paths.values())
     return paths
+
+
+def _assert_within_tolerance(paths):
+    """Float kernels to 1e-6 of double references; the int8 products to 1e-6 of the same quantised
+    arithmetic in double; activations quantised to the nearest integer step (|q - x / s| <= 1/2)."""
+    for errors in paths.values():
+        assert 0 <= errors.pop("quantize") <= 0.5 + 1e-6, paths
+        assert max(errors.values()) <= 1e-6, paths
 
 
 def test_model_file_states_its_sample_rate(overfit):
@@ -164,18 +173,19 @@ def test_model_file_states_its_sample_rate(overfit):
     assert _native.Asr(native.encode(entries)).transcribe(np.zeros(16000, np.float32))["frames"] > 0
 
 
-def test_activations_decoder_and_frontend_kernels_of_every_path(host_build):
+def test_activations_decoder_frontend_and_int8_kernels_of_every_path(host_build):
     paths = _kernel_check(host_build / "kernel_check")
     assert set(paths) == set(ISAS)
-    for errors in paths.values():
-        assert max(errors.values()) <= 1e-6, paths
+    _assert_within_tolerance(paths)
 
 
-def test_activations_decoder_and_frontend_kernels_on_aarch64_under_qemu(aarch64_build):
-    paths = _kernel_check(aarch64_build / "kernel_check", prefix=QEMU)
-    assert set(paths) == {"neon", "scalar"}
-    for errors in paths.values():
-        assert max(errors.values()) <= 1e-6, paths
+@pytest.mark.parametrize("cpu, isas", [("max", {"neon-dotprod", "neon", "scalar"}),
+                                       ("cortex-a53", {"neon", "scalar"})])
+def test_kernels_on_aarch64_with_and_without_dotprod_under_qemu(aarch64_build, cpu, isas):
+    """The int8 products with sdot (armv8.2-a+dotprod) and without it (a Cortex-A53), and the rest."""
+    paths = _kernel_check(aarch64_build / "kernel_check", prefix=[QEMU[0], "-cpu", cpu, *QEMU[1:]])
+    assert set(paths) == isas
+    _assert_within_tolerance(paths)
 
 
 def test_model_file_runs_standalone(overfit, host_build, tmp_path):
