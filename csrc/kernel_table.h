@@ -47,6 +47,7 @@ struct Kernels {
   // Roofline probes: read bandwidth over a buffer of `bytes` (GB/s) and peak FMA throughput (GFLOP/s).
   double (*read_gbps)(size_t bytes, double min_seconds);
   double (*peak_gflops)(double min_seconds);
+  double (*peak_i8_gmacs)(double min_seconds);  // int8 multiply-adds per second (/1e9) of matmul_i8's core
 };
 
 // Memory for weights, scratch and probes: 64-byte aligned; from 1 MB up, 2 MB aligned and backed by

@@ -14,7 +14,8 @@
 // any model, under its module path). Prints one JSON object. A stack: per-frame latency statistics (us), the weight bytes streamed per
 // frame, and the build and CPU report; --input reads batch x frames x input float32 values (else a
 // fixed pseudo-random input); --dump writes the outputs of the last run as float32; rank 0 means
-// dense; --roofline also measures read bandwidth over a buffer of BYTES and the peak FMA rate.
+// dense; --roofline also measures read bandwidth over a buffer of BYTES, the peak FMA rate and the
+// peak int8 multiply-add rate.
 // A model (csrc/model_file.h) on one utterance (a 16 kHz mono 16-bit PCM .wav file, or with
 // --raw-audio little-endian float32 samples at 16 kHz): the transcript and the milliseconds of each
 // stage and in all.
@@ -248,8 +249,9 @@ int main(int argc, char** argv) {
                 stack.input_macs(), percentile(us, 0.5), percentile(us, 0.9), percentile(us, 0.0), mean);
     if (a.roofline > 0) {
       const lrk::Kernels& k = lrk::kernels(a.isa);
-      std::printf(", \"roofline\": {\"bytes\": %ld, \"read_gbps\": %.2f, \"peak_gflops\": %.2f}", a.roofline,
-                  k.read_gbps(size_t(a.roofline), 0.2), k.peak_gflops(0.2));
+      std::printf(", \"roofline\": {\"bytes\": %ld, \"read_gbps\": %.2f, \"peak_gflops\": %.2f, "
+                  "\"peak_int8_gmacs\": %.2f}", a.roofline, k.read_gbps(size_t(a.roofline), 0.2), k.peak_gflops(0.2),
+                  k.peak_i8_gmacs(0.2));
     }
     std::printf(", \"build\": %s}\n", lrk::report_json().c_str());
     return 0;

@@ -491,8 +491,27 @@ double peak_gflops(double min_seconds) {
   return double(iters) * 12 * W * 2 / best / 1e9;
 }
 
+// The int8 counterpart: twelve independent dot4 chains, four multiply-adds per lane each (the
+// VNNI peak on AVX-512; on AVX2, the four instructions that stand for vpdpbusd).
+double peak_i8_gmacs(double min_seconds) {
+  alignas(64) int8_t buf[kGroup * W];
+  for (int i = 0; i < kGroup * W; ++i) buf[i] = int8_t(i % 7 - 3);
+  const Simd::I w = Simd::load4(buf), x = Simd::bcast4(buf);
+  Simd::I s[12];
+  for (Simd::I& v : s) v = Simd::izero();
+  const long iters = 1 << 16;
+  const double best = best_seconds([&] {
+    for (long it = 0; it < iters; ++it)
+      for (int u = 0; u < 12; ++u) s[u] = Simd::dot4(s[u], w, x);
+  }, min_seconds);
+  V f[12];
+  for (int u = 0; u < 12; ++u) f[u] = Simd::to_float(s[u]);
+  keep(f);
+  return double(iters) * 12 * W * kGroup / best / 1e9;
+}
+
 const Kernels kTable = {Simd::name, W, P, &matmul, &quantize, &matmul_i8, &cell, &sigmoid, &tanh, &attention_energies, &location_conv,
-                        &prepare_frames, &power_spectra, &read_gbps, &peak_gflops};
+                        &prepare_frames, &power_spectra, &read_gbps, &peak_gflops, &peak_i8_gmacs};
 
 }  // namespace LRK_ISA_NS
 }  // namespace lrk

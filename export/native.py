@@ -50,12 +50,20 @@ def quantize_rows(a):
     return q.astype(np.int8), scale
 
 
+def int8_error(a, q, scale):
+    """The relative error (Frobenius) of a matrix's int8 form."""
+    norm = float(np.linalg.norm(a))
+    return float(np.linalg.norm(q * scale[:, None] - a)) / norm if norm else 0.0
+
+
 class Precision:
     """Which matrices a file holds in int8: all when `int8`, but those whose entry name matches a
-    `keep_float` glob (and ALWAYS_FLOAT)."""
+    `keep_float` glob (and ALWAYS_FLOAT), and, by rule, any whose int8 form is further than
+    `max_error` (relative, Frobenius) from its float weights: rows with a few outlying weights, whose
+    scale then leaves the rest few levels. Trained matrices here sit near 1% (docs/results.md)."""
 
-    def __init__(self, int8=False, keep_float=()):
-        self.int8, self.keep_float = bool(int8), tuple(keep_float) + ALWAYS_FLOAT
+    def __init__(self, int8=False, keep_float=(), max_error=0.03):
+        self.int8, self.keep_float, self.max_error = bool(int8), tuple(keep_float) + ALWAYS_FLOAT, max_error
 
     def __call__(self, name):
         return self.int8 and not any(fnmatch.fnmatchcase(name, g) for g in self.keep_float)
@@ -64,23 +72,27 @@ class Precision:
 FP32 = Precision()
 
 
-def _put(entries, name, a, precision):
-    if precision(name.removesuffix(".U").removesuffix(".V")):
-        entries[name + ".q"], entries[name + ".scale"] = quantize_rows(a)
-    else:
-        entries[name] = a
+def _put(entries, name, parts, precision):
+    """The arrays of matrix `name` (its weight {"": W}, or its factors {".U": U, ".V": V}): in int8
+    where `precision` says and every part quantises within its max_error, else float."""
+    if precision(name):
+        quantized = {sfx: quantize_rows(a) for sfx, a in parts.items()}
+        if all(int8_error(parts[sfx], *qs) <= precision.max_error for sfx, qs in quantized.items()):
+            for sfx, (q, scale) in quantized.items():
+                entries[name + sfx + ".q"], entries[name + sfx + ".scale"] = q, scale
+            return
+    entries.update({name + sfx: a for sfx, a in parts.items()})
 
 
 def _matrix(entries, name, m, precision=FP32):
     """A dense weight as NAME; a factored layer (LowRankLinear, a factored cell matrix) as NAME.U, NAME.V;
     in int8 (NAME.q, NAME.scale) where `precision` says."""
     if isinstance(m, torch.Tensor):
-        _put(entries, name, _array(m), precision)
+        _put(entries, name, {"": _array(m)}, precision)
     elif getattr(m, "rank", None) is None:
-        _put(entries, name, _array(m.weight), precision)
+        _put(entries, name, {"": _array(m.weight)}, precision)
     else:
-        _put(entries, name + ".U", _array(m.U), precision)
-        _put(entries, name + ".V", _array(m.V), precision)
+        _put(entries, name, {".U": _array(m.U), ".V": _array(m.V)}, precision)
 
 
 def _linear(entries, name, m, precision=FP32):

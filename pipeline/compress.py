@@ -14,7 +14,8 @@ search run), `iter-<k>/cut.json` (`evaluate` right after the cut), `iter-<k>/rec
 state and `model.safetensors`), `iter-<k>/dev.json`;
 then `final.safetensors`, `scores.json` (metrics per split), `export/` (ONNX fp32, int8, .ort, and
 `done.json` with the parity figures), `native/model.lrkm` (the LSTM stacks the C++ runtime runs; the
-whole recogniser for the built-in task), `bench.json` (latency per runtime), `report.md` and its
+whole recogniser for the built-in task) and `native/model.int8.lrkm` (the same in int8: with
+--precision int8, and always for the recogniser), `bench.json` (latency per runtime), `report.md` and its
 plots. Every stage leaves its result file last and is skipped when that file is there; the stages
 inside (search, the recogniser's fine-tuning) resume themselves, so `--resume` redoes nothing.
 """

@@ -89,7 +89,8 @@ def write_report(out, metric, scores, bench, history, base, stopped, cfg, final_
     for h in history:
         k = h["iteration"]
         lines += [f"Iteration {k}: ![search](iter-{k}/search/search.png) ![ranks](iter-{k}/search/best_ranks.png)"]
+    int8 = " and `native/model.int8.lrkm` (its int8 twin)" if (out / "native" / "model.int8.lrkm").exists() else ""
     lines += ["", "Artefacts: `final.safetensors`, `export/` (ONNX fp32, int8, .ort), `native/model.lrkm` (what the "
-              "C++ runtime runs: `lowrank_bench --model` for the recogniser, `--weights` for an LSTM stack)."]
+              f"C++ runtime runs: `lowrank_bench --model` for the recogniser, `--weights` for an LSTM stack){int8}."]
     write_text(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"

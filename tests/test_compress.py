@@ -39,16 +39,19 @@ def _result(out):
 def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_path):
     corpus, _ = tiny_corpus
     whole = tmp_path / "whole"
-    r = run_cli(*_args(tiny_model, corpus, whole), timeout=1200)
+    r = run_cli(*_args(tiny_model, corpus, whole, "--precision", "int8"), timeout=1200)
     assert r.returncode == 0, r.stderr
     it = json.loads((whole / "iterations.json").read_text())
     assert 1 <= len(it["history"]) <= 2
     assert all(h["cost_ratio"] <= 1 / h["target"] + 1e-9 for h in it["history"])
     for name in ("final.safetensors", "export/model.json", "export/encoder.int8.onnx",
-                 "native/model.lrkm", "report.md", "wer_vs_compression.png", "latency.png", "iter-1/search/search.png"):
+                 "native/model.lrkm", "native/model.int8.lrkm", "report.md", "wer_vs_compression.png", "latency.png",
+                 "iter-1/search/search.png"):
         assert (whole / name).exists(), name
     bench = json.loads((whole / "bench.json").read_text())
-    assert {r["label"] for r in bench["runs"]} >= {"dense (native)", "compressed (native)", "compressed (onnxruntime)"}
+    assert {r["label"] for r in bench["runs"]} >= {"dense (native)", "compressed (native)", "compressed (onnxruntime)",
+                                                   "dense (native int8)", "compressed (native int8)",
+                                                   "dense (onnxruntime int8)", "compressed (onnxruntime int8)"}
     scores = json.loads((whole / "scores.json").read_text())
     assert set(scores) == {"dev", "test", "test_real"}
     report = (whole / "report.md").read_text()

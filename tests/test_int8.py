@@ -99,6 +99,13 @@ def test_int8_entries_and_what_stays_float():
     assert np.abs(q).max() == 127 and q.min() >= -127
     assert np.abs(q * s[:, None] - u).max() <= s.max() / 2 + 1e-7
     assert native.Precision(True)("decoder.energy") is False and native.Precision(True)("decoder.out")
+    assert native.int8_error(u, q, s) < 0.01
+    wide = make_lstm(512, 16, "dense")
+    with torch.no_grad():  # one outlying weight per wide row leaves the rest few int8 levels: the rule keeps it float
+        wide.weight_ih_l0[:, 0] = 20 * wide.weight_ih_l0.abs().max()
+    entries = native.stack_entries(wide, precision=INT8)
+    assert "encoder.0.ih" in entries and "encoder.0.hh.q" in entries
+    _native.LstmStack(native.encode(entries))  # a file may mix int8 and float matrices
 
 
 def test_model_file_format_3_and_old_files(overfit, tmp_path):
