@@ -13,6 +13,7 @@
     python benchmarks/int8_bench.py [--dense assets/baseline/model.safetensors] \
         [--compressed assets/compressed-7x/model.safetensors] [--manifest corpus/default/test.jsonl] \
         [--utterances 10] [--reps 5] [--json results/int8_bench.json]
+    python benchmarks/int8_bench.py --isa avx2 --kernels-only     # another kernel path of this CPU
 """
 import argparse
 import json
@@ -37,7 +38,7 @@ def _bench(binary, *args):
     return json.loads(out)
 
 
-def kernels(hidden, rank, processes, frames=200, reps=30):
+def kernels(hidden, rank, processes, isa="auto", frames=200, reps=30):
     """{(rank, precision): per-process medians, first report} of the streaming step."""
     binary = binary_for(platform.machine())
     configs = [(r, p) for r in (rank, 0) for p in ("fp32", "int8")]
@@ -46,7 +47,7 @@ def kernels(hidden, rank, processes, frames=200, reps=30):
     for _ in range(processes):
         for r, p in configs:
             rep = _bench(binary, "--synthetic", f"1,1,{hidden},{hidden},{r},{r}", "--mode", "stream", "--frames",
-                         frames, "--reps", reps, "--precision", p)
+                         frames, "--reps", reps, "--precision", p, "--isa", isa)
             runs[(r, p)].append(rep["us_per_frame"]["median"])
             reports.setdefault((r, p), rep)
     return binary, runs, reports
@@ -55,7 +56,8 @@ def kernels(hidden, rank, processes, frames=200, reps=30):
 def bound_us(binary, rep, hidden, rank):
     """max(weight bytes / read bandwidth at that size, multiply-adds / peak), in us, and its parts."""
     size = rep["input_weight_bytes"] + rep["recurrent_weight_bytes"]
-    roof = max((_bench(binary, "--synthetic", "1,1,8,8,0,0", "--frames", 1, "--reps", 1, "--roofline", size)["roofline"]
+    roof = max((_bench(binary, "--synthetic", "1,1,8,8,0,0", "--frames", 1, "--reps", 1, "--roofline", size,
+                       "--isa", rep["isa"])["roofline"]
                 for _ in range(3)), key=lambda r: r["read_gbps"])
     macs = 2 * (4 * hidden * hidden if rank == 0 else rank * (5 * hidden))
     peak = roof["peak_int8_gmacs"] if rep["precision"] == "int8" else roof["peak_gflops"] / 2
@@ -65,7 +67,7 @@ def bound_us(binary, rep, hidden, rank):
 
 
 def kernel_section(args):
-    binary, runs, reports = kernels(args.hidden, args.rank, args.processes)
+    binary, runs, reports = kernels(args.hidden, args.rank, args.processes, args.isa)
     rows = {}
     print(f"kernels: H = {args.hidden}, one frame per call, {reports[(0, 'int8')]['isa']} path; median of "
           f"{args.processes} processes (each the median of its repetitions)")
@@ -125,11 +127,13 @@ def main():
     ap.add_argument("--manifest", default="corpus/default/test.jsonl")
     ap.add_argument("--utterances", type=int, default=10)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--isa", default="auto", help="the kernel path of the kernel section (default: the best)")
+    ap.add_argument("--kernels-only", action="store_true")
     ap.add_argument("--json")
     args = ap.parse_args()
     print(f"{cpu_name()}, 1 thread")
     kern = kernel_section(args)
-    e2e, goals = e2e_section(args)
+    e2e, goals = ({}, []) if args.kernels_only else e2e_section(args)
     if args.json:
         write_json(args.json, {"machine": f"{cpu_name()}, 1 thread", "kernels": kern, "end_to_end": e2e,
                                "end_to_end_goals": goals, "command": "python " + " ".join(sys.argv)})

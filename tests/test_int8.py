@@ -196,4 +196,3 @@ def test_bench_int8_runtimes(overfit, tiny_corpus, tmp_path):
         assert r["runtime"] == f"{runtime}-int8" and r["median_ms"] > 0
     res = run_cli("bench", "--model", str(ckpt), "--manifest", str(manifest), "--runtime", "torch", "--precision", "int8")
     assert res.returncode == 2 and "--precision int8" in res.stderr
-    torch.set_num_threads(2)
