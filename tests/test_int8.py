@@ -10,12 +10,12 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import QEMU, run_cli
 from test_lstm_kernel import ISAS, make_lstm, torch_out
 
 from export import native
 from pipeline import _native
-from pipeline.data.audio import resample
+from pipeline.data.audio import load_audio, resample
 from pipeline.errors import PipelineError
 from pipeline.latency.table import LatencyTable
 from pipeline.lowrank.checkpoint import save_checkpoint
@@ -158,6 +158,24 @@ def test_cli_int8_export_transcribe_and_standalone_runs(overfit, host_build, tmp
     assert json.loads(out)["text"] == text
     res = run_cli("transcribe", "--model", str(ckpt), "--int8", str(speech_wav[0]))
     assert res.returncode == 2 and "--int8 and --keep-float go with --native" in res.stderr
+
+
+@pytest.mark.slow
+def test_int8_model_file_on_aarch64_under_qemu(overfit, aarch64_build, tmp_path):
+    """The whole int8 model on aarch64, with sdot and without, transcribes real speech as this CPU does."""
+    model, cmvn, rows = overfit[0], overfit[1], overfit[2]
+    native.write_model(tmp_path / "m.lrkm", model, cmvn, precision=INT8)
+    audio, sr = load_audio(rows[0]["audio_filepath"])
+    samples = np.ascontiguousarray(resample(audio, sr), "<f4")
+    samples.tofile(tmp_path / "a.f32")
+    want = native.NativeAsr(model, cmvn, precision=INT8).run(samples)["text"]
+    assert want == rows[0]["text"]  # the overfit model, in int8 too
+    for cpu, isa in (("max", "neon-dotprod"), ("cortex-a53", "neon")):
+        out = subprocess.run([QEMU[0], "-cpu", cpu, *QEMU[1:], str(aarch64_build / "lowrank_bench"), "--model",
+                              str(tmp_path / "m.lrkm"), "--raw-audio", str(tmp_path / "a.f32"), "--reps", "1",
+                              "--warmup", "0"], capture_output=True, text=True, check=True, timeout=600).stdout
+        report = json.loads(out)
+        assert report["isa"] == isa and report["text"] == want
 
 
 def test_lowrank_bench_precision_flag(host_build):
