@@ -1,8 +1,8 @@
 """End-to-end latency of a checkpoint on a fixed set of utterances: features, encoder and greedy
 decoding, in PyTorch, in onnxruntime (the exported graphs) or natively (all of it in C++:
 `export.native.NativeAsr`); `native-int8` and `onnx-int8` are the last two with the weight matrices
-in int8 (the native int8 kernels; onnxruntime's dynamic quantisation). Warm-up, repetitions, median and p90 per utterance set, real-time
-factor and the process's peak memory, with the thread count pinned.
+in int8 (the native int8 kernels; onnxruntime's dynamic quantisation). Warm-up, repetitions, median
+and p90 per utterance set, real-time factor and the process's peak memory, with the thread count pinned.
 
 On a remote target (ssh, adb, qemu) the whole model runs there natively, through `lowrank_bench
 --model` on the model file (`export.native.write_model`) and each utterance's samples.

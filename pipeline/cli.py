@@ -221,6 +221,9 @@ def _task_latency(args):
     task = load_task(args.task, _task_args(args.task_arg))
     model = task.model
     if not lstm_cells(model):
+        if args.precision != "fp32":
+            raise PipelineError("latency --task --precision int8: int8 latency is the native LSTM stacks'; "
+                                "this model has none (its onnxruntime table is fp32)")
         return _task_onnx_latency(args, task)
     if args.runtime != "native":
         raise PipelineError("latency --task: the table of a task's LSTM stacks is native only")

@@ -141,6 +141,9 @@ def _cost_model(task, layer_list, cfg):
         return task.latency_cost(task.model, layer_list, cfg)
     if lstm_cells(task.model):  # the native kernels run its LSTM stacks
         return stack_latency_cost(task.model, layer_list, cfg.device, precision=cfg.precision)
+    if cfg.precision != "fp32":
+        raise PipelineError("--precision int8: int8 latency is the native LSTM stacks'; this model has none "
+                            "(its onnxruntime latency is fp32)")
     return OnnxLayerCost(task.model, task.example_inputs, layer_list)
 
 
