@@ -7,18 +7,19 @@ Matrix Matrix::make(const Kernels& kern, const MatrixWeights& m, const std::vect
   out.rank = m.rank;
   out.floats = m.floats();
   out.int8 = m.int8;
-  if (m.int8) {
-    if (m.rank == 0) {
-      out.a8 = pack8(kern, m.w.data(), m.rows, m.cols, m.cols, row_of);
-    } else {
-      out.v8 = pack8(kern, m.v.data(), m.rank, m.cols, m.cols);
-      out.a8 = pack8(kern, m.u.data(), m.rows, m.rank, m.rank, row_of);
-    }
-  } else if (m.rank == 0) {
-    out.a = pack(kern, m.w.data(), m.rows, m.cols, m.cols, row_of);
+  // Each of W (or V, then U) packed as float or, quantised row by row, as int8.
+  auto put = [&](const std::vector<float>& w, int rows, int cols, const std::vector<int>& rows_of, Packed& f,
+                 Packed8& q) {
+    if (m.int8)
+      q = pack8(kern, w.data(), rows, cols, cols, rows_of);
+    else
+      f = pack(kern, w.data(), rows, cols, cols, rows_of);
+  };
+  if (m.rank == 0) {
+    put(m.w, m.rows, m.cols, row_of, out.a, out.a8);
   } else {
-    out.v = pack(kern, m.v.data(), m.rank, m.cols, m.cols);
-    out.a = pack(kern, m.u.data(), m.rows, m.rank, m.rank, row_of);
+    put(m.v, m.rank, m.cols, {}, out.v, out.v8);
+    put(m.u, m.rows, m.rank, row_of, out.a, out.a8);
   }
   return out;
 }

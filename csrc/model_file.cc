@@ -166,12 +166,15 @@ std::vector<float> ModelFile::weights(const std::string& entry, std::vector<uint
   dims = q.dims;
   std::vector<float> w(q.b.size());
   const size_t cols = q.dims[1];
-  for (size_t k = 0; k < w.size(); ++k) {
-    const float scale = s.f[k / cols];
-    if (q.b[k] == -128) fail("entry '" + entry + ".q': value " + std::to_string(k) + " is -128 (int8 weights lie in [-127, 127])");
+  for (size_t r = 0; r < dims[0]; ++r) {
+    const float scale = s.f[r];
     if (!(scale >= 0 && scale <= 1e30f))
-      fail("entry '" + entry + ".scale': row " + std::to_string(k / cols) + " has a negative or huge scale");
-    w[k] = float(q.b[k]) * scale;
+      fail("entry '" + entry + ".scale': row " + std::to_string(r) + " has a negative or huge scale");
+    for (size_t k = r * cols; k < (r + 1) * cols; ++k) {
+      if (q.b[k] == -128)
+        fail("entry '" + entry + ".q': value " + std::to_string(k) + " is -128 (int8 weights lie in [-127, 127])");
+      w[k] = float(q.b[k]) * scale;
+    }
   }
   return w;
 }
@@ -179,7 +182,7 @@ std::vector<float> ModelFile::weights(const std::string& entry, std::vector<uint
 MatrixWeights ModelFile::matrix(const std::string& entry) const {
   MatrixWeights m;
   std::vector<uint32_t> du, dv;
-  if (has(entry) || has(entry + ".q")) {
+  if (has_weights(entry)) {
     m.w = weights(entry, du, m.int8);
     m.rows = int(du[0]);
     m.cols = int(du[1]);
@@ -216,7 +219,7 @@ StackWeights ModelFile::stack(const std::string& prefix) const {
     c.bias = floats(p + ".bias");
     c.input = c.ih.cols;
     c.hidden = c.hh.cols;
-    if (has(p + ".hr") || has(p + ".hr.q") || has(p + ".hr.U") || has(p + ".hr.U.q")) {  // an LSTM with projections
+    if (has_weights(p + ".hr") || has_weights(p + ".hr.U")) {  // an LSTM with projections
       c.hr = matrix(p + ".hr");
       c.proj = c.hr.rows;
       c.hidden = c.hr.cols;

@@ -66,6 +66,8 @@ class ModelFile {
   // A 2-D float matrix NAME, or NAME.q (int8, no -128) and NAME.scale (a finite scale >= 0 per row)
   // as its values q x scale, with whether it is int8.
   std::vector<float> weights(const std::string& entry, std::vector<uint32_t>& dims, bool& int8) const;
+  // Whether the file holds the weights NAME, float or int8.
+  bool has_weights(const std::string& entry) const { return has(entry) || has(entry + ".q"); }
   // w.validate(), its std::invalid_argument thrown again as a FormatError naming this file.
   template <class Weights>
   void validate(const Weights& w, const std::string& what = "") const {

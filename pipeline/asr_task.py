@@ -108,8 +108,9 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
     def export_all(final, run):
         export(final, run / "export", int8=True, ort_format=True, log=lambda *_: None)
         (run / "native").mkdir(parents=True, exist_ok=True)
-        write_model(run / "native" / "model.lrkm", load_checkpoint(final)[0], cmvn)
-        write_model(run / "native" / "model.int8.lrkm", load_checkpoint(final)[0], cmvn, precision=Precision(True))
+        m = load_checkpoint(final)[0]
+        write_model(run / "native" / "model.lrkm", m, cmvn)
+        write_model(run / "native" / "model.int8.lrkm", m, cmvn, precision=Precision(True))
 
     def benchmark(final, run, ccfg):
         runs = [("torch", model_path, "dense (PyTorch)"), ("native", model_path, "dense (native)"),

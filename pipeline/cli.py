@@ -438,7 +438,7 @@ def make_parser():
     bn.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
     bn.add_argument("--target", default="local", help="local, ssh://user@host[:port], adb[:serial], qemu-aarch64")
     bn.add_argument("--runtime", default="native", choices=["native", "onnx", "torch"])
-    bn.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+    bn.add_argument("--precision", default="fp32", choices=PRECISIONS,
                     help="int8: the weight matrices in int8 (native kernels; onnxruntime's dynamic quantisation)")
     bn.add_argument("--reps", type=int, default=10)
     bn.add_argument("--json", action="store_true")

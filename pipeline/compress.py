@@ -37,8 +37,8 @@ from export.generic import (
 )
 from export.native import Precision
 from pipeline.atomic import read_json, write_json
-from pipeline.latency.table import PRECISIONS
 from pipeline.errors import PipelineError
+from pipeline.latency.table import PRECISIONS
 from pipeline.lowrank.recovery import recover
 from pipeline.report import write_report
 from pipeline.search.run import SearchConfig, search
