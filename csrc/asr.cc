@@ -35,7 +35,11 @@ void append_utf8(std::string& s, int cp) {
 }  // namespace
 
 Asr::Asr(const ModelWeights& w, const std::string& isa)
-    : frontend_(w.frontend, isa), encoder_(w.encoder, isa), decoder_(w.decoder, w.limits, isa), vocab_(w.vocab) {
+    : frontend_(w.frontend, isa), encoder_(w.encoder, isa), decoder_(w.decoder, w.limits, isa),
+      lm_(w.has_lm ? std::make_unique<CharLm>(w.lm, isa) : nullptr), vocab_(w.vocab) {
+  if (lm_ && lm_->vocab() != decoder_.vocab())
+    throw std::invalid_argument("model: the language model predicts " + std::to_string(lm_->vocab()) +
+                                " tokens, the decoder " + std::to_string(decoder_.vocab()));
   if (encoder_.input_size() != frontend_.output_size())
     throw std::invalid_argument("model: the encoder takes " + std::to_string(encoder_.input_size()) +
                                 " inputs, the front end gives " + std::to_string(frontend_.output_size()));
@@ -44,7 +48,7 @@ Asr::Asr(const ModelWeights& w, const std::string& isa)
                                 " values, the encoder gives " + std::to_string(encoder_.output_size()));
 }
 
-Asr::Result Asr::transcribe(const float* samples, int n) {
+Asr::Result Asr::transcribe(const float* samples, int n, const BeamOptions& options) {
   for (int k = 0; k < n; ++k)
     if (!std::isfinite(samples[k])) throw std::invalid_argument("transcribe: sample " + std::to_string(k) + " is not finite");
   Result r;
@@ -61,7 +65,9 @@ Asr::Result Asr::transcribe(const float* samples, int n) {
   enc_.resize(size_t(r.encoder_frames) * encoder_.output_size());
   encoder_.forward(x_.data(), 1, r.encoder_frames, enc_.data());
   r.ms[2] = ms_since(t);
-  r.tokens = decoder_.greedy(enc_.data(), r.encoder_frames);
+  r.tokens = options.beam <= 1 ? decoder_.greedy(enc_.data(), r.encoder_frames)
+                               : decoder_.beam(enc_.data(), r.encoder_frames, options,
+                                               options.lm_weight != 0 ? lm_.get() : nullptr);
   r.ms[3] = ms_since(t);
   for (int tok : r.tokens)
     if (tok >= 0 && tok < int(vocab_.size()) && vocab_[tok] > 0) append_utf8(r.text, vocab_[tok]);

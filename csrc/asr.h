@@ -1,6 +1,8 @@
 // The whole model on packed weights, from 16 kHz samples to text: front end, encoder LSTM stack,
-// greedy attention decoder; each stage timed. Not thread-safe: one per thread.
+// attention decoder (greedy, or beam search fused with the model's character LM if it has one);
+// each stage timed. Not thread-safe: one per thread.
 #pragma once
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,13 +25,16 @@ class Asr {
   };
   static constexpr const char* kStages[4] = {"features", "subsampling", "encoder_lstm", "decoder"};
 
-  Result transcribe(const float* samples, int n);
+  // options.beam 1: greedy; above: beam search, fused with the LM (if any) at options.lm_weight.
+  Result transcribe(const float* samples, int n, const BeamOptions& options = {1});
   const char* isa() const { return encoder_.isa(); }
+  bool has_lm() const { return lm_ != nullptr; }
 
  private:
   Frontend frontend_;
   LstmStack encoder_;
   AttentionDecoder decoder_;
+  std::unique_ptr<CharLm> lm_;
   std::vector<int> vocab_;
   FloatBuffer feats_, x_, enc_;
 };

@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include "asr.h"
+#include "char_lm.h"
 #include "build_info.h"
 #include "cpu_features.h"
 #include "decoder.h"
@@ -69,12 +70,25 @@ FloatArray frontend_subsample(lrk::Frontend& self, py::handle feats_obj) {
   return y;
 }
 
-py::dict transcribe(lrk::Asr& self, py::handle samples_obj) {
+lrk::BeamOptions beam_options(int beam, double lm_weight, double length_bonus, double length_penalty) {
+  if (beam < 1) throw py::value_error("beam must be at least 1");
+  lrk::BeamOptions o;
+  o.beam = beam;
+  o.lm_weight = lm_weight;
+  o.length_bonus = length_bonus;
+  o.length_penalty = length_penalty;
+  return o;
+}
+
+py::dict transcribe(lrk::Asr& self, py::handle samples_obj, int beam, double lm_weight, double length_bonus,
+                    double length_penalty) {
   FloatArray x = as_floats(samples_obj, 1, "transcribe: samples");
+  const lrk::BeamOptions o = beam_options(beam, lm_weight, length_bonus, length_penalty);
+  if (beam > 1 && lm_weight != 0 && !self.has_lm()) throw py::value_error("transcribe: lm_weight set, but the model has no LM");
   lrk::Asr::Result r;
   {
     py::gil_scoped_release nogil;
-    r = self.transcribe(x.data(), int(x.shape(0)));
+    r = self.transcribe(x.data(), int(x.shape(0)), o);
   }
   py::dict ms;
   for (int k = 0; k < 4; ++k) ms[lrk::Asr::kStages[k]] = r.ms[k];
@@ -106,6 +120,23 @@ py::object greedy(lrk::AttentionDecoder& self, py::handle enc_obj, bool return_l
   FloatArray lp({py::ssize_t(logp.size() / self.vocab()), py::ssize_t(self.vocab())});
   std::copy(logp.begin(), logp.end(), lp.mutable_data());
   return py::make_tuple(tokens, lp);
+}
+
+std::vector<int> beam_search(lrk::AttentionDecoder& self, py::handle enc_obj, int beam, double lm_weight,
+                             double length_bonus, double length_penalty, lrk::CharLm* lm) {
+  FloatArray enc = encoder_states(self, enc_obj);
+  const lrk::BeamOptions o = beam_options(beam, lm_weight, length_bonus, length_penalty);
+  py::gil_scoped_release nogil;
+  return self.beam(enc.data(), int(enc.shape(0)), o, lm);
+}
+
+FloatArray lm_step(lrk::CharLm& self, const std::vector<int>& tokens) {
+  if (tokens.empty()) throw py::value_error("step: needs at least one token");
+  FloatArray y({py::ssize_t(tokens.size()), py::ssize_t(self.vocab())});
+  float* yp = y.mutable_data();
+  py::gil_scoped_release nogil;
+  self.step(tokens.data(), int(tokens.size()), yp);
+  return y;
 }
 
 FloatArray forward(lrk::LstmStack& self, py::handle x_obj) {
@@ -242,7 +273,7 @@ PYBIND11_MODULE(_native, m) {
       .def_property_readonly("output_size", &lrk::Frontend::output_size);
 
   py::class_<lrk::AttentionDecoder>(m, "AttentionDecoder",
-                                    "Greedy attention decoding on packed weights (see csrc/decoder.h).")
+                                    "Greedy and beam-search attention decoding on packed weights (see csrc/decoder.h).")
       .def(py::init([](py::handle source, const std::string& isa) {
              const lrk::ModelFile file = model_file(source);
              const lrk::DecoderWeights weights = file.decoder();
@@ -257,18 +288,45 @@ PYBIND11_MODULE(_native, m) {
              FloatArray enc = encoder_states(self, enc_obj);
              return self.max_steps(enc.data(), int(enc.shape(0)));
            }, py::arg("enc"), "The output-length cap of an utterance.")
+      .def("beam", &beam_search, py::arg("enc"), py::arg("beam") = 8, py::arg("lm_weight") = 0.0,
+           py::arg("length_bonus") = 0.0, py::arg("length_penalty") = 1.0, py::arg("lm") = nullptr,
+           "Encoder states -> the best hypothesis of a beam search (pipeline/model/beam.py), fused with `lm`.")
       .def_property_readonly("values_per_frame", &lrk::AttentionDecoder::values_per_frame,
                              "Floats per encoder frame the context product reads at each step (see csrc/decoder.h).")
       .def_property_readonly("isa", &lrk::AttentionDecoder::isa);
 
   py::class_<lrk::Asr>(m, "Asr", "The whole model of a model file, samples to text, each stage timed (see csrc/asr.h).")
-      .def(py::init([](py::handle source, const std::string& isa) {
-             return new lrk::Asr(lrk::read_model(model_file(source)), isa);
+      .def(py::init([](py::handle source, const std::string& isa, py::handle lm) {
+             lrk::ModelWeights w = lrk::read_model(model_file(source));
+             if (!lm.is_none()) {
+               w.lm = lrk::read_lm(model_file(lm));
+               w.has_lm = true;
+             }
+             return new lrk::Asr(w, isa);
            }),
-           py::arg("source"), py::arg("isa") = "auto", "The whole model of a model file (a path, or its bytes).")
-      .def("transcribe", &transcribe, py::arg("samples"),
-           "16 kHz mono samples in [-1, 1] -> {text, tokens, ms (per stage), frames, encoder_frames}.")
+           py::arg("source"), py::arg("isa") = "auto", py::arg("lm") = py::none(),
+           "The whole model of a model file (a path, or its bytes); `lm`: a language model file beside it.")
+      .def("transcribe", &transcribe, py::arg("samples"), py::arg("beam") = 1, py::arg("lm_weight") = 0.0,
+           py::arg("length_bonus") = 0.0, py::arg("length_penalty") = 1.0,
+           "16 kHz mono samples in [-1, 1] -> {text, tokens, ms (per stage), frames, encoder_frames}; beam 1 is "
+           "greedy, above it beam search fused with the model's LM at lm_weight.")
+      .def_property_readonly("has_lm", &lrk::Asr::has_lm)
       .def_property_readonly("isa", &lrk::Asr::isa);
+
+  py::class_<lrk::CharLm>(m, "CharLm", "A character LSTM language model on packed weights (see csrc/char_lm.h).")
+      .def(py::init([](py::handle source, const std::string& isa) {
+             const lrk::ModelFile file = model_file(source);
+             return new lrk::CharLm(file.has("encoder.cells") ? file.lm() : lrk::read_lm(file), isa);
+           }),
+           py::arg("source"), py::arg("isa") = "auto", "The LM (lm.* entries) of a model file (a path, or its bytes).")
+      .def("step", &lm_step, py::arg("tokens"),
+           "Feeds each row its token -> log-probabilities (rows, vocab); the state carries to the next call.")
+      .def("select", [](lrk::CharLm& self, const std::vector<int>& rows) {
+             self.select(rows.data(), int(rows.size()));
+           }, py::arg("rows"), "Keeps these rows of the state, in this order, as the new rows.")
+      .def("reset", &lrk::CharLm::reset)
+      .def_property_readonly("vocab", &lrk::CharLm::vocab)
+      .def_property_readonly("isa", &lrk::CharLm::isa);
 
   py::class_<lrk::LstmStack>(m, "LstmStack", "An LSTM stack on packed weights (see csrc/lstm.h).")
       .def(py::init([](py::handle source, const std::string& prefix, const std::string& isa) {

@@ -1,22 +1,19 @@
-// Greedy decoding with the attention decoder of pipeline/model/asr.py (an LSTM over the previous
-// character and context, location-aware attention, an output projection) on packed weights: the
-// whole output loop in C++, one utterance at a time, every projection dense or factored. The
-// output length is capped as pipeline/model/decode.py caps it, from the CTC head's best path.
+// Greedy and beam-search decoding with the attention decoder of pipeline/model/asr.py (an LSTM over
+// the previous character and context, location-aware attention, an output projection) on packed
+// weights: the whole output loop in C++, one utterance at a time, every projection dense or
+// factored. The beam's live hypotheses step together as one batch; a character LM (char_lm.h)
+// fuses into it exactly as pipeline/model/beam.py describes. The output length is capped as
+// pipeline/model/decode.py caps it, from the CTC head's best path.
 // Not thread-safe: one decoder per thread (it owns its scratch buffers).
 #pragma once
 #include <string>
 #include <vector>
 
+#include "char_lm.h"
 #include "lstm.h"
 #include "matrix.h"
 
 namespace lrk {
-
-// y = x W^T (+ bias): W dense or factored; an empty bias is none.
-struct LinearWeights {
-  MatrixWeights w;
-  std::vector<float> bias;
-};
 
 struct DecoderWeights {
   std::vector<float> embedding;  // vocab x embed
@@ -38,6 +35,13 @@ struct DecodeLimits {
   int ctc_len_margin = 5, min_len = 8;
 };
 
+// pipeline/model/beam.py's BeamConfig: a hypothesis extended by v scores log p_asr(v) +
+// lm_weight log p_lm(v) + length_bonus; compared by score / (characters + 1) ^ length_penalty.
+struct BeamOptions {
+  int beam = 8;
+  double lm_weight = 0, length_bonus = 0, length_penalty = 1;
+};
+
 class AttentionDecoder {
  public:
   AttentionDecoder(const DecoderWeights& weights, const DecodeLimits& limits = {}, const std::string& isa = "auto");
@@ -45,6 +49,8 @@ class AttentionDecoder {
   // enc (frames x enc_dim) -> the greedy output tokens, EOS excluded; logp, if given, receives each
   // step's log-probabilities (steps x vocab).
   std::vector<int> greedy(const float* enc, int frames, std::vector<float>* logp = nullptr);
+  // enc -> the best hypothesis of a beam search (EOS excluded), fused with `lm` if given.
+  std::vector<int> beam(const float* enc, int frames, const BeamOptions& options, CharLm* lm = nullptr);
   // The output-length cap of an utterance.
   int max_steps(const float* enc, int frames);
 
@@ -55,15 +61,16 @@ class AttentionDecoder {
   const char* isa() const { return kern_.isa; }
 
  private:
-  struct Linear {
-    Matrix m;
-    FloatBuffer bias;  // padded to m.out_padded(); zeros when the layer has none
-    void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, Scratch& tmp) const;
-  };
-  Linear linear(const LinearWeights& w) const;
+  // Per utterance: keys, values and the first state; returns the output-length cap.
+  int start(const float* enc, int frames);
+  // Feeds row i of the live hypotheses tokens[i] (k rows): logits_ (k rows, logits_stride() apart).
+  void step(const int* tokens, int k);
+  // Keeps the hypotheses rows (see LstmStack::select), with their attention weights and context.
+  void select(const std::vector<int>& rows);
   void fold(const DecoderWeights& w);
   void set_values(const float* v, int frames, int ldv, int m);
-  void attend(int frames);
+  void attend(int k);
+  int logits_stride() const { return rank_ ? out_h_.m.out_padded() : out_.m.out_padded(); }
 
   const Kernels& kern_;
   DecodeLimits limits_;
@@ -86,8 +93,9 @@ class AttentionDecoder {
   FloatBuffer embz_;  // vocab x r: each token's embedding times V's embedding columns
   Linear out_h_;      // the output projection's hidden-state columns, with its bias
   // Per utterance: keys (frames x ap), the values (enc or vals)^T packed for the context product;
-  // per step: the rest. context_ is the weighted sum of the values.
-  FloatBuffer keys_, vals_, x_, q_, qa_, padded_, locf_, e_, weights_, context_, logits_;
+  // per step and live hypothesis (a row each): the rest. context_ is the weighted sum of the values.
+  int frames_ = 0;
+  FloatBuffer keys_, vals_, x_, h_, qd_, qa_, padded_, locf_, e_, weights_, context_, logits_;
   Scratch tmp_;
   Packed values_;
 };

@@ -5,7 +5,8 @@
 //                 [--frames N] [--batch B] [--reps N] [--warmup N] [--isa NAME] [--input FILE] [--dump FILE]
 //                 [--roofline BYTES] [--precision file|fp32|int8]
 //   lowrank_bench --model FILE.lrkm (--audio FILE.wav | --raw-audio FILE.f32) [--reps N] [--warmup N] [--isa NAME]
-//                 [--precision file|fp32|int8]
+//                 [--precision file|fp32|int8] [--beam N [--lm FILE.lrkm] [--lm-weight W] [--length-bonus B]
+//                 [--length-penalty P]]
 //
 // --precision: file (default) applies each matrix as the model file holds it (float, or int8 where
 // it holds NAME.q); int8 quantises every matrix (per row) when packing it, fp32 runs every one in float.
@@ -18,7 +19,8 @@
 // peak int8 multiply-add rate.
 // A model (csrc/model_file.h) on one utterance (a 16 kHz mono 16-bit PCM .wav file, or with
 // --raw-audio little-endian float32 samples at 16 kHz): the transcript and the milliseconds of each
-// stage and in all.
+// stage and in all. --beam above 1 decodes by beam search, fused at --lm-weight with the model file's
+// character LM or the one --lm names (pipeline/model/beam.py); 1 (default) is greedy.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -88,8 +90,9 @@ lrk::StackWeights synthetic(const std::string& spec) {
 
 struct Args {
   std::string weights, stack = "encoder", synthetic, model, audio, raw_audio, mode = "utterance", isa = "auto", input,
-      dump, precision = "file";
+      dump, precision = "file", lm;
   int frames = 200, batch = 1, reps = 30, warmup = 3;
+  lrk::BeamOptions beam{1};
   long roofline = 0;
 };
 
@@ -115,6 +118,11 @@ Args parse(int argc, char** argv) {
     else if (k == "--reps") a.reps = std::atoi(v.c_str());
     else if (k == "--warmup") a.warmup = std::atoi(v.c_str());
     else if (k == "--roofline") a.roofline = std::atol(v.c_str());
+    else if (k == "--beam") a.beam.beam = std::atoi(v.c_str());
+    else if (k == "--lm") a.lm = v;
+    else if (k == "--lm-weight") a.beam.lm_weight = std::atof(v.c_str());
+    else if (k == "--length-bonus") a.beam.length_bonus = std::atof(v.c_str());
+    else if (k == "--length-penalty") a.beam.length_penalty = std::atof(v.c_str());
     else throw std::invalid_argument("unknown option " + k);
   }
   if (int(!a.weights.empty()) + int(!a.synthetic.empty()) + int(!a.model.empty()) != 1)
@@ -125,6 +133,11 @@ Args parse(int argc, char** argv) {
   if (a.mode != "utterance" && a.mode != "stream") throw std::invalid_argument("--mode is utterance or stream");
   if (a.precision != "file" && a.precision != "fp32" && a.precision != "int8")
     throw std::invalid_argument("--precision is file, fp32 or int8");
+  if (a.beam.beam < 1 || a.beam.beam > 1000) throw std::invalid_argument("--beam must be in [1, 1000]");
+  for (double v : {a.beam.lm_weight, a.beam.length_bonus, a.beam.length_penalty})
+    if (!std::isfinite(v) || std::fabs(v) > 100)
+      throw std::invalid_argument("--lm-weight, --length-bonus and --length-penalty must be finite, within +-100");
+  if (!a.lm.empty() && a.model.empty()) throw std::invalid_argument("--lm goes with --model");
   if (a.frames < 1 || a.batch < 1 || a.reps < 1 || a.warmup < 0)
     throw std::invalid_argument("--frames, --batch and --reps must be >= 1, --warmup >= 0");
   return a;
@@ -163,16 +176,22 @@ lrk::ModelFile open_model(const std::string& path) {
 // The whole model on one utterance: the transcript of the last run and median stage times.
 int run_model(const Args& a) {
   lrk::ModelWeights weights = lrk::read_model(open_model(a.model));
+  if (!a.lm.empty()) {
+    weights.lm = lrk::read_lm(open_model(a.lm));
+    weights.has_lm = true;
+  }
+  if (a.beam.beam > 1 && a.beam.lm_weight != 0 && !weights.has_lm)
+    throw std::invalid_argument("--lm-weight: the model file holds no LM; name one with --lm");
   if (a.precision != "file") lrk::set_int8(weights, a.precision == "int8");
   lrk::Asr asr(weights, a.isa);
   const std::string path = a.audio.empty() ? a.raw_audio : a.audio;
   const std::string bytes = lrk::read_bytes(path);
   const std::vector<float> audio = a.audio.empty() ? lrk::parse_raw_f32(bytes, path) : lrk::parse_wav(bytes, path);
   lrk::Asr::Result r;
-  for (int i = 0; i < a.warmup; ++i) r = asr.transcribe(audio.data(), int(audio.size()));
+  for (int i = 0; i < a.warmup; ++i) r = asr.transcribe(audio.data(), int(audio.size()), a.beam);
   std::vector<std::vector<double>> ms(5);
   for (int i = 0; i < a.reps; ++i) {
-    r = asr.transcribe(audio.data(), int(audio.size()));
+    r = asr.transcribe(audio.data(), int(audio.size()), a.beam);
     double total = 0;
     for (int s = 0; s < 4; ++s) {
       ms[s].push_back(r.ms[s]);
@@ -182,9 +201,12 @@ int run_model(const Args& a) {
   }
   const std::string text = json_escaped(r.text);
   const double seconds = double(audio.size()) / 16000.0;
-  std::printf("{\"mode\": \"model\", \"isa\": \"%s\", \"precision\": \"%s\", \"reps\": %d, \"text\": \"%s\", \"samples\": %zu, "
+  std::printf("{\"mode\": \"model\", \"isa\": \"%s\", \"precision\": \"%s\", \"beam\": %d, \"lm_weight\": %g, "
+              "\"length_bonus\": %g, \"length_penalty\": %g, \"lm\": %s, ", asr.isa(), a.precision.c_str(), a.beam.beam,
+              a.beam.lm_weight, a.beam.length_bonus, a.beam.length_penalty, asr.has_lm() ? "true" : "false");
+  std::printf("\"reps\": %d, \"text\": \"%s\", \"samples\": %zu, "
               "\"audio_seconds\": %.4f, \"frames\": %d, \"encoder_frames\": %d, \"output_tokens\": %zu, \"ms\": {",
-              asr.isa(), a.precision.c_str(), a.reps, text.c_str(), audio.size(), seconds, r.frames, r.encoder_frames, r.tokens.size());
+              a.reps, text.c_str(), audio.size(), seconds, r.frames, r.encoder_frames, r.tokens.size());
   for (int s = 0; s < 4; ++s) std::printf("\"%s\": %.3f, ", lrk::Asr::kStages[s], percentile(ms[s], 0.5));
   std::printf("\"total\": %.3f}, \"total_ms\": {\"median\": %.3f, \"p90\": %.3f, \"min\": %.3f}, \"rtf\": %.5f",
               percentile(ms[4], 0.5), percentile(ms[4], 0.5), percentile(ms[4], 0.9), percentile(ms[4], 0.0),

@@ -126,6 +126,21 @@ void LstmStack::step_impl(const float* x, int batch, float* y, bool factored) {
   for (int b = 0; b < batch; ++b) std::copy_n(cur + size_t(b) * sp_, out, y + size_t(b) * out);
 }
 
+void LstmStack::select(const int* rows, int n) {
+  if (h_.empty()) return;
+  const size_t batch = h_.size() / (size_t(layers_) * sp_);
+  for (int i = 0; i < n; ++i)
+    if (rows[i] < 0 || size_t(rows[i]) >= batch) throw std::invalid_argument("select: row out of range");
+  FloatBuffer h(size_t(layers_) * n * sp_), c(size_t(layers_) * n * hp_);
+  for (int l = 0; l < layers_; ++l)
+    for (int i = 0; i < n; ++i) {
+      std::copy_n(h_.data() + (l * batch + rows[i]) * sp_, sp_, h.data() + (size_t(l) * n + i) * sp_);
+      std::copy_n(c_.data() + (l * batch + rows[i]) * hp_, hp_, c.data() + (size_t(l) * n + i) * hp_);
+    }
+  h_.swap(h);
+  c_.swap(c);
+}
+
 void LstmStack::reset() {
   h_.clear();
   c_.clear();

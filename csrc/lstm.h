@@ -24,6 +24,9 @@ class LstmStack {
   // vx = x . V^T (batch x its rank). Throws if that matrix is dense.
   void step_factored(const float* vx, int batch, float* y);
   void reset();
+  // Streaming state: keep rows[0..n) of the current batch, in that order (repeats allowed), as the
+  // new batch of n; the next step() takes n rows. Before the first step the state is zero: no-op.
+  void select(const int* rows, int n);
 
   int layers() const { return layers_; }
   int directions() const { return dirs_; }

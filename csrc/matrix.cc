@@ -1,5 +1,9 @@
 #include "matrix.h"
 
+#include <algorithm>
+#include <cmath>
+#include <string>
+
 namespace lrk {
 
 Matrix Matrix::make(const Kernels& kern, const MatrixWeights& m, const std::vector<int>& row_of) {
@@ -58,6 +62,40 @@ void Matrix::apply_u(const Kernels& kern, const float* vx, int rows, int ldvx, f
                      Scratch& tmp) const {
   if (int8) return apply8(kern, a8, vx, rows, ldvx, y, ldy, accumulate, tmp);
   kern.matmul(vx, rows, ldvx, a.data.data(), a.mp, a.k, y, ldy, accumulate);
+}
+
+Linear Linear::make(const Kernels& kern, const LinearWeights& w) {
+  Linear l{Matrix::make(kern, w.w), {}};
+  l.bias.assign(size_t(l.m.out_padded()), 0.0f);
+  std::copy(w.bias.begin(), w.bias.end(), l.bias.begin());
+  return l;
+}
+
+void Linear::apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, Scratch& tmp) const {
+  const int ldy = m.out_padded();
+  for (int r = 0; r < rows; ++r) std::copy(bias.begin(), bias.end(), y + size_t(r) * ldy);
+  m.apply(kern, x, rows, ldx, y, ldy, true, tmp);
+}
+
+std::string linear_mismatch(const LinearWeights& l, int rows, int cols, bool bias) {
+  const MatrixWeights& m = l.w;
+  if (m.rows != rows || m.cols != cols)
+    return "shape " + std::to_string(m.rows) + "x" + std::to_string(m.cols) + ", expected " + std::to_string(rows) +
+           "x" + std::to_string(cols);
+  if (m.rank < 0 || m.rank > std::min(rows, cols)) return "rank " + std::to_string(m.rank) + " out of range";
+  if (m.rank ? m.u.size() != size_t(rows) * m.rank || m.v.size() != size_t(m.rank) * cols
+             : m.w.size() != size_t(rows) * cols)
+    return "number of values does not match its shape and rank";
+  if (l.bias.size() != (bias ? size_t(rows) : 0)) return bias ? "needs a bias of its rows" : "takes no bias";
+  return "";
+}
+
+void log_softmax(const float* x, int n, float* y) {
+  const float top = *std::max_element(x, x + n);
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += std::exp(double(x[i] - top));
+  const float norm = float(std::log(sum));
+  for (int i = 0; i < n; ++i) y[i] = x[i] - top - norm;
 }
 
 }  // namespace lrk

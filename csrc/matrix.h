@@ -1,6 +1,7 @@
 // A weight matrix on packed panels, dense or factored (W = U V), and the product it applies: what
 // the LSTM cells and the decoder's projections share.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "lstm_kernels.h"
@@ -39,5 +40,26 @@ struct Matrix {
   static void apply8(const Kernels& kern, const Packed8& w, const float* x, int rows, int ldx, float* y, int ldy,
                      bool accumulate, Scratch& tmp);
 };
+
+// y = x W^T (+ bias): W dense or factored; an empty bias is none.
+struct LinearWeights {
+  MatrixWeights w;
+  std::vector<float> bias;
+};
+
+// A LinearWeights packed, its bias padded to the matrix's output rows (zeros where it has none).
+struct Linear {
+  Matrix m;
+  FloatBuffer bias;
+  static Linear make(const Kernels& kern, const LinearWeights& w);
+  // y[r] = bias + x[r] . W^T for r < rows, y's rows m.out_padded() apart.
+  void apply(const Kernels& kern, const float* x, int rows, int ldx, float* y, Scratch& tmp) const;
+};
+
+// "" when l is rows x cols with a bias of its rows (when `bias`) or none, else what is wrong.
+std::string linear_mismatch(const LinearWeights& l, int rows, int cols, bool bias);
+
+// y = log_softmax(x) over n values (the normaliser summed in double).
+void log_softmax(const float* x, int n, float* y);
 
 }  // namespace lrk

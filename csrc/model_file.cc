@@ -283,6 +283,16 @@ DecoderWeights ModelFile::decoder() const {
   return d;
 }
 
+LmWeights ModelFile::lm() const {
+  LmWeights l;
+  l.embedding = floats("lm.embedding", 2);
+  l.embed = int(dims("lm.embedding")[1]);
+  l.lstm = stack("lm.lstm");
+  l.out = linear("lm.out");
+  validate(l);
+  return l;
+}
+
 DecodeLimits ModelFile::limits() const {
   const std::vector<float> v = floats("decoder.limits");  // finite, as every float entry
   if (v.size() != 4) fail("entry 'decoder.limits': expected 4 values");
@@ -309,12 +319,24 @@ ModelWeights read_model(const ModelFile& file) {
                        ", not a printable Unicode character");
   }
   m.vocab.assign(vocab.begin(), vocab.end());
+  if (file.has("lm.embedding")) {
+    m.lm = file.lm();
+    m.has_lm = true;
+  }
   file.check_all_used();
   return m;
 }
 
+LmWeights read_lm(const ModelFile& file) {
+  LmWeights l = file.lm();
+  file.check_all_used();
+  return l;
+}
+
 void set_int8(ModelWeights& m, bool on) {
   m.encoder.set_int8(on);
+  m.lm.lstm.set_int8(on);
+  m.lm.out.w.int8 = on;
   m.decoder.lstm.set_int8(on);
   for (LinearWeights* l : {&m.decoder.key, &m.decoder.query, &m.decoder.loc, &m.decoder.energy, &m.decoder.out,
                            &m.decoder.ctc})

@@ -1,6 +1,6 @@
 // The one file format the native runtime loads (docs/formats.md): named arrays that hold a whole
-// model (front end, encoder LSTM stack, attention decoder, vocabulary) or any part of one, such as
-// an LSTM stack alone for lowrank_bench --weights. export/native.py writes it.
+// model (front end, encoder LSTM stack, attention decoder, vocabulary, optionally a character LM)
+// or any part of one, such as an LSTM stack alone for lowrank_bench --weights or an LM alone. export/native.py writes it.
 //
 // The layout and every entry's name, type and shape: docs/formats.md ("Native model file"), the one
 // description of the format; a factored matrix NAME is two entries NAME.U and NAME.V.
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "char_lm.h"
 #include "decoder.h"
 #include "frontend.h"
 #include "lstm_weights.h"
@@ -52,6 +53,7 @@ class ModelFile {
   FrontendWeights frontend() const;
   DecoderWeights decoder() const;
   DecodeLimits limits() const;
+  LmWeights lm() const;
 
  private:
   struct Entry {
@@ -89,10 +91,15 @@ struct ModelWeights {
   DecoderWeights decoder;
   DecodeLimits limits;
   std::vector<int> vocab;  // code point per token; 0: prints nothing
+  bool has_lm = false;     // a character LM for shallow fusion (entries lm.*), optional
+  LmWeights lm;
 };
 
 // The whole model; throws FormatError naming the file and the entry that is missing or inconsistent.
 ModelWeights read_model(const ModelFile& file);
+
+// A character LM alone (a file of lm.* entries, beside the model file).
+LmWeights read_lm(const ModelFile& file);
 
 // Every weight matrix of the model (encoder, decoder LSTM, projections) applied in int8, or all in float.
 void set_int8(ModelWeights& m, bool on);

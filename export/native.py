@@ -24,7 +24,9 @@ from pipeline.data.features import FeatureConfig
 from pipeline.data.vocab import BLANK, EOS, SOS, TOKENS
 from pipeline.errors import PipelineError
 from pipeline.lowrank.modules import LowRankLSTM, LowRankRecurrent, cell_name
+from pipeline.data.vocab import decode as ids_to_text
 from pipeline.model.decode import DecodeConfig
+from pipeline.model.evaluate import encoder_states
 
 # version 2 ends with the CRC-32 of every byte before it; version 3 adds int8 entries
 MAGIC, VERSION = b"LRKM", 3
@@ -101,7 +103,7 @@ def _linear(entries, name, m, precision=FP32):
         entries[name + ".bias"] = _array(m.bias)
 
 
-def _cells(lstm):
+def cells_of(lstm):
     """(ih, hh, bias, hr or None) of each cell of an nn.LSTM (any proj_size and bias), a LowRankLSTM
     or the LowRankRecurrent of an nn.LSTM, layer-major; and its directions."""
     dirs = 2 if lstm.bidirectional else 1
@@ -124,10 +126,10 @@ def _stack_cells(obj):
     """The cells of an nn.LSTM, a LowRankLSTM or the ASR encoder (one single-layer LSTM per direction
     and layer) as one stack; and its directions."""
     if isinstance(obj, (nn.LSTM, LowRankLSTM)) or (isinstance(obj, LowRankRecurrent) and obj.original is nn.LSTM):
-        return _cells(obj)
+        return cells_of(obj)
     if hasattr(obj, "lstms"):
         dirs = len(obj.lstms[0])
-        return [c for layer in obj.lstms for d in ("fwd", "bwd")[:dirs] for c in _cells(layer[d])[0]], dirs
+        return [c for layer in obj.lstms for d in ("fwd", "bwd")[:dirs] for c in cells_of(layer[d])[0]], dirs
     raise PipelineError(f"native LSTM: cannot take the weights of a {type(obj).__name__}")
 
 
@@ -177,11 +179,19 @@ def frontend_entries(model, cmvn, cfg=FeatureConfig()):
             "frontend.preemphasis": np.array([0.97], np.float32)}
 
 
-def model_entries(model, cmvn, cfg=DecodeConfig(), precision=FP32):
-    """The whole recogniser: front end, encoder stack, decoder and vocabulary."""
+def lm_entries(lm, precision=FP32):
+    """A character LM (pipeline/model/lm.py): lm.embedding, the stack lm.lstm and lm.out."""
+    entries = {"lm.embedding": _array(lm.embed.weight), **stack_entries(lm.lstm, "lm.lstm", precision)}
+    _linear(entries, "lm.out", lm.out, precision)
+    return entries
+
+
+def model_entries(model, cmvn, cfg=DecodeConfig(), precision=FP32, lm=None):
+    """The whole recogniser: front end, encoder stack, decoder and vocabulary; and `lm` if given."""
     return {**frontend_entries(model, cmvn), **stack_entries(model.encoder, precision=precision),
             **decoder_entries(model, cfg, precision),
-            "vocab": _ints(*(ord(t) if len(t) == 1 else 0 for t in TOKENS))}
+            "vocab": _ints(*(ord(t) if len(t) == 1 else 0 for t in TOKENS)),
+            **(lm_entries(lm, precision) if lm is not None else {})}
 
 
 TYPES = {np.dtype(np.int32): b"i", np.dtype(np.int8): b"b"}
@@ -203,9 +213,20 @@ def write(path, entries):
         tmp.write_bytes(encode(entries))
 
 
-def write_model(path, model, cmvn, cfg=DecodeConfig(), precision=FP32):
-    """The whole model in the file `lowrank_bench --model` and `transcribe --native` run."""
-    write(path, model_entries(model, cmvn, cfg, precision))
+def write_model(path, model, cmvn, cfg=DecodeConfig(), precision=FP32, lm=None):
+    """The whole model in the file `lowrank_bench --model` and `transcribe --native` run; with `lm`
+    (a CharLM) inside it for beam search with shallow fusion."""
+    write(path, model_entries(model, cmvn, cfg, precision, lm))
+
+
+def write_lm(path, lm, precision=FP32):
+    """A character LM alone, for `lowrank_bench --model M --lm PATH`."""
+    write(path, lm_entries(lm, precision))
+
+
+def native_lm(lm, isa="auto", precision=FP32):
+    """A native `CharLm` of a CharLM (dense or factored)."""
+    return _native.CharLm(encode(lm_entries(lm, precision)), isa)
 
 
 def write_stack(path, obj, precision=FP32):
@@ -228,6 +249,21 @@ def frontend(model, cmvn, cfg=FeatureConfig(), isa="auto"):
     return _native.Frontend(encode(frontend_entries(model, cmvn, cfg)), isa)
 
 
+def beam_rows(model, cmvn, rows, cfg, lm=None, isa="auto", progress=True, states=None):
+    """Transcripts of manifest rows by the native decoder's beam search (fused with `lm`, a CharLM, at
+    cfg.lm_weight) on PyTorch's encoder states: what `transcribe --native` decodes, at a fraction of
+    PyTorch's per-hypothesis cost, for scoring whole splits. states: the rows' encoder states
+    [(row index, (1, T', D))] where already computed (a grid of settings encodes once)."""
+    dec = decoder(model, cfg, isa)
+    nlm = native_lm(lm, isa) if lm is not None and cfg.lm_weight else None
+    hyps = [None] * len(rows)
+    for i, enc in states if states is not None else encoder_states(model, cmvn, rows, progress=progress):
+        tokens = dec.beam(enc[0].numpy(), cfg.beam, cfg.lm_weight if nlm else 0.0, cfg.length_bonus,
+                          cfg.length_penalty, nlm)
+        hyps[i] = ids_to_text(tokens)
+    return hyps
+
+
 @torch.no_grad()
 def encode_native(model, feats, native_stack=None):
     """Encoder states (T', D) of one utterance's features (T, n_mels): the convolutional subsampling
@@ -239,16 +275,21 @@ def encode_native(model, feats, native_stack=None):
 
 
 class NativeAsr:
-    """A checkpoint in C++ from samples to greedy transcript, as `lowrank_bench --model` runs it
-    (lrk::Asr on the model file's bytes): `transcribe(audio, sr)`; `run(samples)` also gives the
-    tokens and each stage's milliseconds."""
+    """A checkpoint in C++ from samples to transcript, as `lowrank_bench --model` runs it (lrk::Asr on
+    the model file's bytes): `transcribe(audio, sr)`; `run(samples)` also gives the tokens and each
+    stage's milliseconds. Greedy, or by beam search (cfg.beam > 1) fused with `lm` at cfg.lm_weight."""
 
-    def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto", precision=FP32):
-        self.asr = _native.Asr(encode(model_entries(model, cmvn, cfg, precision)), isa)
+    def __init__(self, model, cmvn, cfg=DecodeConfig(), isa="auto", precision=FP32, lm=None):
+        self.asr = _native.Asr(encode(model_entries(model, cmvn, cfg, precision, lm)), isa)
+        self.cfg = cfg
 
     def run(self, samples):
         """16 kHz float32 samples -> {text, tokens, ms (per stage), frames, encoder_frames}."""
-        return self.asr.transcribe(samples)
+        c = self.cfg
+        if c.ctc_weight > 0 and c.beam > 1:
+            raise PipelineError("the native runtime has no CTC rescoring: decode with ctc_weight 0")
+        return self.asr.transcribe(samples, c.beam, c.lm_weight if self.asr.has_lm else 0.0, c.length_bonus,
+                                   c.length_penalty)
 
     def transcribe(self, audio, sr=SAMPLE_RATE):
         return self.run(np.ascontiguousarray(resample(np.asarray(audio, dtype=np.float32), sr)))["text"]

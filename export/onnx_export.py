@@ -9,6 +9,7 @@ A low-rank encoder LSTM is lowered one of two ways, chosen per layer by measured
 Dense LSTMs use the standard LSTM operator. The decoder runs one step per call; its LSTM (dense or
 factored) and Linears are traced for that single step as plain MatMuls.
 """
+import copy
 import io
 import logging
 import shutil
@@ -26,6 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from export.native import cells_of
 from export.runner import FORMAT_VERSION, OnnxAsr
 from pipeline.atomic import atomic_path, write_json
 from pipeline.data.features import Cmvn
@@ -222,6 +224,46 @@ class ExportDecoderStep(nn.Module):
         return logp, h, c, context, weights
 
 
+class ExportLmStep(nn.Module):
+    """One step of a character LM (pipeline/model/lm.py, dense or factored) for every live hypothesis:
+    (token (k,), h, c (layers, k, hidden)) -> (log-probs (k, vocab), h, c); each matrix one MatMul,
+    or two through its rank."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = copy.deepcopy(lm).eval()
+        self.cells = cells_of(self.lm.lstm)[0]
+
+    @staticmethod
+    def _mul(x, m):
+        return x @ m.t() if isinstance(m, torch.Tensor) else m.apply(x)
+
+    def forward(self, token, h, c):
+        x, hs, cs = self.lm.embed(token), [], []
+        for k, (ih, hh, bias, _) in enumerate(self.cells):
+            i, f, g, o = (self._mul(x, ih) + self._mul(h[k], hh) + bias).chunk(4, dim=1)
+            ck = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
+            x = torch.sigmoid(o) * torch.tanh(ck)
+            hs.append(x)
+            cs.append(ck)
+        return torch.log_softmax(self.lm.out(x), dim=-1), torch.stack(hs), torch.stack(cs)
+
+
+def export_lm(lm, out_dir, model_id, int8=False):
+    """OUT/lm_step.onnx (+ lm_step.int8.onnx) of a character LM; returns {key: file name}."""
+    out = Path(out_dir)
+    layers, hidden = len(ExportLmStep(lm).cells), lm.cfg.hidden
+    h = torch.zeros(layers, 2, hidden)
+    proto = to_onnx(ExportLmStep(lm), (torch.tensor([1, 1]), h, h.clone()), ["token", "h", "c"],
+                    ["logp", "h_out", "c_out"],
+                    {"token": {0: "k"}, "h": {1: "k"}, "c": {1: "k"}, "logp": {0: "k"}, "h_out": {1: "k"}, "c_out": {1: "k"}})
+    save_proto(proto, out / "lm_step.onnx", model_id)
+    files = {"lm_step": "lm_step.onnx"}
+    if int8:
+        files.update(quantize(out, model_id, keys=("lm_step",)))
+    return files
+
+
 def to_onnx(module, args, input_names, output_names, dynamic_axes):
     """torch.onnx.export (TorchScript exporter: dynamo=False keeps an LSTM one ONNX LSTM op) to a proto."""
     buf = io.BytesIO()
@@ -303,8 +345,9 @@ def stack_seconds(model, frames=200):
     return _time_session(_apply_scan(proto, model, choice), {"x": x.numpy()})
 
 
-def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", log=print):
-    """Writes DIR/encoder.onnx, DIR/decoder_step.onnx (+ int8, + .ort) and DIR/model.json (last)."""
+def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", log=print, lm=None, lm_info=None):
+    """Writes DIR/encoder.onnx, DIR/decoder_step.onnx (+ int8, + .ort), with `lm` (a CharLM)
+    DIR/lm_step.onnx (model.json's "lm" also holds `lm_info`), and DIR/model.json (last)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # model.json names the graphs and is written last: without it no runner trusts a half-written export
@@ -342,6 +385,8 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
     files = {"encoder": "encoder.onnx", "decoder_step": "decoder_step.onnx"}
     if int8:
         files.update(quantize(out, model_id))
+    if lm is not None:
+        files.update(export_lm(lm, out, model_id, int8))
     if ort_format:
         files.update(to_ort(out, [f for f in files.values()]))
     meta = {"format_version": FORMAT_VERSION, "model_id": model_id, "checkpoint": str(checkpoint),
@@ -349,6 +394,8 @@ def export(checkpoint, out_dir, int8=False, ort_format=False, lowering="auto", l
             "ranks": header.get("ranks", {}), "lowering": measured, "files": files, "opset": OPSET,
             "features": {"sample_rate": 16000, "num_mel_bins": cfg.n_mels, "frame_length_ms": 25.0,
                          "frame_shift_ms": 10.0}}
+    if lm is not None:
+        meta["lm"] = {"layers": lm.cfg.layers, "hidden": lm.cfg.hidden, **(lm_info or {})}
     write_json(out / "model.json", meta)
     return meta
 

@@ -2,6 +2,7 @@
 
     asr = OnnxAsr("DIR")                      # DIR written by `python -m pipeline export`
     asr.transcribe_file("utt.wav", beam=5)
+    asr.transcribe_file("utt.wav", beam=8, lm_weight=0.5, length_bonus=1.0)  # exported with --lm
 
 Features are Kaldi-compatible 80-dim log-mel filterbanks (25 ms / 10 ms, povey window, pre-emphasis
 0.97, DC removal, 512-point FFT, no dither), computed here in numpy; CMVN is inside encoder.onnx.
@@ -15,6 +16,7 @@ import onnxruntime as ort
 import soundfile as sf
 
 from pipeline.errors import PipelineError
+from pipeline.model.beam import BeamConfig, beam_search
 
 FORMAT_VERSION = 1
 SOS, EOS, BLANK = 1, 2, 0
@@ -100,6 +102,8 @@ class OnnxAsr:
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.log_severity_level = 3
         self.encoder, self.step = (self._session(files[k], so) for k in keys[variant])
+        lm_key = "lm_step_int8" if "int8" in variant else "lm_step"  # the LM graph has no ORT-format copy
+        self.lm = self._session(files[lm_key], so) if lm_key in files and "lm" in self.meta else None
         self.vocab = self.meta["vocab"]
         cfg = self.meta["model_config"]
         self.dec_layers, self.dec_hidden = cfg["dec_layers"], cfg["dec_hidden"]
@@ -151,29 +155,12 @@ class OnnxAsr:
             out.append(token)
         return self.text(out)
 
-    def beam(self, enc, keys, cap, beam=5, length_penalty=1.0):
-        """Beam search ranking hypotheses by log-prob / length ** length_penalty (as the PyTorch decoder)."""
-        norm = lambda s, n: s / max(1, n) ** length_penalty  # noqa: E731
-        beams, finished = [([SOS], 0.0, self._init(enc))], []
-        for _ in range(cap):
-            cands = []
-            for seq, score, state in beams:
-                logp, new_state = self._step(seq[-1], state, enc, keys)
-                for tok in np.argsort(-logp)[: beam * 2]:
-                    cands.append((score + float(logp[tok]), seq + [int(tok)], new_state))
-            cands.sort(key=lambda c: -c[0])
-            beams = []
-            for score, seq, state in cands[: beam * 2]:
-                if seq[-1] == EOS:
-                    finished.append((seq[1:-1], score))
-                elif len(beams) < beam:
-                    beams.append((seq, score, state))
-            best_done = max((norm(s, len(q) + 1) for q, s in finished), default=float("-inf"))
-            if not beams or len(finished) >= beam and best_done > max(norm(s, len(q)) for q, s, _ in beams):
-                break
-        if not finished:
-            finished = [(b[0][1:], b[1]) for b in beams]
-        return self.text(max(finished, key=lambda f: norm(f[1], len(f[0]) + 1))[0])
+    def beam(self, enc, keys, cap, cfg=BeamConfig(beam=5)):
+        """Beam search (pipeline/model/beam.py), fused with the exported LM at cfg.lm_weight (if any)."""
+        if cfg.lm_weight and self.lm is None:
+            raise ExportError(f"{self.dir / 'model.json'}: no language model in this export (export with --lm)")
+        lm = _LmSteps(self.lm, self.meta["lm"]) if cfg.lm_weight else None
+        return self.text(beam_search(_DecoderSteps(self, enc, keys), cap, cfg, SOS, EOS, lm))
 
     def ctc_path(self, ctc):
         """Best path of the CTC head: the most likely token per frame, repeats merged, blanks dropped."""
@@ -183,19 +170,51 @@ class OnnxAsr:
     def text(self, ids):
         return "".join(self.vocab[i] for i in ids if i > EOS)
 
-    def transcribe(self, audio, sr=16000, beam=1, decoder="attention"):
+    def transcribe(self, audio, sr=16000, beam=1, decoder="attention", **fusion):
+        """fusion: BeamConfig's lm_weight, length_bonus, length_penalty (beam > 1)."""
         enc, keys, ctc = self.encode(fbank(audio, sr))
         if decoder == "ctc":  # no decoder graph runs
             return self.text(self.ctc_path(ctc))
         cap = self.max_steps(enc, ctc)
-        return self.greedy(enc, keys, cap) if beam <= 1 else self.beam(enc, keys, cap, beam)
+        return self.greedy(enc, keys, cap) if beam <= 1 else self.beam(enc, keys, cap, BeamConfig(beam, **fusion))
 
-    def transcribe_file(self, path, beam=1, decoder="attention"):
+    def transcribe_file(self, path, beam=1, decoder="attention", **fusion):
         try:
             audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
         except (RuntimeError, OSError) as e:
             raise ExportError(f"{path}: unreadable audio ({e})") from None
-        return self.transcribe(audio.mean(axis=1), sr, beam, decoder)
+        return self.transcribe(audio.mean(axis=1), sr, beam, decoder, **fusion)
+
+
+class _DecoderSteps:
+    """The decoder-step graph as beam.py's step object: one call per live hypothesis (the graph
+    takes one)."""
+
+    def __init__(self, asr, enc, keys):
+        self.asr, self.enc, self.keys, self.states = asr, enc, keys, [asr._init(enc)]
+
+    def step(self, tokens):
+        out = [self.asr._step(t, s, self.enc, self.keys) for t, s in zip(tokens, self.states)]
+        self.states = [s for _, s in out]
+        return np.stack([logp for logp, _ in out])
+
+    def select(self, rows):
+        self.states = [self.states[i] for i in rows]
+
+
+class _LmSteps:
+    """The LM-step graph as beam.py's step object: every live hypothesis in one call."""
+
+    def __init__(self, session, meta):
+        self.session = session
+        self.h = self.c = np.zeros((meta["layers"], 1, meta["hidden"]), np.float32)
+
+    def step(self, tokens):
+        logp, self.h, self.c = self.session.run(None, {"token": np.array(tokens, np.int64), "h": self.h, "c": self.c})
+        return logp
+
+    def select(self, rows):
+        self.h, self.c = self.h[:, rows], self.c[:, rows]
 
 
 def _read_meta(directory):

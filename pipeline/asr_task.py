@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from export.native import Precision, write_model
+from export.native import Precision, beam_rows, write_model
 from export.onnx_export import export
 from pipeline.atomic import write_json
 from pipeline.bench import bench, side_by_side
@@ -27,7 +27,9 @@ from pipeline.latency.cost import CostModel
 from pipeline.latency.table import LatencyTable, steps_per_frame
 from pipeline.latency.targets import parse_target
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.model.evaluate import SubsetWer, evaluate
+from pipeline.lm_task import load_lm, read_lm_header
+from pipeline.model.decode import DecodeConfig
+from pipeline.model.evaluate import SubsetWer, evaluate, score
 from pipeline.search.evaluator import SubsetEvaluator
 from pipeline.search.space import Approximator, searchable
 from pipeline.search.subset import random_policies, spearman, stratified, write_subset
@@ -43,6 +45,7 @@ class AsrConfig:
     distill: float = 0.5          # weight of distillation from the uncompressed model in fine-tuning
     bench_utterances: int = 10
     calibration_utterances: int = 200  # evenly spaced train utterances decoded for the whitened factorisation
+    lm: str = "assets/lm/lm.safetensors"  # the final scores also decode with this LM fused ("": greedy only)
     threads: int = 2
     seed: int = 0
 
@@ -94,12 +97,24 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
                  progress=rank == 0, teacher=model if cfg.distill else None, distill=cfg.distill,
                  provenance={"finetune_steps": steps}, rank=rank, world=world)
 
+    def fused(m, rows):
+        """WER and CER with the LM fused into beam search, at the LM's tuned settings."""
+        torch.set_num_threads(cfg.threads)
+        fusion = {"beam": 8, "lm_weight": 0.3, "length_bonus": 0.0, "length_penalty": 1.0,
+                  **(read_lm_header(cfg.lm).get("fusion") or {})}
+        dcfg = DecodeConfig(**{k: fusion[k] for k in ("beam", "lm_weight", "length_bonus", "length_penalty")})
+        s = score([r["text"] for r in rows], beam_rows(m, cmvn, rows, dcfg, load_lm(cfg.lm), progress=False))
+        return {"wer": s["wer"], "cer": s["cer"], "decoding": {"lm": cfg.lm, **asdict(dcfg)}}
+
     def scores(m):
         out = {}
         for split in ("dev", "test", "test_real"):
             manifest = data / f"{split}.jsonl"
             if manifest.exists():
-                out[split] = wer(m, evenly_spaced(read_manifest(manifest), cfg.score_utterances))
+                rows = evenly_spaced(read_manifest(manifest), cfg.score_utterances)
+                out[split] = wer(m, rows)
+                if cfg.lm:
+                    out[split]["lm"] = fused(m, rows)
         return out
 
     def save(path, m, meta):

@@ -32,10 +32,12 @@ from pipeline.latency.table import PRECISIONS, LatencyTable, lstm_cells, validat
 from pipeline.lowrank import cost_table, factorize, format_table, layers, load_rank_spec, uniform_ranks
 from pipeline.lowrank.calibration import METHODS, calibrate
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
+from pipeline.lm_task import load_lm, read_lm_header, save_lm
 from pipeline.lowrank.factorize import energies
 from pipeline.machine import cpu_name
 from pipeline.model.decode import DecodeConfig, decode
 from pipeline.model.evaluate import evaluate
+from pipeline.model.lm import CharLM, LmConfig, bits_per_char, manifest_texts, train_lm
 from pipeline.search.run import SearchConfig, search
 from pipeline.task import load_task
 from pipeline.train import train
@@ -61,6 +63,7 @@ def cmd_data_check(args):
 
 
 DEFAULT_MODEL = "assets/baseline/model.safetensors"
+DEFAULT_LM = "assets/lm/lm.safetensors"
 
 
 def _model_path(args, name=None):
@@ -79,16 +82,34 @@ def cmd_train(args):
         print(f"best dev WER {st['best_wer']:.3f}; checkpoints in {args.out}/best.safetensors and last.safetensors")
 
 
-def _decode_config(args):
-    return DecodeConfig(beam=args.beam, ctc_weight=args.ctc_weight, length_penalty=args.length_penalty,
-                        decoder=args.decoder, ctc_len_ratio=args.ctc_len_ratio)
+def _decode_config(args, fusion=None):
+    """The decoding the flags ask for; with an LM (its tuned `fusion` settings), the flags left out
+    take the LM's defaults."""
+    f = {"beam": 1, "lm_weight": 0.0, "length_bonus": 0.0, "length_penalty": 1.0, **(fusion or {})}
+    pick = lambda k: f[k] if getattr(args, k) is None else getattr(args, k)  # noqa: E731
+    return DecodeConfig(beam=pick("beam"), ctc_weight=args.ctc_weight, length_penalty=pick("length_penalty"),
+                        decoder=args.decoder, ctc_len_ratio=args.ctc_len_ratio,
+                        lm_weight=pick("lm_weight") if fusion is not None else 0.0, length_bonus=pick("length_bonus"))
+
+
+def _lm(args):
+    """(the --lm model or None, its fusion defaults or None)."""
+    if not args.lm:
+        if args.lm_weight is not None:
+            raise PipelineError("--lm-weight goes with --lm")
+        return None, None
+    lm = load_lm(args.lm)
+    fusion = read_lm_header(args.lm).get("fusion") or {"beam": 8, "lm_weight": 0.3, "length_bonus": 0.0,
+                                                       "length_penalty": 1.0}
+    return lm, fusion
 
 
 def cmd_eval(args):
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
     rows = read_manifest(args.manifest)
-    m, _ = evaluate(model, cmvn, rows, _decode_config(args), progress=not args.json)
+    lm, fusion = _lm(args)
+    m, _ = evaluate(model, cmvn, rows, _decode_config(args, fusion), progress=not args.json, lm=lm)
     if args.json:
         print(json.dumps(m))
     else:
@@ -97,16 +118,19 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    meta = export(_model_path(args), args.out, int8=args.int8, ort_format=args.ort, lowering=args.lowering)
+    lm = load_lm(args.lm) if args.lm else None
+    lm_info = {"source": args.lm, "fusion": read_lm_header(args.lm).get("fusion")} if lm else None
+    meta = export(_model_path(args), args.out, int8=args.int8, ort_format=args.ort, lowering=args.lowering, lm=lm,
+                  lm_info=lm_info)
     print(f"wrote {args.out}: " + ", ".join(sorted(meta["files"].values())) + ", model.json")
     print(f"encoder max abs difference to PyTorch on a test input: {parity(_model_path(args), args.out):.2e}")
     if args.native:
         model, cmvn, _ = load_checkpoint(_model_path(args))
-        write_model(Path(args.out) / "model.lrkm", model, cmvn)
+        write_model(Path(args.out) / "model.lrkm", model, cmvn, lm=lm)
         print(f"wrote {Path(args.out) / 'model.lrkm'}: the whole model for `lowrank_bench --model` on a device")
         if args.int8:
             path = Path(args.out) / "model.int8.lrkm"
-            write_model(path, model, cmvn, precision=Precision(True, args.keep_float or ()))
+            write_model(path, model, cmvn, precision=Precision(True, args.keep_float or ()), lm=lm)
             print(f"wrote {path}: the same with its weight matrices in int8")
 
 
@@ -115,18 +139,25 @@ def cmd_transcribe(args):
         raise PipelineError("--int8 and --keep-float go with --native (onnxruntime's int8: --onnx DIR --variant int8)")
     if args.onnx:
         asr = OnnxAsr(args.onnx, variant=args.variant, threads=args.threads)
+        if args.lm:
+            raise PipelineError(f"--lm: an export carries its LM (export --lm); {args.onnx} "
+                                + ("has one" if asr.lm is not None else "has none"))
+        cfg = _decode_config(args, asr.meta.get("lm", {}).get("fusion") if asr.lm is not None else None)
         for f in args.files:
-            print(f"{f}\t{asr.transcribe_file(f, beam=args.beam, decoder=args.decoder)}", flush=True)
+            text = asr.transcribe_file(f, beam=cfg.beam, decoder=cfg.decoder, lm_weight=cfg.lm_weight,
+                                       length_bonus=cfg.length_bonus, length_penalty=cfg.length_penalty)
+            print(f"{f}\t{text}", flush=True)
         return
 
     torch.set_num_threads(args.threads)
     model, cmvn, _ = load_checkpoint(_model_path(args))
-    cfg = _decode_config(args)
+    lm, fusion = _lm(args)
+    cfg = _decode_config(args, fusion)
     if args.native:
-        if cfg.beam > 1 or cfg.decoder != "attention" or cfg.ctc_weight:
-            raise PipelineError("--native decodes greedily with the attention decoder: drop --beam, --decoder ctc "
-                                "and --ctc-weight")
-        asr = NativeAsr(model, cmvn, cfg, precision=Precision(args.int8, args.keep_float or ()))
+        if cfg.decoder != "attention" or cfg.ctc_weight:
+            raise PipelineError("--native decodes with the attention decoder, without CTC rescoring: drop "
+                                "--decoder ctc and --ctc-weight")
+        asr = NativeAsr(model, cmvn, cfg, precision=Precision(args.int8, args.keep_float or ()), lm=lm)
         for f in args.files:
             print(f"{f}\t{asr.transcribe(*load_audio(f, allow_multichannel=True))}", flush=True)
         return
@@ -134,7 +165,7 @@ def cmd_transcribe(args):
         audio, sr = load_audio(f, allow_multichannel=True)
         feats = cmvn(fbank(audio, sr)).unsqueeze(0)
         lengths = torch.tensor([feats.shape[1]])
-        text = decode(model, feats, lengths, cfg)[0]
+        text = decode(model, feats, lengths, cfg, lm)[0]
         print(f"{f}\t{text}", flush=True)
 
 
@@ -336,6 +367,27 @@ def cmd_compress(args):
     print(f"final: {what}; {r['final']}; report in {args.out}/report.md")
 
 
+def cmd_lm_train(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    texts, dropped = manifest_texts(Path(args.data) / "train.jsonl")
+    print(f"{args.data}/train.jsonl: {len(texts)} transcripts ({dropped} left out: they quote a reserved source)")
+    model = train_lm(CharLM(LmConfig(hidden=args.hidden, layers=args.layers)), texts, args.steps, lr=args.lr,
+                     seed=args.seed, progress=True)
+    dev, _ = manifest_texts(Path(args.data) / "dev.jsonl")
+    bpc = bits_per_char(model, dev)
+    save_lm(args.out, model, {"train": {"data": str(args.data), "steps": args.steps, "lr": args.lr,
+                                        "transcripts": len(texts), "left_out": dropped}, "dev_bits_per_char": bpc})
+    print(f"dev bits/char {bpc:.4f}; wrote {args.out}")
+
+
+def cmd_lm_score(args):
+    model = load_lm(args.lm)
+    for m in args.manifest:
+        texts, _ = manifest_texts(m)
+        print(f"{m}: {bits_per_char(model, texts):.4f} bits/char ({len(texts)} transcripts)")
+
+
 def cmd_info(args):
     print(json.dumps({"build": _native.build_info(), "cpu_features": _native.cpu_features(),
                       "best_isa": _native.best_isa(), "kernel_paths": _native.available_isas()}, indent=2))
@@ -375,11 +427,17 @@ def make_parser():
 
     def decode_args(q):
         q.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint (default: {DEFAULT_MODEL})")
-        q.add_argument("--beam", type=int, default=1, help="beam size; 1 = greedy (default)")
+        q.add_argument("--beam", type=int, help="beam size; 1 = greedy (default; with --lm: the LM's tuned beam)")
         q.add_argument("--decoder", choices=["attention", "ctc"], default="attention",
                        help="attention decoder (default) or greedy CTC on the encoder alone")
         q.add_argument("--ctc-weight", type=float, default=0.0, help="CTC weight when rescoring the beam")
-        q.add_argument("--length-penalty", type=float, default=1.0)
+        q.add_argument("--length-penalty", type=float,
+                       help="beam hypotheses compared by score / (characters + 1) ** this (default 1)")
+        q.add_argument("--lm", metavar="PATH", help="character LM (`lm train`, e.g. assets/lm/lm.safetensors) fused "
+                                                    "into beam search; its tuned beam, weight and bonus are defaults")
+        q.add_argument("--lm-weight", type=float, help="lambda of shallow fusion: score = log p_asr + lambda log p_lm "
+                                                       "+ bonus per character")
+        q.add_argument("--length-bonus", type=float, help="added to a beam hypothesis's score per character (default 0)")
         q.add_argument("--ctc-len-ratio", type=float, default=1.5,
                        help="attention output capped at this x the CTC best path's length + 5 (0: off)")
         q.add_argument("--threads", type=int, default=2)
@@ -428,6 +486,7 @@ def make_parser():
                     help="with --native --int8: native entry names (e.g. decoder.ctc 'encoder.0.*') that stay float")
     ex.add_argument("--ort", action="store_true", help="also the ORT format for mobile")
     ex.add_argument("--native", action="store_true", help="also model.lrkm, the whole model for lowrank_bench --model")
+    ex.add_argument("--lm", metavar="PATH", help="also the character LM: lm_step.onnx, and inside model.lrkm")
     ex.add_argument("--lowering", default="auto", choices=["auto", "lstm_op", "scan"],
                     help="low-rank LSTM lowering; auto measures both per layer")
     ex.set_defaults(func=cmd_export)
@@ -522,6 +581,8 @@ def make_parser():
     cp.add_argument("--target", dest="device", help="bench target for latency (default: local)")
     cp.add_argument("--precision", choices=PRECISIONS,
                     help="int8: search with int8 latency, export and benchmark int8 beside fp32 (default fp32)")
+    cp.add_argument("--lm", metavar="PATH", help="the final scores also decode with this character LM fused into beam "
+                                                 "search (default: assets/lm/lm.safetensors; '' for greedy only)")
     cp.add_argument("--threads", type=int)
     cp.add_argument("--ray", metavar="auto|ADDRESS", help="the searches evaluate on a running Ray cluster")
     cp.add_argument("--workers", type=int, help="Ray workers for the searches (alone: a local Ray instance)")
@@ -543,6 +604,22 @@ def make_parser():
     ft.add_argument("--out", required=True, help="run folder")
     ft.add_argument("--resume", action="store_true")
     ft.set_defaults(func=cmd_finetune)
+    lm = sub.add_parser("lm", help="the character language model for shallow fusion: train, score")
+    lsub = lm.add_subparsers(dest="lm_command", required=True, metavar="SUBCOMMAND")
+    lmt = lsub.add_parser("train", help="train a character LSTM LM on DATA/train's transcripts")
+    lmt.add_argument("--data", default="corpus/default", help="corpus folder (default: corpus/default)")
+    lmt.add_argument("--hidden", type=int, default=384)
+    lmt.add_argument("--layers", type=int, default=2)
+    lmt.add_argument("--steps", type=int, default=1500, help="batches of 64 transcripts")
+    lmt.add_argument("--lr", type=float, default=3e-3)
+    lmt.add_argument("--seed", type=int, default=0)
+    lmt.add_argument("--threads", type=int, default=2)
+    lmt.add_argument("--out", required=True, help="language model file to write (.safetensors)")
+    lmt.set_defaults(func=cmd_lm_train)
+    lms = lsub.add_parser("score", help="bits per character of a language model on manifests' transcripts")
+    lms.add_argument("--lm", default=DEFAULT_LM, help=f"language model (default: {DEFAULT_LM})")
+    lms.add_argument("manifest", nargs="+")
+    lms.set_defaults(func=cmd_lm_score)
     info = sub.add_parser("info", help="native extension build info and detected CPU features")
     info.set_defaults(func=cmd_info)
     return p

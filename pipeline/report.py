@@ -69,13 +69,22 @@ def write_report(out, metric, scores, bench, history, base, stopped, cfg, final_
               f"{_num(h.get('metric_after_finetune', h['metric']))} | {h['metric']:.4f} ({h.get('kept', 'after fine-tuning')}) |"
               for h in history]
     cer = all("cer" in s["baseline"] and "cer" in s["final"] for s in scores.values())
+    lm = all("lm" in s["baseline"] and "lm" in s["final"] for s in scores.values()) and scores
     lines += ["", f"![{metric} against compression](wer_vs_compression.png)", "", f"## {metric} per split", "",
-              f"| split | baseline {metric} | final {metric} | final / baseline |" + (" baseline CER | final CER |" if cer else ""),
-              "|---|---|---|---|" + ("---|---|" if cer else "")]
+              f"| split | baseline {metric} | final {metric} | final / baseline |" + (" baseline CER | final CER |" if cer else "")
+              + (f" baseline {metric} + LM | final {metric} + LM | baseline CER + LM | final CER + LM |" if lm else ""),
+              "|---|---|---|---|" + ("---|---|" if cer else "") + ("---|---|---|---|" if lm else "")]
     for split, s in scores.items():
         b, f = s["baseline"]["metric"], s["final"]["metric"]
         lines.append(f"| {split} | {b:.4f} | {f:.4f} | {f / b if b else float('nan'):.3f} |" +
-                     (f" {s['baseline']['cer']:.4f} | {s['final']['cer']:.4f} |" if cer else ""))
+                     (f" {s['baseline']['cer']:.4f} | {s['final']['cer']:.4f} |" if cer else "") +
+                     (" " + " | ".join(f"{s[m]['lm'][k]:.4f}" for k in ("wer", "cer") for m in ("baseline", "final"))
+                      + " |" if lm else ""))
+    if lm:
+        fusion = next(iter(scores.values()))["final"]["lm"]["decoding"]
+        lines += ["", f"Greedy decoding, and beside it beam search fused with the character LM `{fusion['lm']}` "
+                  f"(beam {fusion['beam']}, LM weight {fusion['lm_weight']}, length bonus {fusion['length_bonus']}, "
+                  f"length penalty {fusion['length_penalty']}; the native decoder on PyTorch's encoder states)."]
     ref = next((r for r in bench["runs"] if r["label"] == bench.get("reference")), None)
     rtf = all("rtf" in r for r in bench["runs"])
     lines += ["", "## Latency", "", f"| runtime | median ms | p90 ms |{' real-time factor |' if rtf else ''} "

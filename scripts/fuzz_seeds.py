@@ -1,5 +1,6 @@
 """Seed corpora for the fuzz targets of csrc/fuzz/, made by the real exporters: small models (dense
-and factored, one and two directions, fp32 and int8; LSTM stacks with projections too) written by
+and factored, one and two directions, fp32 and int8, with and without a character LM; LSTM stacks
+with projections too) written by
 export/native.py, and wav files written by soundfile.
 
     python scripts/fuzz_seeds.py OUT_DIR      # writes OUT_DIR/{model_file,stack,audio}/
@@ -17,6 +18,7 @@ from pipeline.data.features import Cmvn, FeatureConfig
 from pipeline.lowrank import factorize, uniform_ranks
 from pipeline.model.asr import ASRModel
 from pipeline.model.config import ModelConfig
+from pipeline.model.lm import CharLM, LmConfig
 
 MELS = 24  # a small front end keeps the seeds small (the mel matrix is mels x 257 floats)
 
@@ -43,6 +45,8 @@ def main(out):
     for sub in ("model_file", "stack", "audio"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     cmvn = Cmvn(torch.zeros(MELS), torch.ones(MELS))
+    torch.manual_seed(0)
+    lm = CharLM(LmConfig(embed=8, hidden=16, layers=2, dropout=0.0)).eval()
     for name, model in models():
         entries = {**native.model_entries(model, cmvn),
                    **native.frontend_entries(model, cmvn, FeatureConfig(num_mel_bins=MELS))}
@@ -51,6 +55,7 @@ def main(out):
         int8 = native.model_entries(model, cmvn, precision=native.Precision(True))
         int8.update(native.frontend_entries(model, cmvn, FeatureConfig(num_mel_bins=MELS)))
         (out / "model_file" / f"{name}-int8.lrkm").write_bytes(native.encode(int8))
+        (out / "model_file" / f"{name}-lm.lrkm").write_bytes(native.encode({**entries, **native.lm_entries(lm)}))
     for name, lstm in projected():
         (out / "stack" / f"{name}.lrkm").write_bytes(native.encode(native.stack_entries(lstm)))
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ LAYERS = [
     ["pipeline.report"],
     ["pipeline.finetune"],
     ["pipeline.compress"],
-    ["pipeline.asr_task"],
+    ["pipeline.asr_task", "pipeline.lm_task"],
     ["pipeline.cli"],
     ["pipeline.__main__"],
 ]

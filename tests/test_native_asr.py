@@ -233,8 +233,11 @@ def test_transcribe_and_export_native_from_the_command_line(search_files, overfi
     native_run = run_cli("transcribe", "--native", "--model", ckpt, *files)
     assert torch_run.returncode == native_run.returncode == 0, native_run.stderr
     assert native_run.stdout == torch_run.stdout and len(native_run.stdout.splitlines()) == 2
-    bad = run_cli("transcribe", "--native", "--beam", "3", "--model", ckpt, *files)
-    assert bad.returncode == 2 and "--native decodes greedily" in bad.stderr
+    torch_beam = run_cli("transcribe", "--beam", "3", "--model", ckpt, *files)
+    native_beam = run_cli("transcribe", "--native", "--beam", "3", "--model", ckpt, *files)
+    assert native_beam.returncode == 0 and native_beam.stdout == torch_beam.stdout, native_beam.stderr
+    bad = run_cli("transcribe", "--native", "--beam", "3", "--ctc-weight", "0.3", "--model", ckpt, *files)
+    assert bad.returncode == 2 and "without CTC rescoring" in bad.stderr
     res = run_cli("export", "--native", "--model", ckpt, "--out", str(tmp_path / "ex"))
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "ex" / "model.lrkm").stat().st_size > 0

@@ -3,7 +3,8 @@
 Transcripts are lower-case a-z, apostrophe and single spaces; digits are spelled out.
 Sources (Debian packages, see shared/DATA.md): Jane Austen's novels, the King James Bible,
 fortunes, WordNet example sentences. Reserved texts (DATA.md) are left out at the source:
-chapter 1 of Sense and Sensibility, and any fortune quoting The Devil's Dictionary or Moby Dick.
+chapter 1 of Sense and Sensibility, and any fortune quoting The Devil's Dictionary or Moby Dick
+(by name, or by content: `is_reserved`).
 """
 import gzip
 import re
@@ -22,6 +23,19 @@ _ABBREV = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint", "vs":
 _NUMBER = re.compile(r"(\d+)(st|nd|rd|th)?\b")
 # Reserved by DATA.md: never train, tune or select on these.
 RESERVED_MARKERS = ("bierce", "devil's dictionary", "moby", "melville", "ahab", "ishmael", "harvard sentence")
+# Reserved passages that reach the packages without a name to catch them by, as normalised text: a
+# verse of The Devil's Dictionary ("Coma Berenices") sits unattributed in fortunes' songs-poems.
+RESERVED_PASSAGES = ("her locks an ancient lady gave", "upon some stars bestowed her name",
+                     "no stellar recognition's given", "there are not stars enough in heaven")
+
+
+def is_reserved(text):
+    """Whether a text quotes or names a reserved source (DATA.md), judged by its content."""
+    low = text.lower()
+    if any(m in low for m in RESERVED_MARKERS):
+        return True
+    n = normalize(text)
+    return any(p in n for p in RESERVED_PASSAGES)
 
 
 def _spell_number(m):
@@ -52,7 +66,7 @@ def split_sentences(text):
     """Split running text into sentences at . ! ? ; and normalise each; keep 4-25 words."""
     out = []
     for s in re.split(r"(?<=[.!?;])\s+|\n\s*\n", text):
-        if any(m in s.lower() for m in RESERVED_MARKERS):
+        if is_reserved(s):
             continue
         n = normalize(s)
         if MIN_WORDS <= len(n.split()) <= MAX_WORDS:
@@ -119,7 +133,7 @@ def fortune_sentences(fortune_dir="/usr/share/games/fortunes"):
         if f.suffix in (".dat", ".u8") or not f.is_file() or f.name == "definitions":
             continue
         for fortune in f.read_text(encoding="latin-1").split("\n%\n"):
-            if any(m in fortune.lower() for m in RESERVED_MARKERS):
+            if is_reserved(fortune):
                 continue
             body = "\n".join(line for line in fortune.splitlines() if not line.strip().startswith("--"))
             out += split_sentences(body)

@@ -1,5 +1,6 @@
-"""Greedy (batched) and beam-search decoding of the attention decoder, with optional CTC rescoring of
-the final beam; and greedy decoding of the CTC head alone (no decoder: the cheapest on a device)."""
+"""Greedy (batched) and beam-search decoding of the attention decoder, with optional shallow fusion of
+a character LM and CTC rescoring of the final beam; and greedy decoding of the CTC head alone (no
+decoder: the cheapest on a device)."""
 from dataclasses import dataclass
 
 import torch
@@ -7,6 +8,8 @@ import torch.nn.functional as F
 
 from pipeline.data.vocab import BLANK, EOS, SOS
 from pipeline.data.vocab import decode as ids_to_text
+from pipeline.model.beam import BeamConfig
+from pipeline.model.beam import beam_search as beam_core
 
 
 @dataclass
@@ -18,15 +21,21 @@ class DecodeConfig:
     ctc_len_ratio: float = 1.5    # ... and at most this times the CTC best path's length (0: off)
     ctc_len_margin: int = 5       # ... plus this many
     decoder: str = "attention"    # or "ctc": greedy CTC (best path), beam and ctc_weight unused
+    lm_weight: float = 0.0        # shallow fusion with a language model (given to decode) at this weight
+    length_bonus: float = 0.0     # added to a hypothesis's score per emitted character (beam search)
 
 
-def decode(model, feats, lengths, cfg=DecodeConfig()):
-    """Transcripts of a batch by the decoding `cfg` names."""
+def decode(model, feats, lengths, cfg=DecodeConfig(), lm=None):
+    """Transcripts of a batch by the decoding `cfg` names; `lm` (a CharLM) fuses into beam search."""
     if cfg.decoder == "ctc":
         return ctc_greedy(model, feats, lengths)
     if cfg.decoder != "attention":
         raise ValueError(f"decoder {cfg.decoder!r}: 'attention' or 'ctc'")
-    return greedy(model, feats, lengths, cfg) if cfg.beam <= 1 else beam_search(model, feats, lengths, cfg)
+    if cfg.beam <= 1:
+        if lm is not None:
+            raise ValueError("a language model fuses into beam search: set beam > 1")
+        return greedy(model, feats, lengths, cfg)
+    return beam_search(model, feats, lengths, cfg, lm)
 
 
 @torch.no_grad()
@@ -83,50 +92,61 @@ def greedy_from_encoder(model, enc, enc_lengths, mask, cfg=DecodeConfig()):
 
 
 @torch.no_grad()
-def beam_search(model, feats, lengths, cfg=DecodeConfig(beam=5)):
-    """Per-utterance beam search; returns one transcript per utterance."""
-    enc, enc_lengths, mask = model.encode(feats, lengths)
-    return [_beam_one(model, enc[i:i + 1, : enc_lengths[i]], cfg) for i in range(enc.shape[0])]
+def beam_search(model, feats, lengths, cfg=DecodeConfig(beam=5), lm=None):
+    """Per-utterance beam search (pipeline/model/beam.py), fused with the language model `lm` (a
+    pipeline.model.lm.CharLM) at cfg.lm_weight; returns one transcript per utterance."""
+    enc, enc_lengths, _ = model.encode(feats, lengths)
+    return [beam_from_encoder(model, enc[i:i + 1, : enc_lengths[i]], cfg, lm) for i in range(enc.shape[0])]
 
 
-def _beam_one(model, enc, cfg):
-    dec = model.decoder
-    mask = torch.ones(1, enc.shape[1], dtype=torch.bool)
-    keys = dec.attention.key(enc)
-    beams = [([SOS], 0.0, dec.init_state(enc, mask))]
-    finished = []
-    for _ in range(int(max_steps(model, enc, torch.tensor([enc.shape[1]]), cfg)[0])):
-        k = len(beams)
-        tokens = torch.tensor([b[0][-1] for b in beams])
-        state = _stack_states([b[2] for b in beams])
-        logp, state = dec.step(tokens, state, keys.expand(k, -1, -1), enc.expand(k, -1, -1), mask.expand(k, -1))
-        scores = torch.tensor([b[1] for b in beams])[:, None] + logp
-        top = scores.flatten().topk(min(cfg.beam * 2, scores.numel()))
-        new = []
-        for s, idx in zip(top.values.tolist(), top.indices.tolist()):
-            i, tok = divmod(idx, logp.shape[1])
-            seq = beams[i][0] + [tok]
-            if tok == EOS:
-                finished.append((seq[1:-1], s))
-            elif len(new) < cfg.beam:
-                new.append((seq, s, _select_state(state, i)))
-        beams = new
-        best_done = max((_norm(s, len(q) + 1, cfg) for q, s in finished), default=float("-inf"))
-        if len(finished) >= cfg.beam and best_done > max(_norm(s, len(q), cfg) for q, s, _ in beams):
-            break
-        if not beams:
-            break
-    if not finished:
-        finished = [(b[0][1:], b[1]) for b in beams]
+@torch.no_grad()
+def beam_from_encoder(model, enc, cfg, lm=None):
+    """The transcript of one utterance's encoder states (1, T', D) by beam search."""
+    cap = int(max_steps(model, enc, torch.tensor([enc.shape[1]]), cfg)[0])
+    rescore = None
     if cfg.ctc_weight > 0:
         ctc_lp = model.ctc_log_probs(enc)[0]
-        finished = [(q, (1 - cfg.ctc_weight) * s + cfg.ctc_weight * _ctc_score(ctc_lp, q)) for q, s in finished]
-    best = max(finished, key=lambda f: _norm(f[1], len(f[0]) + 1, cfg))
-    return ids_to_text(best[0])
+        w = cfg.ctc_weight
+        rescore = lambda fin: [(q, (1 - w) * s + w * _ctc_score(ctc_lp, q)) for q, s in fin]  # noqa: E731
+    bc = BeamConfig(cfg.beam, cfg.lm_weight if lm is not None else 0.0, cfg.length_bonus, cfg.length_penalty)
+    best = beam_core(DecoderSteps(model, enc), cap, bc, SOS, EOS, LmSteps(lm) if lm is not None else None, rescore)
+    return ids_to_text(best)
 
 
-def _norm(score, length, cfg):
-    return score / (max(1, length) ** cfg.length_penalty)
+class DecoderSteps:
+    """The attention decoder as beam.py's step object: a batch of live hypotheses of one utterance."""
+
+    def __init__(self, model, enc):
+        self.dec, self.enc = model.decoder, enc
+        self.mask = torch.ones(1, enc.shape[1], dtype=torch.bool)
+        self.keys = self.dec.attention.key(enc)
+        self.state = self.dec.init_state(enc, self.mask)
+
+    def step(self, tokens):
+        k = len(tokens)
+        logp, self.state = self.dec.step(torch.tensor(tokens), self.state, self.keys.expand(k, -1, -1),
+                                         self.enc.expand(k, -1, -1), self.mask.expand(k, -1))
+        return logp.numpy()
+
+    def select(self, rows):
+        i = torch.tensor(rows)
+        (h, c), ctx, w = self.state
+        self.state = (h[:, i], c[:, i]), ctx[i], w[i]
+
+
+class LmSteps:
+    """A CharLM as beam.py's step object."""
+
+    def __init__(self, lm):
+        self.lm, self.state = lm.eval(), None
+
+    def step(self, tokens):
+        logp, self.state = self.lm.step(torch.tensor(tokens), self.state)
+        return logp.numpy()
+
+    def select(self, rows):
+        i = torch.tensor(rows)
+        self.state = tuple(s[:, i] for s in self.state)
 
 
 def _ctc_score(ctc_lp, seq):
@@ -135,16 +155,3 @@ def _ctc_score(ctc_lp, seq):
     t = torch.tensor([seq])
     return -float(F.ctc_loss(ctc_lp[:, None], t, torch.tensor([ctc_lp.shape[0]]), torch.tensor([len(seq)]),
                              blank=BLANK, reduction="sum", zero_infinity=True))
-
-
-def _stack_states(states):
-    hs = torch.cat([s[0][0] for s in states], dim=1)
-    cs = torch.cat([s[0][1] for s in states], dim=1)
-    ctx = torch.cat([s[1] for s in states], dim=0)
-    w = torch.cat([s[2] for s in states], dim=0)
-    return (hs, cs), ctx, w
-
-
-def _select_state(state, i):
-    (h, c), ctx, w = state
-    return (h[:, i:i + 1], c[:, i:i + 1]), ctx[i:i + 1], w[i:i + 1]

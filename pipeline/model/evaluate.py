@@ -7,8 +7,8 @@ from pipeline.data.dataset import SpeechDataset, collate, duration_batches
 from pipeline.model.decode import DecodeConfig, decode, greedy
 
 
-def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, progress=True):
-    """Hypotheses in the order of `rows`."""
+def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, progress=True, lm=None):
+    """Hypotheses in the order of `rows`; `lm` (a CharLM) fuses into beam search."""
     ds = SpeechDataset(rows, cmvn)
     hyps = [None] * len(rows)
     batches = duration_batches(rows, batch_seconds, max_batch=32)
@@ -16,10 +16,23 @@ def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, pr
     with torch.no_grad():
         for idx in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
             feats, lengths, _, _ = collate([ds[i] for i in idx])
-            out = decode(model, feats, lengths, cfg)
+            out = decode(model, feats, lengths, cfg, lm)
             for i, h in zip(idx, out):
                 hyps[i] = h
     return hyps
+
+
+def encoder_states(model, cmvn, rows, batch_seconds=120, progress=True):
+    """(row index, that utterance's encoder states (1, T', D)) for every row, encoded in batches."""
+    ds = SpeechDataset(rows, cmvn)
+    model.eval()
+    with torch.no_grad():
+        for idx in tqdm(duration_batches(rows, batch_seconds, max_batch=32), desc="encoding", unit="batch",
+                        disable=not progress, leave=False):
+            feats, lengths, _, _ = collate([ds[i] for i in idx])
+            enc, enc_lengths, _ = model.encode(feats, lengths)
+            for j, i in enumerate(idx):
+                yield i, enc[j:j + 1, : enc_lengths[j]]
 
 
 def score(refs, hyps):
@@ -31,8 +44,8 @@ def score(refs, hyps):
             "char_substitutions": c.substitutions, "char_deletions": c.deletions, "char_insertions": c.insertions}
 
 
-def evaluate(model, cmvn, rows, cfg=DecodeConfig(), progress=True):
-    hyps = transcribe_rows(model, cmvn, rows, cfg, progress=progress)
+def evaluate(model, cmvn, rows, cfg=DecodeConfig(), progress=True, lm=None):
+    hyps = transcribe_rows(model, cmvn, rows, cfg, progress=progress, lm=lm)
     return score([r["text"] for r in rows], hyps), hyps
 
 
