@@ -12,6 +12,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +55,11 @@ def agreement(model, cmvn, lm, cfg, rows, onnx_dir):
     return same, diffs
 
 
-def rtf(model, cmvn, lm, cfg, rows, reps=3):
-    """Native milliseconds per utterance (best of reps) and real-time factor: greedy, beam + LM."""
+def rtf(model, cmvn, lm, cfg, rows, small_beam, reps=3):
+    """Native milliseconds per utterance (best of reps) and real-time factor: greedy, beam + LM, and
+    beam + LM at a smaller beam."""
     out = {}
-    for name, c in (("greedy", DecodeConfig()), ("beam+lm", cfg)):
+    for name, c in (("greedy", DecodeConfig()), ("beam+lm", cfg), (f"beam+lm, beam {small_beam}", replace(cfg, beam=small_beam))):
         asr, total_ms, seconds = NativeAsr(model, cmvn, c, lm=lm), 0.0, 0.0
         for r in rows:
             audio, sr = load_audio(r["audio_filepath"])
@@ -66,6 +68,7 @@ def rtf(model, cmvn, lm, cfg, rows, reps=3):
             seconds += len(x) / 16000
         out[name] = {"ms": total_ms, "audio_seconds": seconds, "rtf": total_ms / 1e3 / seconds}
     out["ratio"] = out["beam+lm"]["ms"] / out["greedy"]["ms"]
+    out["ratio_small_beam"] = out[f"beam+lm, beam {small_beam}"]["ms"] / out["greedy"]["ms"]
     return out
 
 
@@ -114,6 +117,7 @@ def main():
     p.add_argument("--data", default="corpus/default")
     p.add_argument("--agreement", type=int, default=100, help="dev utterances decoded in all three runtimes")
     p.add_argument("--rtf", type=int, default=20, help="dev utterances timed greedy and beam + LM")
+    p.add_argument("--small-beam", type=int, default=4, help="beam + LM timed at this beam too")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -136,9 +140,10 @@ def main():
     result["rtf"] = {}
     for label, path in (("compressed", args.model), ("baseline", args.baseline)):
         m, c, _ = load_checkpoint(path)
-        r = result["rtf"][label] = rtf(m, c, lm, cfg, rows)
+        r = result["rtf"][label] = rtf(m, c, lm, cfg, rows, args.small_beam)
         print(f"native RTF, 1 thread, {label} ({len(rows)} dev utterances): greedy {r['greedy']['rtf']:.4f}, beam + LM "
-              f"{r['beam+lm']['rtf']:.4f}: {r['ratio']:.2f}x the greedy time")
+              f"{r['beam+lm']['rtf']:.4f}: {r['ratio']:.2f}x the greedy time; at beam {args.small_beam} "
+              f"{r[f'beam+lm, beam {args.small_beam}']['rtf']:.4f}: {r['ratio_small_beam']:.2f}x")
     result["lm"] = {}
     for label, path in (("compressed", args.lm), ("dense", args.dense_lm)):
         if path:

@@ -4,7 +4,7 @@ character LM, side by side (the table of docs/results.md, "Language model").
     python benchmarks/lm_wer_table.py [--models assets/baseline/model.safetensors assets/compressed-7x/model.safetensors]
         [--lm assets/lm/lm.safetensors] [--splits dev test test_real] [--json results/lm_wer.json]
 
-Greedy: PyTorch's batched decoding. Beam: the LM's tuned beam and length penalty, no LM, no bonus.
+Greedy: PyTorch's batched decoding. Beam: the LM's tuned beam, no LM, no bonus, length penalty 1.
 Beam + LM: the LM's tuned settings (its header's "fusion", from benchmarks/lm_fusion_grid.py on dev).
 Both beams: the native decoder on PyTorch's encoder states (export.native.beam_rows).
 """
@@ -23,7 +23,7 @@ from pipeline.lm_task import load_lm, read_lm_header  # noqa: E402
 from pipeline.lowrank.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.machine import cpu_name  # noqa: E402
 from pipeline.model.decode import DecodeConfig  # noqa: E402
-from pipeline.model.evaluate import score, transcribe_rows  # noqa: E402
+from pipeline.model.evaluate import encoder_states, score, transcribe_rows  # noqa: E402
 
 
 def main():
@@ -39,16 +39,17 @@ def main():
     lm = load_lm(args.lm)
     fusion = read_lm_header(args.lm)["fusion"]
     fused = DecodeConfig(**{k: fusion[k] for k in ("beam", "lm_weight", "length_bonus", "length_penalty")})
-    beam = DecodeConfig(beam=fused.beam, length_penalty=fused.length_penalty)
+    beam = DecodeConfig(beam=fused.beam)  # length-normalised (penalty 1), as beam search without an LM ranks
     table = []
     for path in args.models:
         model, cmvn, _ = load_checkpoint(path)
         for split in args.splits:
             rows = read_manifest(Path(args.data) / f"{split}.jsonl")
             refs, row = [r["text"] for r in rows], {"model": path, "split": split, "utterances": len(rows)}
+            states = list(encoder_states(model, cmvn, rows, progress=False))
             for name, fn in (("greedy", lambda: transcribe_rows(model, cmvn, rows, progress=False)),
-                             ("beam", lambda: beam_rows(model, cmvn, rows, beam, progress=False)),
-                             ("beam+lm", lambda: beam_rows(model, cmvn, rows, fused, lm, progress=False))):
+                             ("beam", lambda: beam_rows(model, cmvn, rows, beam, states=states)),
+                             ("beam+lm", lambda: beam_rows(model, cmvn, rows, fused, lm, states=states))):
                 t = time.time()
                 s = score(refs, fn())
                 row[name] = {"wer": s["wer"], "cer": s["cer"], "seconds": round(time.time() - t, 1)}

@@ -233,6 +233,8 @@ class ExportLmStep(nn.Module):
         super().__init__()
         self.lm = copy.deepcopy(lm).eval()
         self.cells = cells_of(self.lm.lstm)[0]
+        for k, (_, _, bias, _) in enumerate(self.cells):  # an nn.LSTM's b_ih + b_hh: a constant of the graph
+            self.register_buffer(f"bias{k}", bias.detach().clone())
 
     @staticmethod
     def _mul(x, m):
@@ -240,8 +242,8 @@ class ExportLmStep(nn.Module):
 
     def forward(self, token, h, c):
         x, hs, cs = self.lm.embed(token), [], []
-        for k, (ih, hh, bias, _) in enumerate(self.cells):
-            i, f, g, o = (self._mul(x, ih) + self._mul(h[k], hh) + bias).chunk(4, dim=1)
+        for k, (ih, hh, _, _) in enumerate(self.cells):
+            i, f, g, o = (self._mul(x, ih) + self._mul(h[k], hh) + getattr(self, f"bias{k}")).chunk(4, dim=1)
             ck = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
             x = torch.sigmoid(o) * torch.tanh(ck)
             hs.append(x)

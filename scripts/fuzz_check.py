@@ -36,6 +36,8 @@ def sanitized_checks(build, seeds):
     run([bench, "--synthetic", "2,2,48,64,0,16", "--frames", 20, "--reps", 2], "lowrank_bench bidirectional")
     run([bench, "--model", seeds / "model_file/bi-factored.lrkm", "--audio", seeds / "audio/second.wav", "--reps", 1],
         "lowrank_bench --model")
+    run([bench, "--model", seeds / "model_file/uni-factored-lm.lrkm", "--audio", seeds / "audio/second.wav", "--reps", 1,
+         "--beam", 4, "--lm-weight", 0.5, "--length-bonus", 0.5], "lowrank_bench --model, beam search with its LM")
 
 
 def fuzz(build, target, seeds, seconds):

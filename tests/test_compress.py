@@ -54,8 +54,11 @@ def test_compress_end_to_end_and_resume_after_kill(tiny_model, tiny_corpus, tmp_
                                                    "dense (onnxruntime int8)", "compressed (onnxruntime int8)"}
     scores = json.loads((whole / "scores.json").read_text())
     assert set(scores) == {"dev", "test", "test_real"}
+    # greedy and, beside it, fused with the shipped LM at its tuned settings
+    lm = scores["test"]["final"]["lm"]
+    assert 0 <= lm["wer"] <= 2 and lm["decoding"]["lm"] == "assets/lm/lm.safetensors" and lm["decoding"]["beam"] > 1
     report = (whole / "report.md").read_text()
-    assert "| test |" in report and "speedup over dense (native)" in report
+    assert "| test |" in report and "speedup over dense (native)" in report and "final WER + LM" in report
     assert all(len(r["pass_ms"]) == 3 for r in bench["runs"])  # the passes its speedups are taken over
     assert re.search(r"\| compressed \(native\) \|.* \| [\d.]+x \([\d.]+-[\d.]+\) \|", report)
     _check_compare(whole, tiny_model, it, scores, tmp_path)

@@ -14,6 +14,7 @@ LAYERS = [
     ["pipeline.model"],
     ["pipeline.lowrank"],
     ["pipeline.task"],
+    ["pipeline.lm_task"],
     ["pipeline.train"],
     ["export"],
     ["pipeline.latency"],
@@ -21,7 +22,7 @@ LAYERS = [
     ["pipeline.report"],
     ["pipeline.finetune"],
     ["pipeline.compress"],
-    ["pipeline.asr_task", "pipeline.lm_task"],
+    ["pipeline.asr_task"],
     ["pipeline.cli"],
     ["pipeline.__main__"],
 ]

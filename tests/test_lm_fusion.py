@@ -146,9 +146,10 @@ def test_beam_with_lm_same_in_torch_and_native(overfit, lm, factored):
     assert any(a != b for a, b in outs)
 
 
-def test_beam_with_lm_same_in_torch_onnxruntime_and_native_from_audio(overfit, lm, tmp_path):
+@pytest.mark.parametrize("factored_lm", [False, True])
+def test_beam_with_lm_same_in_torch_onnxruntime_and_native_from_audio(overfit, lm, tmp_path, factored_lm):
     model, cmvn, rows, *_ = overfit
-    lm_model = factorize(copy.deepcopy(lm[0]), LM_RANKS)
+    lm_model = factorize(copy.deepcopy(lm[0]), LM_RANKS) if factored_lm else lm[0]
     save_checkpoint(tmp_path / "model.safetensors", model, cmvn)
     export(tmp_path / "model.safetensors", tmp_path / "onnx", lowering="lstm_op", log=lambda *_: None, lm=lm_model)
     onnx = OnnxAsr(tmp_path / "onnx")
