@@ -28,7 +28,7 @@ from pipeline.data.audio import load_audio, resample  # noqa: E402
 from pipeline.data.features import fbank  # noqa: E402
 from pipeline.data.manifest import evenly_spaced, read_manifest  # noqa: E402
 from pipeline.data.vocab import SOS  # noqa: E402
-from pipeline.lm_task import load_lm, read_lm_header  # noqa: E402
+from pipeline.lm_task import lm_fusion, load_lm  # noqa: E402
 from pipeline.lowrank.accounting import cost_table  # noqa: E402
 from pipeline.lowrank.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.machine import cpu_name  # noqa: E402
@@ -122,8 +122,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
     lm = load_lm(args.lm)
-    fusion = read_lm_header(args.lm)["fusion"]
-    cfg = DecodeConfig(**{k: fusion[k] for k in ("beam", "lm_weight", "length_bonus", "length_penalty")})
+    fusion = lm_fusion(args.lm)
+    cfg = DecodeConfig(**fusion)
     dev = read_manifest(Path(args.data) / "dev.jsonl")
     result = {"machine": cpu_name(), "threads": 1, "model": args.model, "lm": args.lm, "fusion": fusion,
               "command": "python " + " ".join(sys.argv)}

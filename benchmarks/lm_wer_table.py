@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from export.native import beam_rows  # noqa: E402
 from pipeline.atomic import write_json  # noqa: E402
 from pipeline.data.manifest import read_manifest  # noqa: E402
-from pipeline.lm_task import load_lm, read_lm_header  # noqa: E402
+from pipeline.lm_task import lm_fusion, load_lm  # noqa: E402
 from pipeline.lowrank.checkpoint import load_checkpoint  # noqa: E402
 from pipeline.machine import cpu_name  # noqa: E402
 from pipeline.model.decode import DecodeConfig  # noqa: E402
@@ -37,8 +37,8 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(2)
     lm = load_lm(args.lm)
-    fusion = read_lm_header(args.lm)["fusion"]
-    fused = DecodeConfig(**{k: fusion[k] for k in ("beam", "lm_weight", "length_bonus", "length_penalty")})
+    fusion = lm_fusion(args.lm)
+    fused = DecodeConfig(**fusion)
     beam = DecodeConfig(beam=fused.beam)  # length-normalised (penalty 1), as beam search without an LM ranks
     table = []
     for path in args.models:

@@ -27,7 +27,7 @@ from pipeline.latency.cost import CostModel
 from pipeline.latency.table import LatencyTable, steps_per_frame
 from pipeline.latency.targets import parse_target
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.lm_task import load_lm, read_lm_header
+from pipeline.lm_task import lm_fusion, load_lm
 from pipeline.model.decode import DecodeConfig
 from pipeline.model.evaluate import SubsetWer, evaluate, score
 from pipeline.search.evaluator import SubsetEvaluator
@@ -100,9 +100,7 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
     def fused(m, rows):
         """WER and CER with the LM fused into beam search, at the LM's tuned settings."""
         torch.set_num_threads(cfg.threads)
-        fusion = {"beam": 8, "lm_weight": 0.3, "length_bonus": 0.0, "length_penalty": 1.0,
-                  **(read_lm_header(cfg.lm).get("fusion") or {})}
-        dcfg = DecodeConfig(**{k: fusion[k] for k in ("beam", "lm_weight", "length_bonus", "length_penalty")})
+        dcfg = DecodeConfig(**lm_fusion(cfg.lm))
         s = score([r["text"] for r in rows], beam_rows(m, cmvn, rows, dcfg, load_lm(cfg.lm), progress=False))
         return {"wer": s["wer"], "cer": s["cer"], "decoding": {"lm": cfg.lm, **asdict(dcfg)}}
 

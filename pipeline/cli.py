@@ -29,10 +29,10 @@ from pipeline.latency.cost import stack_latency_cost
 from pipeline.latency.onnx_layers import OnnxLayerCost
 from pipeline.latency.onnx_layers import validate as validate_layers
 from pipeline.latency.table import PRECISIONS, LatencyTable, lstm_cells, validate, validate_stacks
+from pipeline.lm_task import lm_fusion, load_lm, save_lm
 from pipeline.lowrank import cost_table, factorize, format_table, layers, load_rank_spec, uniform_ranks
 from pipeline.lowrank.calibration import METHODS, calibrate
 from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint, sha256
-from pipeline.lm_task import load_lm, read_lm_header, save_lm
 from pipeline.lowrank.factorize import energies
 from pipeline.machine import cpu_name
 from pipeline.model.decode import DecodeConfig, decode
@@ -85,7 +85,7 @@ def cmd_train(args):
 def _decode_config(args, fusion=None):
     """The decoding the flags ask for; with an LM (its tuned `fusion` settings), the flags left out
     take the LM's defaults."""
-    f = {"beam": 1, "lm_weight": 0.0, "length_bonus": 0.0, "length_penalty": 1.0, **(fusion or {})}
+    f = fusion or {"beam": 1, "lm_weight": 0.0, "length_bonus": 0.0, "length_penalty": 1.0}
     pick = lambda k: f[k] if getattr(args, k) is None else getattr(args, k)  # noqa: E731
     return DecodeConfig(beam=pick("beam"), ctc_weight=args.ctc_weight, length_penalty=pick("length_penalty"),
                         decoder=args.decoder, ctc_len_ratio=args.ctc_len_ratio,
@@ -98,10 +98,7 @@ def _lm(args):
         if args.lm_weight is not None:
             raise PipelineError("--lm-weight goes with --lm")
         return None, None
-    lm = load_lm(args.lm)
-    fusion = read_lm_header(args.lm).get("fusion") or {"beam": 8, "lm_weight": 0.3, "length_bonus": 0.0,
-                                                       "length_penalty": 1.0}
-    return lm, fusion
+    return load_lm(args.lm), lm_fusion(args.lm)
 
 
 def cmd_eval(args):
@@ -119,7 +116,7 @@ def cmd_eval(args):
 
 def cmd_export(args):
     lm = load_lm(args.lm) if args.lm else None
-    lm_info = {"source": args.lm, "fusion": read_lm_header(args.lm).get("fusion")} if lm else None
+    lm_info = {"source": args.lm, "fusion": lm_fusion(args.lm)} if lm else None
     meta = export(_model_path(args), args.out, int8=args.int8, ort_format=args.ort, lowering=args.lowering, lm=lm,
                   lm_info=lm_info)
     print(f"wrote {args.out}: " + ", ".join(sorted(meta["files"].values())) + ", model.json")

@@ -32,6 +32,16 @@ def read_lm_header(path):
         raise PipelineError(f"{path}: not a readable language model ({e})") from None
 
 
+# Where an LM file holds no tuned settings yet (benchmarks/lm_fusion_grid.py --write tunes them).
+DEFAULT_FUSION = {"beam": 8, "lm_weight": 0.1, "length_bonus": 0.0, "length_penalty": 1.0}
+
+
+def lm_fusion(path):
+    """The LM file's tuned fusion settings {beam, lm_weight, length_bonus, length_penalty}."""
+    tuned = read_lm_header(path).get("fusion") or {}
+    return {k: tuned.get(k, v) for k, v in DEFAULT_FUSION.items()}
+
+
 def load_lm(path):
     """A language model written by `lm train` or `compress` (dense or factored), in eval mode."""
     if not Path(path).is_file():
