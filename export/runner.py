@@ -102,7 +102,7 @@ class OnnxAsr:
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.log_severity_level = 3
         self.encoder, self.step = (self._session(files[k], so) for k in keys[variant])
-        lm_key = "lm_step_int8" if "int8" in variant else "lm_step"  # the LM graph has no ORT-format copy
+        lm_key = "lm_step_int8" if "int8" in variant else "lm_step"  # the ORT-format variants too run the .onnx LM
         self.lm = self._session(files[lm_key], so) if lm_key in files and "lm" in self.meta else None
         self.vocab = self.meta["vocab"]
         cfg = self.meta["model_config"]

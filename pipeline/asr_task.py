@@ -26,8 +26,8 @@ from pipeline.finetune import finetune
 from pipeline.latency.cost import CostModel
 from pipeline.latency.table import LatencyTable, steps_per_frame
 from pipeline.latency.targets import parse_target
-from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.lm_task import lm_fusion, load_lm
+from pipeline.lowrank.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.model.decode import DecodeConfig
 from pipeline.model.evaluate import SubsetWer, evaluate, score
 from pipeline.search.evaluator import SubsetEvaluator

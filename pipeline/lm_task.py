@@ -2,7 +2,7 @@
 
     python -m pipeline lm train --data corpus/default --out runs/lm/dense.safetensors
     python -m pipeline compress --task pipeline.lm_task:task --task-arg lm=runs/lm/dense.safetensors \\
-        --task-arg data=corpus/default --target-ratio 2 --out runs/lm-compress
+        --task-arg data=corpus/default --target-compression 3 --iterations 2 --out runs/lm-compress
 
 Its metric is bits per character of `dev`'s transcripts (the search reads a fifth of them); it is
 fine-tuned on `train`'s transcripts, and only its LSTM is searched. A language model file is the
@@ -69,6 +69,5 @@ def task(lm, data="corpus/default", finetune_lr=1e-3, subset_fraction=0.2):
                 calibrate=lambda m: bits_per_char(m, calibration),
                 example_inputs=(model.embed.weight.new_zeros(1, 32).long(),),
                 scores=lambda m: {k: {"metric": bits_per_char(m, t)} for k, t in (("dev", dev_texts), ("test", test_texts))},
-                save=lambda path, m, meta: save_lm(path, m, meta),
-                load=lambda path: load_lm(path),
+                save=save_lm, load=load_lm,
                 metric="bits/char", types=["LSTM"], name="char-lm")
