@@ -97,11 +97,13 @@ def asr_task(model_path, data=None, cfg=AsrConfig(), out=None, subset=None):
                  progress=rank == 0, teacher=model if cfg.distill else None, distill=cfg.distill,
                  provenance={"finetune_steps": steps}, rank=rank, world=world)
 
+    lm = cache(lambda: (load_lm(cfg.lm), DecodeConfig(**lm_fusion(cfg.lm))))  # read once, for every split
+
     def fused(m, rows):
         """WER and CER with the LM fused into beam search, at the LM's tuned settings."""
         torch.set_num_threads(cfg.threads)
-        dcfg = DecodeConfig(**lm_fusion(cfg.lm))
-        s = score([r["text"] for r in rows], beam_rows(m, cmvn, rows, dcfg, load_lm(cfg.lm), progress=False))
+        lm_model, dcfg = lm()
+        s = score([r["text"] for r in rows], beam_rows(m, cmvn, rows, dcfg, lm_model, progress=False))
         return {"wer": s["wer"], "cer": s["cer"], "decoding": {"lm": cfg.lm, **asdict(dcfg)}}
 
     def scores(m):

@@ -7,32 +7,33 @@ from pipeline.data.dataset import SpeechDataset, collate, duration_batches
 from pipeline.model.decode import DecodeConfig, decode, greedy
 
 
-def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, progress=True, lm=None):
-    """Hypotheses in the order of `rows`; `lm` (a CharLM) fuses into beam search."""
+def _batches(model, cmvn, rows, batch_seconds, desc, progress):
+    """(row indices, features, lengths) of duration-sorted batches of `rows`, the model in eval mode
+    and gradients off while the caller works on each."""
     ds = SpeechDataset(rows, cmvn)
-    hyps = [None] * len(rows)
-    batches = duration_batches(rows, batch_seconds, max_batch=32)
     model.eval()
     with torch.no_grad():
-        for idx in tqdm(batches, desc="decoding", unit="batch", disable=not progress, leave=False):
+        for idx in tqdm(duration_batches(rows, batch_seconds, max_batch=32), desc=desc, unit="batch",
+                        disable=not progress, leave=False):
             feats, lengths, _, _ = collate([ds[i] for i in idx])
-            out = decode(model, feats, lengths, cfg, lm)
-            for i, h in zip(idx, out):
-                hyps[i] = h
+            yield idx, feats, lengths
+
+
+def transcribe_rows(model, cmvn, rows, cfg=DecodeConfig(), batch_seconds=120, progress=True, lm=None):
+    """Hypotheses in the order of `rows`; `lm` (a CharLM) fuses into beam search."""
+    hyps = [None] * len(rows)
+    for idx, feats, lengths in _batches(model, cmvn, rows, batch_seconds, "decoding", progress):
+        for i, h in zip(idx, decode(model, feats, lengths, cfg, lm)):
+            hyps[i] = h
     return hyps
 
 
 def encoder_states(model, cmvn, rows, batch_seconds=120, progress=True):
     """(row index, that utterance's encoder states (1, T', D)) for every row, encoded in batches."""
-    ds = SpeechDataset(rows, cmvn)
-    model.eval()
-    with torch.no_grad():
-        for idx in tqdm(duration_batches(rows, batch_seconds, max_batch=32), desc="encoding", unit="batch",
-                        disable=not progress, leave=False):
-            feats, lengths, _, _ = collate([ds[i] for i in idx])
-            enc, enc_lengths, _ = model.encode(feats, lengths)
-            for j, i in enumerate(idx):
-                yield i, enc[j:j + 1, : enc_lengths[j]]
+    for idx, feats, lengths in _batches(model, cmvn, rows, batch_seconds, "encoding", progress):
+        enc, enc_lengths, _ = model.encode(feats, lengths)
+        for j, i in enumerate(idx):
+            yield i, enc[j:j + 1, : enc_lengths[j]]
 
 
 def score(refs, hyps):
